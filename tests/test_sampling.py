@@ -1,0 +1,161 @@
+"""The folded sampling path against the real reference network, and the Gumbel-max sampler."""
+
+import pytest
+import torch
+from torch import nn
+from x_transformers import up_wrapper as reference
+
+from up_fast.sampling import FoldedRecurrentNet, gumbel, gumbel_max
+from up_fast.up_wrapper import SyntheticDataGenerator
+
+CELLS = [False, True]
+CELL_IDS = ['lstm', 'gru']
+
+
+def generator_pair(use_gru, dim=48, num_tokens=300, max_seq_len=64, seed=0):
+    """A reference generator with non-trivial biases, and an up_fast one holding its weights."""
+    torch.manual_seed(seed)
+    ref = reference.SyntheticDataGenerator(dim=dim, num_tokens=num_tokens, max_seq_len=max_seq_len, use_gru=use_gru)
+    with torch.no_grad():
+        for p in ref.net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fast = SyntheticDataGenerator(dim=dim, num_tokens=num_tokens, max_seq_len=max_seq_len, use_gru=use_gru)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def teacher_force(folded, tokens):
+    """Run the folded cell over tokens (batch, seq); returns logits (batch, seq, vocab), h (batch, seq, hidden)."""
+    state = folded.init_state(tokens.shape[0])
+    hs, logits = [], []
+    for t in range(tokens.shape[1]):
+        h = folded.step_(tokens[:, t], state)
+        hs.append(h.clone())
+        logits.append(folded.logits(h))
+    return torch.stack(logits, dim=1), torch.stack(hs, dim=1)
+
+
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_teacher_forced_logits_and_states_match_the_reference(use_gru):
+    ref, fast = generator_pair(use_gru)
+    tokens = torch.randint(0, 300, (3, 600))                       # a long prefix
+    with torch.no_grad():
+        ref_logits, _ = ref(tokens)
+        ref_h, ref_last = ref.net(ref.embed(tokens))
+        logits, h = teacher_force(fast.folded(), tokens)
+
+    torch.testing.assert_close(h, ref_h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    if not use_gru:                                                 # the LSTM cell state too
+        state = fast.folded().init_state(3)
+        for t in range(600):
+            fast.folded().step_(tokens[:, t], state)
+        torch.testing.assert_close(state[1], ref_last[1][0], rtol=1e-5, atol=1e-5)
+
+
+def test_folding_leaves_the_module_untouched():
+    for use_gru in CELLS:
+        _, fast = generator_pair(use_gru)
+        before = {k: v.clone() for k, v in fast.state_dict().items()}
+        fast.folded()
+        assert all(torch.equal(before[k], v) for k, v in fast.state_dict().items())
+
+
+def test_folded_weights_follow_every_weight_change():
+    _, fast = generator_pair(False)
+    first = fast.folded()
+    assert fast.folded() is first, 'cached while the weights are unchanged'
+    fast.reset_()
+    second = fast.folded()
+    assert second is not first and not torch.equal(second.input_table, first.input_table)
+    with torch.no_grad():
+        fast.to_logits.weight.mul_(2.)
+    torch.testing.assert_close(fast.folded().weight_out, second.weight_out * 2.)
+
+
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_greedy_tokens_are_the_reference_networks_argmax(use_gru):
+    ref, fast = generator_pair(use_gru, max_seq_len=40)
+    seed, condition = torch.randint(0, 300, (4, 8)), torch.randint(0, 300, (4, 40))
+    tokens = fast.generate(40, seed=seed, condition=condition, temperature=0.)
+
+    # teacher-force the reference on prefix + our tokens: its logits at each position must pick our token
+    with torch.no_grad():
+        logits, _ = ref(torch.cat((seed, condition, tokens), dim=-1))
+    logits = logits[:, 47:-1]                                     # (batch, 40, vocab) predicting each sampled token
+    top2 = logits.topk(2, dim=-1).values
+    decisive = (top2[..., 0] - top2[..., 1]) > 1e-4               # leave out near-ties
+    assert decisive.float().mean() > 0.9
+    assert torch.equal(logits.argmax(-1)[decisive], tokens[decisive])
+
+
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_injected_noise_makes_sampling_deterministic(use_gru):
+    _, fast = generator_pair(use_gru, max_seq_len=30)
+    seed, condition = torch.randint(0, 300, (4, 5)), torch.randint(0, 300, (4, 30))
+    noise = torch.rand(4, 30, 300)
+    a = fast.generate(30, seed=seed, condition=condition, temperature=1., uniform_noise=noise)
+    torch.manual_seed(123)                                       # the global RNG must not matter
+    b = fast.generate(30, seed=seed, condition=condition, temperature=1., uniform_noise=noise)
+    c = fast.generate(30, seed=seed, condition=condition, temperature=1., uniform_noise=torch.rand(4, 30, 300))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+class SingleLayerLSTM(nn.LSTM):
+    """An nn.LSTM subclass is not folded: it takes the generic path, a forward() per token."""
+
+    def __init__(self, dim, hidden_size):
+        super().__init__(dim, hidden_size, batch_first=True)
+
+
+def test_generic_path_samples_like_the_folded_path_on_the_same_noise():
+    torch.manual_seed(0)
+    folded = SyntheticDataGenerator(dim=32, num_tokens=50, max_seq_len=20)
+    generic = SyntheticDataGenerator(dim=32, num_tokens=50, max_seq_len=20, network_klass=SingleLayerLSTM)
+    generic.load_state_dict(folded.state_dict())
+    assert folded.uses_folded_path and not generic.uses_folded_path
+
+    seed, condition, noise = torch.randint(0, 50, (6, 4)), torch.randint(0, 50, (6, 20)), torch.rand(6, 20, 50)
+    for temperature in (1., 0.):
+        a = folded.generate(20, seed=seed, condition=condition, temperature=temperature, uniform_noise=noise)
+        b = generic.generate(20, seed=seed, condition=condition, temperature=temperature, uniform_noise=noise)
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('length, max_seq_len', [(16, 16), (20, 16), (10, 16), (3, 40)], ids=['equal', 'longer', 'shorter', 'shorter-than-prefix'])
+def test_generate_returns_the_last_max_seq_len_tokens_like_the_reference(length, max_seq_len):
+    torch.manual_seed(0)
+    fast = SyntheticDataGenerator(dim=16, num_tokens=30, max_seq_len=max_seq_len)
+    seed, condition = torch.randint(0, 30, (2, 4)), torch.randint(0, 30, (2, 16))
+    noise = torch.rand(2, length, 30)
+    out = fast.generate(length, seed=seed, condition=condition, uniform_noise=noise)
+    sampled = fast.generate(length, seed=seed, condition=condition, uniform_noise=noise, temperature=1e-4)
+    full = torch.cat((seed, condition, sampled[:, -length:] if length <= max_seq_len else sampled), dim=-1)
+    assert out.dtype == torch.long
+    assert out.shape == (2, min(max_seq_len, 20 + length))
+    assert torch.equal(out, full[:, -max_seq_len:])
+
+
+def test_gumbel_max_draws_from_softmax_at_temperature_one():
+    torch.manual_seed(0)
+    logits = torch.tensor([1.5, 0.2, -1.0, float('-inf'), 0.7, -30.0, 2.0, float('-inf')])
+    probs = logits.softmax(-1)
+    draws = 200_000
+    tokens = gumbel_max(logits.expand(draws, -1), 1.0, gumbel(torch.rand(draws, 8)))
+    counts = torch.bincount(tokens, minlength=8).double()
+
+    assert counts[3] == 0 and counts[7] == 0, 'zero-probability tokens are never drawn'
+    live = probs > 1e-6
+    expected = probs[live].double() * draws
+    chi2 = ((counts[live] - expected) ** 2 / expected).sum().item()
+    assert chi2 < 20.5, f'chi-square {chi2:.1f} over 5 degrees of freedom (p < 0.001 above 20.5)'
+
+
+def test_gumbel_max_scales_with_temperature_and_is_argmax_at_zero():
+    torch.manual_seed(0)
+    logits = torch.randn(1000, 20)
+    noise = gumbel(torch.rand(1000, 20))
+    assert torch.equal(gumbel_max(logits, 0., None), logits.argmax(-1))
+    assert torch.equal(gumbel_max(logits, 0.5, noise), (logits / 0.5 + noise).argmax(-1))
+    cold = gumbel_max(logits, 1e-4, noise)
+    assert (cold == logits.argmax(-1)).float().mean() > 0.99

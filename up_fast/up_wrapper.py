@@ -1,0 +1,423 @@
+"""Universal pre-training (Bloem 2025, arXiv 2506.20057), a drop-in for x_transformers.up_wrapper.
+
+Same classes, constructor arguments, attributes and state_dict keys as the reference, with
+Algorithm 1 done as intended (see ../README.md, "How up_fast differs"):
+
+- generated rows really replace the condition rows in the buffer, and reset rows really reset;
+- every draw comes from torch's generators, so `torch.manual_seed` makes a run repeatable;
+- no host-device sync in a training step; the buffer keeps the narrowest integer dtype.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from math import sqrt
+
+import torch
+from torch import Tensor, nn
+from torch.nn import GRU, LSTM, Module
+
+from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
+
+from up_fast.buffer import draw_step_rows, gather_seeds, noise_rows, token_dtype
+from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor
+from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, default, exists, gumbel_max
+
+
+def divisible_by(num, den):
+    return (num % den) == 0
+
+
+# random sequences, a mixture of uniform random rows and constant rows
+
+
+def random_sequences(
+    num_tokens,
+    seq_len,
+    num_samples_random,
+    num_samples_constant,
+    shuffle=True,
+    device=None,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.long,
+):
+    """(num_samples_random + num_samples_constant, seq_len) rows of noise, shuffled by default.
+
+    Unlike the reference, each constant row has its own token, and every draw comes from torch.
+    """
+    num_tokens = check_int('num_tokens', num_tokens, low=1)
+    seq_len = check_int('seq_len', seq_len, low=1)
+    num_samples_random = check_int('num_samples_random', num_samples_random, low=0)
+    num_samples_constant = check_int('num_samples_constant', num_samples_constant, low=0)
+    if num_samples_random + num_samples_constant == 0:
+        raise ValueError('random_sequences needs num_samples_random > 0 or num_samples_constant > 0, got 0 and 0')
+
+    rows = noise_rows(num_samples_random, num_samples_constant, seq_len, num_tokens, device=device, dtype=dtype, generator=generator)
+
+    if not shuffle:
+        return rows
+
+    return rows[torch.randperm(rows.shape[0], device=rows.device, generator=generator)]
+
+
+# synthetic data generator
+
+
+def is_foldable(embed: Module, net: Module, to_logits: Module) -> bool:
+    """Whether embed -> net -> to_logits is the default single-layer LSTM/GRU that the folded path runs."""
+    return (
+        type(embed) is nn.Embedding
+        and type(net) in (LSTM, GRU)
+        and net.num_layers == 1
+        and not net.bidirectional
+        and getattr(net, 'proj_size', 0) == 0
+        and type(to_logits) is nn.Linear
+        and to_logits.in_features == net.hidden_size
+    )
+
+
+class SyntheticDataGenerator(Module):
+    """A randomly initialised embed -> LSTM/GRU -> linear network that "enriches" token sequences.
+
+    `generate` teacher-forces the prefix (seed then condition) and samples `length` tokens. The
+    default single-layer LSTM/GRU runs the folded path (up_fast.sampling); a custom
+    `network_klass` runs the generic path, one `forward` call per token, as the reference does.
+    """
+
+    def __init__(
+        self,
+        dim,
+        num_tokens,
+        max_seq_len=512,
+        hidden_size=None,
+        use_gru=False,
+        network_klass=None,
+    ):
+        super().__init__()
+
+        dim = check_int('dim', dim, low=1)
+        num_tokens = check_int('num_tokens', num_tokens, low=1)
+        self.max_seq_len = check_int('max_seq_len', max_seq_len, low=1)
+        hidden_size = check_int('hidden_size', default(hidden_size, dim), low=1)
+        check_bool('use_gru', use_gru)
+
+        self.num_tokens = num_tokens
+        self.embed = nn.Embedding(num_tokens, dim)
+
+        default_network_klass = partial(GRU if use_gru else LSTM, batch_first=True)
+        network_klass = default(network_klass, default_network_klass)
+
+        self.net = network_klass(dim, hidden_size)
+
+        # the reference takes `dim` features here, which breaks whenever hidden_size != dim
+        self.to_logits = nn.Linear(hidden_size, num_tokens, bias=False)
+
+        self._folded = None
+        self._folded_key = None
+
+        self.apply(self.init_)
+
+    @torch.no_grad()
+    def reset_(self, *, generator: torch.Generator | None = None):
+        """Re-draw every weight (the default init, then `init_`), from `generator` if one is given."""
+        for m in self.modules():
+            if isinstance(m, (nn.Embedding, nn.Linear, LSTM, GRU)):
+                default_init_(m, generator)
+            elif hasattr(m, 'reset_parameters'):
+                m.reset_parameters()
+
+        self.apply(partial(self.init_, generator=generator))
+
+    @torch.no_grad()
+    def init_(self, m, generator: torch.Generator | None = None):
+        # the paper scales the weights by a random factor; the reference draws it with Python's
+        # `random`, which torch.manual_seed does not reach: here it comes from torch
+        # (a 0-dim CPU tensor multiplies a CUDA weight without a copy or a sync)
+        if isinstance(m, nn.Linear):
+            scale = torch.rand((), generator=generator, device=generator.device if exists(generator) else 'cpu')
+            m.weight.mul_(scale * 1.1)
+
+    @property
+    def uses_folded_path(self) -> bool:
+        return is_foldable(self.embed, self.net, self.to_logits)
+
+    def folded(self) -> FoldedRecurrentNet:
+        """The folded weights, recomputed only when a weight changed (re-draw, optimiser step, load)."""
+        params = [self.embed.weight, *self.net.parameters(), *self.to_logits.parameters()]
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        if key != self._folded_key:
+            self._folded = FoldedRecurrentNet.fold(self.embed, self.net, self.to_logits)
+            self._folded_key = key
+        return self._folded
+
+    @torch.no_grad()
+    def generate(
+        self,
+        length,
+        seed=None,
+        condition=None,
+        temperature=1e-4,  # the paper decodes near-greedily
+        *,
+        generator: torch.Generator | None = None,
+        uniform_noise: Tensor | None = None,
+    ):
+        """Teacher-force cat(seed, condition) and sample `length` tokens from softmax(logits / temperature).
+
+        Returns the last `max_seq_len` tokens of cat(seed, condition, sampled), int64: the sampled
+        ones when length == max_seq_len. temperature == 0 is greedy argmax. `uniform_noise`
+        (batch, length, num_tokens) of U[0, 1) replaces the random draws, for parity tests.
+        """
+        length = check_int('length', length, low=1)
+        temperature = check_temperature(temperature)
+
+        if not exists(seed) and not exists(condition):
+            raise ValueError('generate needs a seed or a condition (batch, length) tensor of token ids, got neither')
+
+        batch = None
+        for name, tokens in (('seed', seed), ('condition', condition)):
+            if exists(tokens):
+                check_token_tensor(name, tokens, self.num_tokens, batch=batch)
+                batch = tokens.shape[0]
+
+        prefix_len = sum(t.shape[-1] for t in (seed, condition) if exists(t))
+        if prefix_len == 0:
+            raise ValueError('generate needs at least one prefix token: seed and condition are both empty')
+        if batch == 0:
+            raise ValueError('generate needs a batch of at least one sequence, got batch size 0')
+
+        return self.generate_unchecked(length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise)
+
+    @torch.no_grad()
+    def generate_unchecked(self, length, seed, condition, temperature, *, generator=None, uniform_noise=None):
+        """`generate` without the argument checks, which read values back from the device.
+        The training step calls this with tokens from the buffer, in range by construction."""
+        device = self.embed.weight.device
+        prefix = torch.cat([t.to(device, torch.long) for t in (seed, condition) if exists(t)], dim=-1)   # (batch, prefix_len)
+        batch = prefix.shape[0]
+
+        if self.uses_folded_path:
+            sampled, _ = self.folded().sample(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
+        else:
+            sampled = self.generate_generic(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
+
+        # the reference returns the last max_seq_len tokens of cat(prefix, sampled)
+        if length >= self.max_seq_len:
+            return sampled[:, -self.max_seq_len:]
+
+        keep = min(self.max_seq_len - length, prefix.shape[1])
+        return torch.cat((prefix[:, prefix.shape[1] - keep:], sampled), dim=-1)
+
+    def generate_generic(self, prefix, length, temperature, *, generator=None, uniform_noise=None):
+        """Any network: one `forward` per sampled token, carrying the hidden state."""
+        batch = prefix.shape[0]
+        sampled = torch.empty((batch, length), dtype=torch.long, device=prefix.device)    # (batch, length)
+        noise = GumbelNoise(batch, length, self.num_tokens, device=prefix.device, generator=generator, uniform_noise=uniform_noise) if temperature > 0 else None
+
+        logits, hiddens = self.forward(prefix)
+        for t in range(length):
+            token = gumbel_max(logits[:, -1].float(), temperature, noise[t] if exists(noise) else None)
+            sampled[:, t] = token
+            if t < length - 1:
+                logits, hiddens = self.forward(token[:, None], hiddens)
+
+        return sampled
+
+    def forward(self, input, hiddens=None):
+        tokens = self.embed(input)
+        embed, hidden = self.net(tokens, hiddens)
+        logits = self.to_logits(embed)
+        return logits, hidden
+
+
+@torch.no_grad()
+def default_init_(m: Module, generator: torch.Generator | None):
+    """The distributions of PyTorch's default init for these modules, drawn from `generator`."""
+    if isinstance(m, nn.Embedding):
+        m.weight.normal_(0., 1., generator=generator)
+        return
+
+    if isinstance(m, nn.Linear):
+        bound = 1. / sqrt(m.in_features)        # kaiming_uniform_(a=sqrt(5)) comes down to this
+    else:
+        bound = 1. / sqrt(m.hidden_size)        # LSTM / GRU
+
+    for p in m.parameters(recurse=False):
+        p.uniform_(-bound, bound, generator=generator)
+
+
+# the wrapper
+
+
+def model_num_tokens(module: Module) -> int | None:
+    num_tokens = getattr(module, 'num_tokens', None)
+    if exists(num_tokens):
+        return num_tokens
+    embed = getattr(module, 'embed', None)
+    return embed.num_embeddings if isinstance(embed, nn.Embedding) else None
+
+
+class UniversalPretrainWrapper(Module):
+    """Pre-trains a causal TransformerWrapper on synthetic data (Algorithm 1 of the paper).
+
+    Each `forward()`:
+      1. draws `batch_size` condition rows and, from the same permutation, `num_reset` other rows
+         to reset; draws `batch_size` seed rows (any rows) cropped to `seed_length` at random offsets;
+      2. generates `seq_len` tokens from each (seed, condition) prefix;
+      3. increments `step`, re-drawing the generator's weights every `reset_turing_machine_every` steps;
+      4. resets the reset rows to fresh noise (half uniform random, half constant);
+      5. writes the generated rows in place of the condition rows;
+      6. draws a fresh training batch from the updated buffer and returns its autoregressive loss.
+    Condition rows and reset rows never overlap; seeds are read before anything is written.
+    """
+
+    def __init__(
+        self,
+        model: TransformerWrapper,
+        data_generator: SyntheticDataGenerator | Module | None = None,
+        buffer_size=None,
+        num_reset=20,
+        batch_size=32,
+        seq_len=512,
+        seed_length=8,
+        reset_turing_machine_every=0,
+        keep_buffer_on_cpu=False,
+        *,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+
+        if not isinstance(model, Module):
+            raise TypeError(f'model must be a causal x_transformers TransformerWrapper, got {type(model).__name__}')
+        if not exists(getattr(model, 'attn_layers', None)) or not hasattr(model, 'num_tokens'):
+            raise TypeError(f'model must be a causal x_transformers TransformerWrapper (with attn_layers and num_tokens), got {type(model).__name__}')
+        if not getattr(model.attn_layers, 'causal', False):
+            raise ValueError(f'model must be causal (attn_layers=Decoder(...)), got attn_layers of type {type(model.attn_layers).__name__} with causal=False')
+
+        batch_size = check_int('batch_size', batch_size, low=1)
+        seq_len = check_int('seq_len', seq_len, low=2)
+        max_seq_len = getattr(model, 'max_seq_len', 0) or 0
+        if max_seq_len > 0 and seq_len > max_seq_len:
+            raise ValueError(f'seq_len must be at most the model\'s max_seq_len ({max_seq_len}), got {seq_len}')
+        seed_length = check_int('seed_length', seed_length, low=1, high=seq_len - 1, allowed=f'an int in (0, seq_len={seq_len})')
+        buffer_size = check_int('buffer_size', default(buffer_size, batch_size * 20), low=batch_size + 1, allowed=f'an int > batch_size ({batch_size})')
+        num_reset = check_int('num_reset', num_reset, low=0, high=buffer_size - batch_size, allowed=f'an even int in [0, buffer_size - batch_size = {buffer_size - batch_size}]')
+        if not divisible_by(num_reset, 2):
+            raise ValueError(f'num_reset must be even (half the reset rows are uniform noise, half constant), got {num_reset}')
+        reset_turing_machine_every = check_int('reset_turing_machine_every', reset_turing_machine_every, low=0)
+        check_bool('keep_buffer_on_cpu', keep_buffer_on_cpu)
+        if exists(generator) and not isinstance(generator, torch.Generator):
+            raise TypeError(f'generator must be a torch.Generator or None, got {type(generator).__name__}')
+
+        num_tokens = model.num_tokens
+        dim = model.attn_layers.dim
+
+        if not exists(data_generator):
+            data_generator = SyntheticDataGenerator(num_tokens=num_tokens, dim=dim, max_seq_len=seq_len)
+        elif not isinstance(data_generator, Module) or not callable(getattr(data_generator, 'generate', None)):
+            raise TypeError(f'data_generator must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}')
+
+        generator_num_tokens = model_num_tokens(data_generator)
+        if exists(generator_num_tokens) and generator_num_tokens != num_tokens:
+            raise ValueError(f'data_generator must have the model\'s vocabulary of {num_tokens} tokens, got {generator_num_tokens}')
+        generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
+        if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
+            raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
+
+        self.model = model
+        self.ar_wrapped = AutoregressiveWrapper(model)
+        self.data_generator = data_generator
+
+        self.num_tokens = num_tokens
+        self.reset_turing_machine_every = reset_turing_machine_every
+        self.seq_len = seq_len
+        self.seed_length = seed_length
+        self.batch_size = batch_size
+        self.num_reset = num_reset
+        self.buffer_size = buffer_size
+        self.keep_buffer_on_cpu = keep_buffer_on_cpu
+        self.generator = generator
+
+        self.random_sequences_fn = partial(random_sequences, num_tokens, seq_len, dtype=token_dtype(num_tokens), generator=generator)
+
+        # odd buffer sizes get one more random row than constant rows (the reference drops a row)
+        init_data_buffer = self.random_sequences_fn(buffer_size - buffer_size // 2, buffer_size // 2)   # (buffer_size, seq_len)
+
+        if keep_buffer_on_cpu:
+            self.synth_data_buffer = init_data_buffer
+        else:
+            self.register_buffer('synth_data_buffer', init_data_buffer)
+
+        self.register_buffer('step', torch.tensor(0))
+        self.num_steps = 0      # host-side twin of `step`, so that a step never reads `step` back
+
+    @property
+    def device(self):
+        return self.step.device
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.num_steps = int(self.step)
+
+    def generator_on(self, device: torch.device) -> torch.Generator | None:
+        if exists(self.generator) and self.generator.device.type != torch.device(device).type:
+            raise ValueError(f'generator lives on {self.generator.device} but this draw happens on {device}; '
+                             'pass a generator on that device, or generator=None (torch.manual_seed then seeds every device)')
+        return self.generator
+
+    def to_device(self, tokens: Tensor) -> Tensor:
+        # rows from a CPU buffer cross to the GPU from pinned memory, without blocking the host
+        if tokens.device == self.device:
+            return tokens
+        if self.device.type == 'cuda':
+            return tokens.pin_memory().to(self.device, non_blocking=True)
+        return tokens.to(self.device)
+
+    @torch.no_grad()
+    def data_step_(self) -> Tensor:
+        """Steps 1 to 6 of Algorithm 1 but the loss: updates the buffer and returns the training
+        batch, (batch_size, seq_len) int64 on the model's device."""
+        buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
+        generator = self.generator_on(buffer.device)
+
+        rows = draw_step_rows(
+            self.buffer_size, self.batch_size, self.num_reset, self.seq_len, self.seed_length,
+            device=buffer.device, generator=generator,
+        )
+
+        # 1, 2. generate from (seed, condition)
+
+        seeds = gather_seeds(buffer, rows.seed_rows, rows.seed_offsets, self.seed_length)   # (batch, seed_length)
+        conditions = buffer[rows.condition_rows]                                             # (batch, seq_len)
+
+        generate = getattr(self.data_generator, 'generate_unchecked', None)
+        seed, condition = self.to_device(seeds), self.to_device(conditions)
+        if exists(generate):
+            generated = generate(self.seq_len, seed, condition, 1e-4, generator=self.generator_on(self.device))
+        else:
+            generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
+
+        # 3. count the step, maybe re-draw the turing machine
+
+        self.step.add_(1)
+        self.num_steps += 1
+
+        if self.reset_turing_machine_every > 0 and divisible_by(self.num_steps, self.reset_turing_machine_every):
+            reset_ = self.data_generator.reset_
+            reset_(generator=self.generator) if isinstance(self.data_generator, SyntheticDataGenerator) else reset_()
+
+        # 4. reset rows to fresh noise, 5. write the generated rows back in place of the conditions
+
+        if self.num_reset > 0:
+            buffer[rows.reset_rows] = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device)
+
+        buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)
+
+        # 6. a fresh training batch, widened to int64 only now
+
+        return self.to_device(buffer[rows.batch_rows]).long()
+
+    def forward(self):
+        # following algorithm 1
+        data = self.data_step_()
+        return self.ar_wrapped(data)
