@@ -21,6 +21,7 @@ from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrap
 
 from up_fast.buffer import draw_step_rows, gather_seeds, noise_rows, token_dtype
 from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor
+from up_fast.rng import StepRandomness, distributed_rank
 from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, default, exists, gumbel_max
 
 
@@ -136,6 +137,8 @@ class SyntheticDataGenerator(Module):
         # (a 0-dim CPU tensor multiplies a CUDA weight without a copy or a sync)
         if isinstance(m, nn.Linear):
             scale = torch.rand((), generator=generator, device=generator.device if exists(generator) else 'cpu')
+            if scale.device.type != 'cpu' and scale.device != m.weight.device:
+                scale = scale.cpu()
             m.weight.mul_(scale * 1.1)
 
     @property
@@ -233,8 +236,15 @@ class SyntheticDataGenerator(Module):
 @torch.no_grad()
 def default_init_(m: Module, generator: torch.Generator | None):
     """The distributions of PyTorch's default init for these modules, drawn from `generator`."""
+    def draw_(p, draw):
+        # draw where the generator lives, then copy (a CUDA generator may init CPU weights)
+        if exists(generator) and generator.device != p.device:
+            p.copy_(draw(torch.empty_like(p, device=generator.device)))
+        else:
+            draw(p)
+
     if isinstance(m, nn.Embedding):
-        m.weight.normal_(0., 1., generator=generator)
+        draw_(m.weight, lambda t: t.normal_(0., 1., generator=generator))
         return
 
     if isinstance(m, nn.Linear):
@@ -243,7 +253,7 @@ def default_init_(m: Module, generator: torch.Generator | None):
         bound = 1. / sqrt(m.hidden_size)        # LSTM / GRU
 
     for p in m.parameters(recurse=False):
-        p.uniform_(-bound, bound, generator=generator)
+        draw_(p, lambda t: t.uniform_(-bound, bound, generator=generator))
 
 
 # the wrapper
@@ -269,6 +279,13 @@ class UniversalPretrainWrapper(Module):
       5. writes the generated rows in place of the condition rows;
       6. draws a fresh training batch from the updated buffer and returns its autoregressive loss.
     Condition rows and reset rows never overlap; seeds are read before anything is written.
+
+    Keyword-only additions: `generator` (a torch.Generator every draw comes from) or `rng_seed`
+    (per-step generators seeded by (rng_seed, rank, step): exact resume from a state_dict, and a
+    stream of its own for each torch.distributed rank); with neither, torch's global generators.
+    Either also re-draws the default data generator's weights from that stream, so that the whole
+    run follows from it. The data generator's weights are frozen (requires_grad=False): they are
+    never trained, and DDP must neither all-reduce nor broadcast them, nor the buffer.
     """
 
     def __init__(
@@ -284,6 +301,7 @@ class UniversalPretrainWrapper(Module):
         keep_buffer_on_cpu=False,
         *,
         generator: torch.Generator | None = None,
+        rng_seed: int | None = None,
     ):
         super().__init__()
 
@@ -308,11 +326,16 @@ class UniversalPretrainWrapper(Module):
         check_bool('keep_buffer_on_cpu', keep_buffer_on_cpu)
         if exists(generator) and not isinstance(generator, torch.Generator):
             raise TypeError(f'generator must be a torch.Generator or None, got {type(generator).__name__}')
+        if exists(rng_seed):
+            rng_seed = check_int('rng_seed', rng_seed, low=0)
+            if exists(generator):
+                raise ValueError('pass generator or rng_seed, not both: rng_seed makes per-step generators of its own')
 
         num_tokens = model.num_tokens
         dim = model.attn_layers.dim
 
-        if not exists(data_generator):
+        default_data_generator = not exists(data_generator)
+        if default_data_generator:
             data_generator = SyntheticDataGenerator(num_tokens=num_tokens, dim=dim, max_seq_len=seq_len)
         elif not isinstance(data_generator, Module) or not callable(getattr(data_generator, 'generate', None)):
             raise TypeError(f'data_generator must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}')
@@ -337,11 +360,19 @@ class UniversalPretrainWrapper(Module):
         self.buffer_size = buffer_size
         self.keep_buffer_on_cpu = keep_buffer_on_cpu
         self.generator = generator
+        self.rng_seed = rng_seed
+        self.randomness = StepRandomness(generator, rng_seed, rank=distributed_rank())
 
-        self.random_sequences_fn = partial(random_sequences, num_tokens, seq_len, dtype=token_dtype(num_tokens), generator=generator)
+        self.random_sequences_fn = partial(random_sequences, num_tokens, seq_len, dtype=token_dtype(num_tokens))
+
+        self.randomness.begin(0)
+        init_generator = self.randomness.on('cpu') if not exists(generator) else generator
+        if default_data_generator and self.randomness.is_seeded:
+            data_generator.reset_(generator=init_generator)
 
         # odd buffer sizes get one more random row than constant rows (the reference drops a row)
-        init_data_buffer = self.random_sequences_fn(buffer_size - buffer_size // 2, buffer_size // 2)   # (buffer_size, seq_len)
+        init_data_buffer = self.random_sequences_fn(buffer_size - buffer_size // 2, buffer_size // 2, device=getattr(init_generator, 'device', None), generator=init_generator)   # (buffer_size, seq_len)
+        init_data_buffer = init_data_buffer.cpu()
 
         if keep_buffer_on_cpu:
             self.synth_data_buffer = init_data_buffer
@@ -351,6 +382,15 @@ class UniversalPretrainWrapper(Module):
         self.register_buffer('step', torch.tensor(0))
         self.num_steps = 0      # host-side twin of `step`, so that a step never reads `step` back
 
+        # the generator is never trained: no gradients, and DDP (wrapping this module) leaves its
+        # weights and the buffer alone, so that each rank keeps a data stream of its own
+        data_generator.requires_grad_(False)
+        self._ddp_params_and_buffers_to_ignore = [
+            'synth_data_buffer', 'step',
+            *(f'data_generator.{name}' for name, _ in data_generator.named_parameters()),
+            *(f'data_generator.{name}' for name, _ in data_generator.named_buffers()),
+        ]
+
     @property
     def device(self):
         return self.step.device
@@ -358,12 +398,6 @@ class UniversalPretrainWrapper(Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.num_steps = int(self.step)
-
-    def generator_on(self, device: torch.device) -> torch.Generator | None:
-        if exists(self.generator) and self.generator.device.type != torch.device(device).type:
-            raise ValueError(f'generator lives on {self.generator.device} but this draw happens on {device}; '
-                             'pass a generator on that device, or generator=None (torch.manual_seed then seeds every device)')
-        return self.generator
 
     def to_device(self, tokens: Tensor) -> Tensor:
         # rows from a CPU buffer cross to the GPU from pinned memory, without blocking the host
@@ -378,7 +412,8 @@ class UniversalPretrainWrapper(Module):
         """Steps 1 to 6 of Algorithm 1 but the loss: updates the buffer and returns the training
         batch, (batch_size, seq_len) int64 on the model's device."""
         buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
-        generator = self.generator_on(buffer.device)
+        self.randomness.begin(self.num_steps + 1)
+        generator = self.randomness.on(buffer.device)
 
         rows = draw_step_rows(
             self.buffer_size, self.batch_size, self.num_reset, self.seq_len, self.seed_length,
@@ -393,7 +428,7 @@ class UniversalPretrainWrapper(Module):
         generate = getattr(self.data_generator, 'generate_unchecked', None)
         seed, condition = self.to_device(seeds), self.to_device(conditions)
         if exists(generate):
-            generated = generate(self.seq_len, seed, condition, 1e-4, generator=self.generator_on(self.device))
+            generated = generate(self.seq_len, seed, condition, 1e-4, generator=self.randomness.on(self.device))
         else:
             generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
@@ -404,12 +439,12 @@ class UniversalPretrainWrapper(Module):
 
         if self.reset_turing_machine_every > 0 and divisible_by(self.num_steps, self.reset_turing_machine_every):
             reset_ = self.data_generator.reset_
-            reset_(generator=self.generator) if isinstance(self.data_generator, SyntheticDataGenerator) else reset_()
+            reset_(generator=self.randomness.on(self.data_generator.embed.weight.device)) if isinstance(self.data_generator, SyntheticDataGenerator) else reset_()
 
         # 4. reset rows to fresh noise, 5. write the generated rows back in place of the conditions
 
         if self.num_reset > 0:
-            buffer[rows.reset_rows] = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device)
+            buffer[rows.reset_rows] = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)
 
         buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)
 

@@ -1,0 +1,51 @@
+"""DDP and FSDP under torchrun on the CPU (gloo): a data stream per rank, one set of weights."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+TINY = ['--steps', '20', '--dim', '32', '--depth', '1', '--heads', '2', '--seq-len', '32', '--batch-size', '4']
+
+
+def torchrun(tmp_path, *extra):
+    if shutil.which('torchrun') is None:
+        pytest.skip('torchrun is not on PATH')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
+               '-m', 'up_fast.distributed_example', *TINY, '--report', str(tmp_path), *extra]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [torch.load(tmp_path / f'rank{rank}.pt') for rank in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', [[], ['--fsdp']], ids=['ddp', 'fsdp'])
+def test_two_ranks_share_weights_but_not_data(tmp_path, mode):
+    rank0, rank1 = torchrun(tmp_path, *mode)
+
+    assert not torch.equal(rank0['buffer'], rank1['buffer']), 'each rank has its own buffer'
+    assert not torch.equal(rank0['generator']['net.weight_hh_l0'], rank1['generator']['net.weight_hh_l0']), 'and its own Turing machine'
+    for name, weight in rank0['model'].items():
+        assert torch.equal(weight, rank1['model'][name]), f'{name} differs between ranks'
+
+    for losses in (rank0['losses'], rank1['losses']):
+        assert all(torch.isfinite(torch.tensor(losses)))
+        assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, f'loss did not go down: {losses}'
+
+
+def test_ddp_sees_only_the_transformer_as_trainable():
+    from torch.nn.parallel import DistributedDataParallel  # noqa: F401 (DDP reads the attribute below)
+    from conftest import tiny_model
+    from up_fast import UniversalPretrainWrapper
+
+    wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+    trainable = {name for name, p in wrapper.named_parameters() if p.requires_grad}
+    assert trainable and not any(name.startswith('data_generator.') for name in trainable)
+    ignored = set(wrapper._ddp_params_and_buffers_to_ignore)
+    assert {'synth_data_buffer', 'step', 'data_generator.net.weight_hh_l0', 'data_generator.embed.weight'} <= ignored
+    names = {n for n, _ in wrapper.named_parameters()} | {n for n, _ in wrapper.named_buffers()}
+    assert ignored <= names, 'every ignored name is a real parameter or buffer name'
