@@ -110,7 +110,8 @@ def test_generate_inputs(use_gru, length, batch, seed_len, condition_len, low, h
     seed, condition = tokens(seed_len), tokens(condition_len)
     prefix_len = (seed_len or 0) + (condition_len or 0)
     has_tokens = batch > 0 and prefix_len > 0
-    in_range = (dtype == torch.uint8 or low >= 0) and high < NUM_TOKENS     # uint8 was clamped at 0
+    present = [t.long() for t in (seed, condition) if t is not None and t.numel() > 0]
+    in_range = all(0 <= int(t.min()) and int(t.max()) < NUM_TOKENS for t in present)
     # what is wrong, each with the words a clear message about it would hold
     problems = {
         'length': length < 1,
