@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -17,8 +18,15 @@ def torchrun(tmp_path, *extra):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
                '-m', 'up_fast.distributed_example', *TINY, '--report', str(tmp_path), *extra]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # a session of its own, so that a timeout takes the ranks down with torchrun
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail('torchrun timed out after 300 s:\n' + stdout[-3000:] + stderr[-3000:])
+    assert process.returncode == 0, stdout[-3000:] + stderr[-6000:]
     return [torch.load(tmp_path / f'rank{rank}.pt') for rank in (0, 1)]
 
 

@@ -108,6 +108,8 @@ def main(argv=None):
         ), args.report / f'rank{rank}.pt')
         (args.report / f'rank{rank}.json').write_text(json.dumps(dict(rank=rank, world_size=world_size, losses=losses)))
 
+    # leave together: a rank tearing gloo down while the other still talks to it can hang at exit
+    dist.barrier()
     dist.destroy_process_group()
 
 
