@@ -381,6 +381,7 @@ class UniversalPretrainWrapper(Module):
 
         self.register_buffer('step', torch.tensor(0))
         self.num_steps = 0      # host-side twin of `step`, so that a step never reads `step` back
+        self.last_step_rows = None      # StepRows of the latest step: which rows it read and wrote
 
         # the generator is never trained: no gradients, and DDP (wrapping this module) leaves its
         # weights and the buffer alone, so that each rank keeps a data stream of its own
@@ -419,6 +420,7 @@ class UniversalPretrainWrapper(Module):
             self.buffer_size, self.batch_size, self.num_reset, self.seq_len, self.seed_length,
             device=buffer.device, generator=generator,
         )
+        self.last_step_rows = rows
 
         # 1, 2. generate from (seed, condition)
 
