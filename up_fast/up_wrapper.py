@@ -20,6 +20,7 @@ from torch.nn import GRU, LSTM, Module
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from up_fast.buffer import draw_step_rows, gather_seeds, noise_rows, token_dtype
+from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor
 from up_fast.rng import StepRandomness, distributed_rank
 from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, default, exists, gumbel_max
@@ -284,7 +285,8 @@ class UniversalPretrainWrapper(Module):
     (per-step generators seeded by (rng_seed, rank, step): exact resume from a state_dict, and a
     stream of its own for each torch.distributed rank); with neither, torch's global generators.
     Either also re-draws the default data generator's weights from that stream, so that the whole
-    run follows from it. The data generator's weights are frozen (requires_grad=False): they are
+    run follows from it. `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX
+    range for Nsight (up_fast/profiling.py). The data generator's weights are frozen (requires_grad=False): they are
     never trained, and DDP must neither all-reduce nor broadcast them, nor the buffer.
     """
 
@@ -302,6 +304,7 @@ class UniversalPretrainWrapper(Module):
         *,
         generator: torch.Generator | None = None,
         rng_seed: int | None = None,
+        nvtx: bool | None = None,
     ):
         super().__init__()
 
@@ -324,6 +327,7 @@ class UniversalPretrainWrapper(Module):
             raise ValueError(f'num_reset must be even (half the reset rows are uniform noise, half constant), got {num_reset}')
         reset_turing_machine_every = check_int('reset_turing_machine_every', reset_turing_machine_every, low=0)
         check_bool('keep_buffer_on_cpu', keep_buffer_on_cpu)
+        nvtx = check_bool('nvtx', nvtx) if exists(nvtx) else nvtx_from_env()
         if exists(generator) and not isinstance(generator, torch.Generator):
             raise TypeError(f'generator must be a torch.Generator or None, got {type(generator).__name__}')
         if exists(rng_seed):
@@ -361,6 +365,7 @@ class UniversalPretrainWrapper(Module):
         self.keep_buffer_on_cpu = keep_buffer_on_cpu
         self.generator = generator
         self.rng_seed = rng_seed
+        self.nvtx = nvtx
         self.randomness = StepRandomness(generator, rng_seed, rank=distributed_rank())
 
         self.random_sequences_fn = partial(random_sequences, num_tokens, seq_len, dtype=token_dtype(num_tokens))
@@ -416,23 +421,26 @@ class UniversalPretrainWrapper(Module):
         self.randomness.begin(self.num_steps + 1)
         generator = self.randomness.on(buffer.device)
 
-        rows = draw_step_rows(
-            self.buffer_size, self.batch_size, self.num_reset, self.seq_len, self.seed_length,
-            device=buffer.device, generator=generator,
-        )
+        with phase('index draw', self.nvtx):
+            rows = draw_step_rows(
+                self.buffer_size, self.batch_size, self.num_reset, self.seq_len, self.seed_length,
+                device=buffer.device, generator=generator,
+            )
         self.last_step_rows = rows
 
         # 1, 2. generate from (seed, condition)
 
-        seeds = gather_seeds(buffer, rows.seed_rows, rows.seed_offsets, self.seed_length)   # (batch, seed_length)
-        conditions = buffer[rows.condition_rows]                                             # (batch, seq_len)
+        with phase('gather', self.nvtx):
+            seeds = gather_seeds(buffer, rows.seed_rows, rows.seed_offsets, self.seed_length)   # (batch, seed_length)
+            conditions = buffer[rows.condition_rows]                                             # (batch, seq_len)
+            seed, condition = self.to_device(seeds), self.to_device(conditions)
 
-        generate = getattr(self.data_generator, 'generate_unchecked', None)
-        seed, condition = self.to_device(seeds), self.to_device(conditions)
-        if exists(generate):
-            generated = generate(self.seq_len, seed, condition, 1e-4, generator=self.randomness.on(self.device))
-        else:
-            generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
+        with phase('generate', self.nvtx):
+            generate = getattr(self.data_generator, 'generate_unchecked', None)
+            if exists(generate):
+                generated = generate(self.seq_len, seed, condition, 1e-4, generator=self.randomness.on(self.device))
+            else:
+                generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
         # 3. count the step, maybe re-draw the turing machine
 
@@ -445,16 +453,19 @@ class UniversalPretrainWrapper(Module):
 
         # 4. reset rows to fresh noise, 5. write the generated rows back in place of the conditions
 
-        if self.num_reset > 0:
-            buffer[rows.reset_rows] = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)
+        with phase('write-back and reset', self.nvtx):
+            if self.num_reset > 0:
+                buffer[rows.reset_rows] = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)
 
-        buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)
+            buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)
 
         # 6. a fresh training batch, widened to int64 only now
 
-        return self.to_device(buffer[rows.batch_rows]).long()
+        with phase('training-batch gather', self.nvtx):
+            return self.to_device(buffer[rows.batch_rows]).long()
 
     def forward(self):
         # following algorithm 1
         data = self.data_step_()
-        return self.ar_wrapped(data)
+        with phase('transformer', self.nvtx):
+            return self.ar_wrapped(data)

@@ -1,0 +1,93 @@
+"""Run a warm-up and N training (or data-only) steps of a chosen configuration, for Nsight.
+
+    python -m up_fast.profile --steps 20
+    nsys profile -t cuda,nvtx --capture-range=cudaProfilerApi -o up_fast python -m up_fast.profile --steps 20
+    ncu --nvtx --nvtx-include "up_fast/generate/" --set full -o generate python -m up_fast.profile --data-only --steps 1
+
+NVTX ranges mark each phase of a step (index draw, gather, generate, write-back and reset,
+training-batch gather, transformer); on CUDA only the measured steps sit between
+cudaProfilerStart and cudaProfilerStop, so `--capture-range=cudaProfilerApi` skips the warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from x_transformers import Decoder, TransformerWrapper
+
+from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m up_fast.profile', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add('--steps', type=int, default=10, help='measured steps (default: %(default)s)')
+    add('--warmup', type=int, default=3, help='steps before the measurement: allocation, compilation, autotuning (default: %(default)s)')
+    add('--batch-size', type=int, default=32, help='sequences per step (default: %(default)s)')
+    add('--seq-len', type=int, default=512, help='tokens per sequence (default: %(default)s)')
+    add('--seed-length', type=int, default=8, help='seed tokens cropped from the buffer (default: %(default)s)')
+    add('--num-tokens', type=int, default=256, help='vocabulary size (default: %(default)s)')
+    add('--dim', type=int, default=256, help='transformer width, and the generator\'s embedding width (default: %(default)s)')
+    add('--hidden', type=int, default=None, help='generator hidden size (default: --dim)')
+    add('--depth', type=int, default=6, help='transformer layers (default: %(default)s)')
+    add('--heads', type=int, default=8, help='attention heads (default: %(default)s)')
+    add('--gru', action='store_true', help='a GRU generator instead of an LSTM')
+    add('--data-only', action='store_true', help='profile the data part of a step only (no transformer forward/backward)')
+    add('--device', default=None, help='cuda or cpu (default: cuda when available)')
+    args = parser.parse_args(argv)
+    for name in ('steps', 'batch_size', 'seq_len', 'num_tokens', 'dim', 'depth', 'heads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    if args.warmup < 0:
+        parser.error(f'--warmup must be >= 0, got {args.warmup}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    cuda = device.type == 'cuda'
+    torch.manual_seed(0)
+
+    model = TransformerWrapper(num_tokens=args.num_tokens, max_seq_len=args.seq_len,
+                               attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads))
+    generator = SyntheticDataGenerator(dim=args.dim, num_tokens=args.num_tokens, max_seq_len=args.seq_len,
+                                       hidden_size=args.hidden, use_gru=args.gru)
+    wrapper = UniversalPretrainWrapper(model, data_generator=generator, batch_size=args.batch_size,
+                                       seq_len=args.seq_len, seed_length=args.seed_length, nvtx=True).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        if args.data_only:
+            wrapper.data_step_()
+            return
+        loss = wrapper()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+
+    if cuda:
+        torch.cuda.cudart().cudaProfilerStart()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    elapsed = time.perf_counter() - start
+    if cuda:
+        torch.cuda.cudart().cudaProfilerStop()
+
+    what = 'data steps' if args.data_only else 'training steps'
+    tokens = args.steps * args.batch_size * args.seq_len
+    print(f'{args.steps} {what} on {device}: {elapsed / args.steps * 1e3:.2f} ms a step, {tokens / elapsed:,.0f} synthetic tokens/s')
+
+
+if __name__ == '__main__':
+    main()
