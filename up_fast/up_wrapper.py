@@ -20,6 +20,7 @@ from torch.nn import GRU, LSTM, Module
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from up_fast.buffer import draw_step_rows, gather_seeds, noise_rows, token_dtype
+from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor
 from up_fast.rng import StepRandomness, distributed_rank
@@ -83,8 +84,10 @@ class SyntheticDataGenerator(Module):
     """A randomly initialised embed -> LSTM/GRU -> linear network that "enriches" token sequences.
 
     `generate` teacher-forces the prefix (seed then condition) and samples `length` tokens. The
-    default single-layer LSTM/GRU runs the folded path (up_fast.sampling); a custom
-    `network_klass` runs the generic path, one `forward` call per token, as the reference does.
+    default single-layer LSTM/GRU runs the folded path: the fused Triton kernel or its PyTorch
+    twin (up_fast.sampling), as `backend` says ('auto', 'triton' or 'torch'; default: the
+    UP_FAST_BACKEND environment variable, else 'auto'). A custom `network_klass` runs the generic
+    path, one `forward` call per token, as the reference does.
     """
 
     def __init__(
@@ -95,6 +98,8 @@ class SyntheticDataGenerator(Module):
         hidden_size=None,
         use_gru=False,
         network_klass=None,
+        *,
+        backend: str | None = None,
     ):
         super().__init__()
 
@@ -103,6 +108,7 @@ class SyntheticDataGenerator(Module):
         self.max_seq_len = check_int('max_seq_len', max_seq_len, low=1)
         hidden_size = check_int('hidden_size', default(hidden_size, dim), low=1)
         check_bool('use_gru', use_gru)
+        self.backend = check_backend(backend)
 
         self.num_tokens = num_tokens
         self.embed = nn.Embedding(num_tokens, dim)
@@ -200,7 +206,10 @@ class SyntheticDataGenerator(Module):
         prefix = torch.cat([t.to(device, torch.long) for t in (seed, condition) if exists(t)], dim=-1)   # (batch, prefix_len)
         batch = prefix.shape[0]
 
-        if self.uses_folded_path:
+        if self.uses_folded_path and use_triton(self.backend, prefix.device):
+            from up_fast.kernels.recurrent_sample import fused_recurrent_sample
+            sampled, _ = fused_recurrent_sample(self.folded(), prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
+        elif self.uses_folded_path:
             sampled, _ = self.folded().sample(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
         else:
             sampled = self.generate_generic(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
@@ -286,7 +295,8 @@ class UniversalPretrainWrapper(Module):
     stream of its own for each torch.distributed rank); with neither, torch's global generators.
     Either also re-draws the default data generator's weights from that stream, so that the whole
     run follows from it. `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX
-    range for Nsight (up_fast/profiling.py). The data generator's weights are frozen (requires_grad=False): they are
+    range for Nsight (up_fast/profiling.py). `backend` ('auto', 'triton', 'torch') is handed to the
+    data generator (see SyntheticDataGenerator). The data generator's weights are frozen (requires_grad=False): they are
     never trained, and DDP must neither all-reduce nor broadcast them, nor the buffer.
     """
 
@@ -305,6 +315,7 @@ class UniversalPretrainWrapper(Module):
         generator: torch.Generator | None = None,
         rng_seed: int | None = None,
         nvtx: bool | None = None,
+        backend: str | None = None,
     ):
         super().__init__()
 
@@ -328,6 +339,8 @@ class UniversalPretrainWrapper(Module):
         reset_turing_machine_every = check_int('reset_turing_machine_every', reset_turing_machine_every, low=0)
         check_bool('keep_buffer_on_cpu', keep_buffer_on_cpu)
         nvtx = check_bool('nvtx', nvtx) if exists(nvtx) else nvtx_from_env()
+        if exists(backend):
+            backend = check_backend(backend)
         if exists(generator) and not isinstance(generator, torch.Generator):
             raise TypeError(f'generator must be a torch.Generator or None, got {type(generator).__name__}')
         if exists(rng_seed):
@@ -340,7 +353,7 @@ class UniversalPretrainWrapper(Module):
 
         default_data_generator = not exists(data_generator)
         if default_data_generator:
-            data_generator = SyntheticDataGenerator(num_tokens=num_tokens, dim=dim, max_seq_len=seq_len)
+            data_generator = SyntheticDataGenerator(num_tokens=num_tokens, dim=dim, max_seq_len=seq_len, backend=backend)
         elif not isinstance(data_generator, Module) or not callable(getattr(data_generator, 'generate', None)):
             raise TypeError(f'data_generator must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}')
 
@@ -350,6 +363,11 @@ class UniversalPretrainWrapper(Module):
         generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
         if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
             raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
+
+        if exists(backend):
+            if not isinstance(data_generator, SyntheticDataGenerator):
+                raise ValueError(f'backend={backend!r} needs an up_fast SyntheticDataGenerator, got data_generator of type {type(data_generator).__name__}')
+            data_generator.backend = backend
 
         self.model = model
         self.ar_wrapped = AutoregressiveWrapper(model)

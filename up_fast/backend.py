@@ -1,0 +1,73 @@
+"""Which implementation samples: the fused Triton kernel or its PyTorch twin.
+
+backend='torch' always takes the PyTorch path; 'triton' takes the kernel and fails clearly where it
+cannot run; 'auto' takes the kernel for CUDA tensors when Triton imports and the kernels have been
+validated on a GPU (up_fast.kernels.VALIDATED_ON_GPU), else the PyTorch path, warning once on a
+CUDA device with the reason. The default comes from the environment variable UP_FAST_BACKEND.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import lru_cache
+
+import torch
+
+BACKENDS = ('auto', 'triton', 'torch')
+
+
+def check_backend(backend: str | None) -> str:
+    if backend is None:
+        backend = os.environ.get('UP_FAST_BACKEND', 'auto').strip().lower() or 'auto'
+        source = 'the environment variable UP_FAST_BACKEND'
+    else:
+        source = 'backend'
+    if backend not in BACKENDS:
+        raise ValueError(f'{source} must be one of {BACKENDS}, got {backend!r}')
+    return backend
+
+
+@lru_cache(maxsize=None)
+def triton_problem() -> str | None:
+    """Why the Triton kernels cannot be imported here, or None."""
+    try:
+        import triton  # noqa: F401
+        import up_fast.kernels.recurrent_sample  # noqa: F401
+    except Exception as err:        # ImportError, or a broken install raising anything else
+        return f'Triton could not be imported ({type(err).__name__}: {err})'
+    return None
+
+
+def interpreted() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+_warned = set()
+
+
+def warn_once(reason: str):
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f'up_fast: sampling on the PyTorch path on a CUDA device: {reason}', stacklevel=3)
+
+
+def use_triton(backend: str, device: torch.device) -> bool:
+    if backend == 'torch':
+        return False
+
+    problem = triton_problem()
+    if device.type != 'cuda' and not (backend == 'triton' and interpreted()):
+        problem = problem or f'the tensors are on {device}, and the Triton kernels need CUDA'
+
+    if backend == 'triton':
+        if problem:
+            raise ValueError(f"backend='triton' cannot run here: {problem}. Use backend='auto' or 'torch'")
+        return True
+
+    from up_fast import kernels
+    if not problem and not kernels.VALIDATED_ON_GPU:
+        problem = "the Triton kernels are not yet validated on a GPU; pass backend='triton' to use them anyway"
+    if problem and device.type == 'cuda':
+        warn_once(problem)
+    return not problem
