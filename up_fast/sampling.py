@@ -26,9 +26,13 @@ def default(v, d):
     return v if exists(v) else d
 
 
+def gumbel_(uniform: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise from U[0, 1) noise, in place: -log(-log u). u == 0 gives -inf (never drawn)."""
+    return uniform.log_().neg_().log_().neg_()
+
+
 def gumbel(uniform: Tensor) -> Tensor:
-    """Gumbel(0, 1) noise from U[0, 1) noise: -log(-log u). u == 0 gives -inf (never drawn)."""
-    return uniform.log().neg_().log_().neg_()
+    return gumbel_(uniform.clone())
 
 
 def gumbel_max(logits: Tensor, temperature: float, gumbel_noise: Tensor | None) -> Tensor:
@@ -78,7 +82,7 @@ class GumbelNoise:
             batch, length, num_tokens = self.shape
             steps = min(self.chunk, length - step)
             uniform = torch.rand((batch, steps, num_tokens), device=self.device, generator=self.generator)
-            self.start, self.noise = step, gumbel(uniform)
+            self.start, self.noise = step, gumbel_(uniform)          # in place: one chunk in memory, not two
 
         return self.noise[:, step - self.start]
 
