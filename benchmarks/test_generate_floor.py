@@ -1,0 +1,41 @@
+"""The fp32 matmul floor of `generate` at the example size, beside the implementations.
+
+    pytest benchmarks --benchmark-only -k "generate and (example or floor)"
+
+Any fp32 implementation of the folded LSTM must run, one after another, (prefix_len + length - 1)
+recurrent products (batch, hidden) @ (hidden, 4 * hidden) and `length` output products
+(batch, hidden) @ (hidden, vocab). This times exactly those products on the device, and nothing
+else: no implementation doing the same arithmetic in fp32 can beat it, so its speedup over the
+reference bounds what any fp32 path can reach on this machine.
+"""
+
+import torch
+
+from benchmarks.harness import DEVICE
+from benchmarks.sizes import EXAMPLE
+
+GATES = 4       # LSTM
+
+
+def test_generate_fp32_matmul_floor(benchmark, measure):
+    size = EXAMPLE
+    torch.manual_seed(0)
+    hidden, batch, vocab = size.hidden, size.batch, size.num_tokens
+    h = torch.randn(batch, hidden, device=DEVICE) * 0.1                     # (batch, hidden)
+    weight_hh = torch.randn(GATES * hidden, hidden, device=DEVICE) * 0.05   # (gates * hidden, hidden)
+    weight_out = torch.randn(vocab, hidden, device=DEVICE) * 0.05           # (vocab, hidden)
+    gates = torch.empty(batch, GATES * hidden, device=DEVICE)
+    logits = torch.empty(batch, vocab, device=DEVICE)
+    recurrent_steps = size.seed_length + size.seq_len + size.seq_len - 1   # prefix (seed + condition), then length - 1 feeds
+
+    def matmuls_only():
+        for _ in range(recurrent_steps):
+            torch.mm(h, weight_hh.t(), out=gates)
+        for _ in range(size.seq_len):
+            torch.mm(h, weight_out.t(), out=logits)
+
+    measure(workload='generate', size=size, impl='fp32-matmul-floor', fn=matmuls_only, tokens_per_call=batch * size.seq_len)
+
+    flops = 2 * batch * hidden * (recurrent_steps * GATES * hidden + size.seq_len * vocab)
+    benchmark.extra_info['matmul_gflop'] = flops / 1e9
+    benchmark.extra_info['matmul_gflop_per_second'] = flops / benchmark.stats.stats.median / 1e9
