@@ -204,7 +204,6 @@ class SyntheticDataGenerator(Module):
         The training step calls this with tokens from the buffer, in range by construction."""
         device = self.embed.weight.device
         prefix = torch.cat([t.to(device, torch.long) for t in (seed, condition) if exists(t)], dim=-1)   # (batch, prefix_len)
-        batch = prefix.shape[0]
 
         if self.uses_folded_path and use_triton(self.backend, prefix.device):
             from up_fast.kernels.recurrent_sample import fused_recurrent_sample
