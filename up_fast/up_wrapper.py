@@ -459,15 +459,6 @@ class UniversalPretrainWrapper(Module):
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
-        # 3. count the step, maybe re-draw the turing machine
-
-        self.step.add_(1)
-        self.num_steps += 1
-
-        if self.reset_turing_machine_every > 0 and divisible_by(self.num_steps, self.reset_turing_machine_every):
-            reset_ = self.data_generator.reset_
-            reset_(generator=self.randomness.on(self.data_generator.embed.weight.device)) if isinstance(self.data_generator, SyntheticDataGenerator) else reset_()
-
         # 4. reset rows to fresh noise, 5. write the generated rows back in place of the conditions
 
         with phase('write-back and reset', self.nvtx):
@@ -475,6 +466,16 @@ class UniversalPretrainWrapper(Module):
                 buffer[rows.reset_rows] = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)
 
             buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)
+
+        # 3. count the step, maybe re-draw the turing machine. After the writes, so that a step that
+        # fails counts nothing; the re-drawn weights only act from the next step's generation on
+
+        self.step.add_(1)
+        self.num_steps += 1
+
+        if self.reset_turing_machine_every > 0 and divisible_by(self.num_steps, self.reset_turing_machine_every):
+            reset_ = self.data_generator.reset_
+            reset_(generator=self.randomness.on(self.data_generator.embed.weight.device)) if isinstance(self.data_generator, SyntheticDataGenerator) else reset_()
 
         # 6. a fresh training batch, widened to int64 only now
 
