@@ -53,13 +53,14 @@ Design
 from __future__ import annotations
 
 import os
-from numbers import Integral, Real
+from numbers import Integral
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from up_fast.checks import check_int, check_temperature
 from up_fast.sampling import SUPPORTED_CELLS, FoldedRecurrentNet
 
 # triton.jit picks the interpreter when TRITON_INTERPRET=1 at decoration time (this import)
@@ -435,14 +436,8 @@ def fused_recurrent_sample(
         raise TypeError(f'folded must be a FoldedRecurrentNet, got {type(folded).__name__}')
     if folded.cell not in SUPPORTED_CELLS:
         raise ValueError(f'folded.cell must be one of {SUPPORTED_CELLS}, got {folded.cell!r}')
-    if isinstance(length, bool) or not isinstance(length, Integral) or length < 1:
-        raise ValueError(f'length must be an int >= 1, got {length!r}')
-    length = int(length)
-    if isinstance(temperature, bool) or not isinstance(temperature, Real):
-        raise TypeError(f'temperature must be a real number >= 0, got {temperature!r}')
-    temperature = float(temperature)
-    if not (temperature >= 0 and temperature < float('inf')):
-        raise ValueError(f'temperature must be a finite number >= 0 (0 means greedy argmax), got {temperature}')
+    length = check_int('length', length, low=1)
+    temperature = check_temperature(temperature)
     if precision not in SUPPORTED_PRECISIONS:
         raise ValueError(f'precision must be one of {SUPPORTED_PRECISIONS}, got {precision!r}')
 

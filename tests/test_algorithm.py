@@ -215,3 +215,45 @@ def test_reference_test_up_scenario(keep_buffer_on_cpu):
     up_wrapper = UniversalPretrainWrapper(model, seq_len=16, keep_buffer_on_cpu=keep_buffer_on_cpu)
     loss = up_wrapper()
     loss.backward()
+
+
+# found in review
+
+
+@pytest.mark.parametrize('use_gru', [False, True], ids=['lstm', 'gru'])
+def test_a_step_under_autocast_works_and_folds_in_fp32(model, use_gru):
+    generator = SyntheticDataGenerator(dim=32, num_tokens=256, max_seq_len=16, use_gru=use_gru)
+    wrapper = UniversalPretrainWrapper(model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = wrapper()
+    loss.backward()
+    folded = wrapper.data_generator.folded()
+    assert folded.input_table.dtype == folded.weight_hh.dtype == folded.weight_out.dtype == torch.float32
+
+
+def test_a_generator_returning_the_wrong_shape_fails_before_any_write(monkeypatch, model):
+    wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+    before = {k: v.clone() for k, v in wrapper.state_dict().items()}
+    real = wrapper.data_generator.generate_unchecked
+    monkeypatch.setattr(wrapper.data_generator, 'generate_unchecked', lambda *a, **k: real(*a, **k)[:, :15])
+    with pytest.raises(ValueError, match=r'returned shape \(4, 15\).*\(4, 16\)'):
+        wrapper()
+    assert all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items()) and wrapper.num_steps == 0
+
+
+class NoReset(nn.Module):
+    max_seq_len = 16
+
+    def generate(self, length, seed=None, condition=None):
+        return condition
+
+
+def test_redraws_need_a_generator_with_reset(model):
+    with pytest.raises(ValueError, match='reset_turing_machine_every=2 .* NoReset lacks'):
+        UniversalPretrainWrapper(model, data_generator=NoReset(), seq_len=16, reset_turing_machine_every=2)
+    UniversalPretrainWrapper(model, data_generator=NoReset(), seq_len=16)
+
+
+def test_rng_seed_with_a_foreign_generator_warns(model):
+    with pytest.warns(UserWarning, match='samples from torch.s global generator'):
+        UniversalPretrainWrapper(model, data_generator=NoReset(), seq_len=16, rng_seed=0)

@@ -46,7 +46,6 @@ def test_two_ranks_share_weights_but_not_data(tmp_path, mode):
 
 
 def test_ddp_sees_only_the_transformer_as_trainable():
-    from torch.nn.parallel import DistributedDataParallel  # noqa: F401 (DDP reads the attribute below)
     from conftest import tiny_model
     from up_fast import UniversalPretrainWrapper
 

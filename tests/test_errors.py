@@ -88,6 +88,7 @@ GENERATE_CASES = [
     (dict(length=4, seed=GOOD[:, :0]), ValueError, ['prefix', 'empty']),
     (dict(length=4, seed=GOOD, temperature=1., uniform_noise=torch.rand(2, 3, 30)), ValueError, ['uniform_noise', '(2, 4, 30)', '(2, 3, 30)']),
     (dict(length=4, seed=GOOD, temperature=1., uniform_noise=torch.ones(2, 4, 30, dtype=torch.long)), TypeError, ['uniform_noise', 'floating']),
+    (dict(length=4, seed=GOOD, temperature=0., uniform_noise=torch.rand(2, 4, 29)), ValueError, ['uniform_noise', '(2, 4, 30)']),
 ]
 
 

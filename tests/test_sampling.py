@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from x_transformers import up_wrapper as reference
 
-from up_fast.sampling import FoldedRecurrentNet, gumbel, gumbel_max
+from up_fast.sampling import gumbel, gumbel_max
 from up_fast.up_wrapper import SyntheticDataGenerator
 
 CELLS = [False, True]
@@ -129,8 +129,9 @@ def test_generate_returns_the_last_max_seq_len_tokens_like_the_reference(length,
     seed, condition = torch.randint(0, 30, (2, 4)), torch.randint(0, 30, (2, 16))
     noise = torch.rand(2, length, 30)
     out = fast.generate(length, seed=seed, condition=condition, uniform_noise=noise)
-    sampled = fast.generate(length, seed=seed, condition=condition, uniform_noise=noise, temperature=1e-4)
-    full = torch.cat((seed, condition, sampled[:, -length:] if length <= max_seq_len else sampled), dim=-1)
+    # the sampled tokens straight from the folded net, then the reference's crop of cat(prefix, sampled)
+    sampled, _ = fast.folded().sample(torch.cat((seed, condition), dim=-1), length, 1e-4, uniform_noise=noise)
+    full = torch.cat((seed, condition, sampled), dim=-1)
     assert out.dtype == torch.long
     assert out.shape == (2, min(max_seq_len, 20 + length))
     assert torch.equal(out, full[:, -max_seq_len:])
@@ -159,3 +160,39 @@ def test_gumbel_max_scales_with_temperature_and_is_argmax_at_zero():
     assert torch.equal(gumbel_max(logits, 0.5, noise), (logits / 0.5 + noise).argmax(-1))
     cold = gumbel_max(logits, 1e-4, noise)
     assert (cold == logits.argmax(-1)).float().mean() > 0.99
+
+
+# the folded cache against every way a weight can change
+
+
+def test_folded_weights_follow_replaced_parameters_and_invalidation():
+    _, fast = generator_pair(False)
+    first = fast.folded()
+    for _ in range(3):                               # a new Parameter may land at the old address
+        fast.net.weight_hh_l0 = nn.Parameter(torch.randn_like(fast.net.weight_hh_l0))
+        refolded = fast.folded()
+        assert refolded is not first
+        torch.testing.assert_close(refolded.weight_hh[:48], fast.net.weight_hh_l0[:48].detach())
+        first = refolded
+
+    fast.to_logits.weight.data.mul_(3.)              # `.data` bypasses the version counter...
+    assert fast.folded() is first
+    fast.invalidate_folded()                         # ...which invalidate_folded() is for
+    torch.testing.assert_close(fast.folded().weight_out, fast.to_logits.weight.detach())
+
+
+def test_generate_works_on_weights_made_in_inference_mode():
+    with torch.inference_mode():
+        fast = SyntheticDataGenerator(dim=16, num_tokens=30, max_seq_len=8)
+        out = fast.generate(8, seed=torch.randint(0, 30, (2, 3)))
+    assert out.shape == (2, 8)
+
+
+def test_a_time_major_net_is_not_folded():
+    torch.manual_seed(0)
+    fast = SyntheticDataGenerator(dim=16, num_tokens=30, max_seq_len=8, network_klass=nn.LSTM)   # batch_first=False
+    assert not fast.uses_folded_path
+    seed = torch.randint(0, 30, (3, 5))
+    out = fast.generate(1, seed=seed, temperature=0.)
+    logits, _ = fast(seed)                           # the module's own (time-major) reading of the input
+    assert torch.equal(out[:, -1], logits[:, -1].argmax(-1))

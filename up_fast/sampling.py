@@ -48,6 +48,15 @@ def gumbel_max(logits: Tensor, temperature: float, gumbel_noise: Tensor | None) 
     return torch.add(logits, gumbel_noise, alpha=temperature).argmax(dim=-1)
 
 
+def check_uniform_noise(uniform_noise, shape: tuple[int, int, int]):
+    if not isinstance(uniform_noise, Tensor):
+        raise TypeError(f'uniform_noise must be a torch.Tensor of U[0, 1) draws, got {type(uniform_noise).__name__}')
+    if tuple(uniform_noise.shape) != tuple(shape):
+        raise ValueError(f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}')
+    if not uniform_noise.is_floating_point():
+        raise TypeError(f'uniform_noise must be a floating point tensor of U[0, 1) draws, got dtype {uniform_noise.dtype}')
+
+
 class GumbelNoise:
     """Gumbel noise for `length` sampling steps of a (batch, num_tokens) distribution.
 
@@ -59,11 +68,7 @@ class GumbelNoise:
 
     def __init__(self, batch, length, num_tokens, *, device, generator=None, uniform_noise=None):
         if exists(uniform_noise):
-            expected = (batch, length, num_tokens)
-            if tuple(uniform_noise.shape) != expected:
-                raise ValueError(f'uniform_noise must have shape {expected} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}')
-            if not uniform_noise.is_floating_point():
-                raise TypeError(f'uniform_noise must be a floating point tensor of U[0, 1) draws, got dtype {uniform_noise.dtype}')
+            check_uniform_noise(uniform_noise, (batch, length, num_tokens))
 
         self.shape = (batch, length, num_tokens)
         self.device = device
@@ -138,9 +143,10 @@ class FoldedRecurrentNet:
         if cell == 'lstm':
             if exists(bias_ih):
                 input_table += bias_ih + bias_hh
-            order = torch.cat([torch.arange(0, 2 * hidden), torch.arange(3 * hidden, 4 * hidden), torch.arange(2 * hidden, 3 * hidden)]).to(input_table.device)
-            input_table = input_table[:, order]
-            weight_hh = weight_hh[order]
+            # (i, f, g, o) -> (i, f, o, g) by slices: an index tensor copied to the GPU would sync
+            reorder = lambda t, dim: torch.cat([t.narrow(dim, 0, 2 * hidden), t.narrow(dim, 3 * hidden, hidden), t.narrow(dim, 2 * hidden, hidden)], dim=dim)
+            input_table = reorder(input_table, 1)
+            weight_hh = reorder(weight_hh, 0)
         else:
             if exists(bias_ih):
                 input_table += bias_ih

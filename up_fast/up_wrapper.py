@@ -10,8 +10,12 @@ Algorithm 1 done as intended (see ../README.md, "How up_fast differs"):
 
 from __future__ import annotations
 
+import os
+import warnings
 from functools import partial
 from math import sqrt
+
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +28,7 @@ from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor
 from up_fast.rng import StepRandomness, distributed_rank
-from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, default, exists, gumbel_max
+from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, check_uniform_noise, default, exists, gumbel_max
 
 
 def divisible_by(num, den):
@@ -75,6 +79,7 @@ def is_foldable(embed: Module, net: Module, to_logits: Module) -> bool:
         and net.num_layers == 1
         and not net.bidirectional
         and getattr(net, 'proj_size', 0) == 0
+        and net.batch_first               # a time-major net reads (batch, seq) input as (seq, batch), as in the reference
         and type(to_logits) is nn.Linear
         and to_logits.in_features == net.hidden_size
     )
@@ -123,6 +128,7 @@ class SyntheticDataGenerator(Module):
 
         self._folded = None
         self._folded_key = None
+        self._folded_params = ()
 
         self.apply(self.init_)
 
@@ -153,13 +159,25 @@ class SyntheticDataGenerator(Module):
         return is_foldable(self.embed, self.net, self.to_logits)
 
     def folded(self) -> FoldedRecurrentNet:
-        """The folded weights, recomputed only when a weight changed (re-draw, optimiser step, load)."""
-        params = [self.embed.weight, *self.net.parameters(), *self.to_logits.parameters()]
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        if key != self._folded_key:
-            self._folded = FoldedRecurrentNet.fold(self.embed, self.net, self.to_logits)
+        """The folded weights, recomputed when a weight changed: a re-draw, an optimiser step, a
+        load, a replaced parameter. Writes through `.data` bypass the version counter that this
+        relies on: call `invalidate_folded()` after them."""
+        params = (self.embed.weight, *self.net.parameters(), *self.to_logits.parameters())
+        try:
+            key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        except RuntimeError:            # inference tensors have no version counter: never cache
+            key = None
+        same_params = len(params) == len(self._folded_params) and all(ref() is p for ref, p in zip(self._folded_params, params))
+        if key is None or key != self._folded_key or not same_params:
+            with torch.autocast(params[0].device.type, enabled=False):     # all fp32, whatever the caller's autocast
+                self._folded = FoldedRecurrentNet.fold(self.embed, self.net, self.to_logits)
             self._folded_key = key
+            self._folded_params = tuple(weakref.ref(p) for p in params)
         return self._folded
+
+    def invalidate_folded(self):
+        """Forget the folded weights, after changing a weight in a way its version counter does not see."""
+        self._folded, self._folded_key, self._folded_params = None, None, ()
 
     @torch.no_grad()
     def generate(
@@ -195,6 +213,8 @@ class SyntheticDataGenerator(Module):
             raise ValueError('generate needs at least one prefix token: seed and condition are both empty')
         if batch == 0:
             raise ValueError('generate needs a batch of at least one sequence, got batch size 0')
+        if exists(uniform_noise):
+            check_uniform_noise(uniform_noise, (batch, length, self.num_tokens))
 
         return self.generate_unchecked(length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise)
 
@@ -209,7 +229,8 @@ class SyntheticDataGenerator(Module):
             from up_fast.kernels.recurrent_sample import fused_recurrent_sample
             sampled, _ = fused_recurrent_sample(self.folded(), prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
         elif self.uses_folded_path:
-            sampled, _ = self.folded().sample(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
+            with torch.autocast(device.type, enabled=False):      # the folded path is fp32 throughout
+                sampled, _ = self.folded().sample(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
         else:
             sampled = self.generate_generic(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
 
@@ -359,6 +380,12 @@ class UniversalPretrainWrapper(Module):
         generator_num_tokens = model_num_tokens(data_generator)
         if exists(generator_num_tokens) and generator_num_tokens != num_tokens:
             raise ValueError(f'data_generator must have the model\'s vocabulary of {num_tokens} tokens, got {generator_num_tokens}')
+        if reset_turing_machine_every > 0 and not callable(getattr(data_generator, 'reset_', None)):
+            raise ValueError(f'reset_turing_machine_every={reset_turing_machine_every} re-draws the generator with reset_(), '
+                             f'which data_generator of type {type(data_generator).__name__} lacks; pass 0 or a generator with reset_()')
+        if exists(rng_seed) and not isinstance(data_generator, SyntheticDataGenerator):
+            warnings.warn(f'rng_seed governs the wrapper\'s draws, but data_generator of type {type(data_generator).__name__} samples '
+                          'from torch\'s global generator: the run repeats only under the same torch.manual_seed, and does not resume exactly', stacklevel=2)
         generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
         if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
             raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
@@ -384,6 +411,9 @@ class UniversalPretrainWrapper(Module):
         self.rng_seed = rng_seed
         self.nvtx = nvtx
         self.randomness = StepRandomness(generator, rng_seed, rank=distributed_rank())
+        if exists(rng_seed) and int(os.environ.get('WORLD_SIZE', 1)) > 1 and self.randomness.rank == 0 and os.environ.get('RANK', '0') != '0':
+            warnings.warn('rng_seed reads the rank from torch.distributed, which is not initialised yet: this rank would draw '
+                          'rank 0\'s data stream. Build the wrapper after dist.init_process_group()', stacklevel=2)
 
         self.random_sequences_fn = partial(random_sequences, num_tokens, seq_len, dtype=token_dtype(num_tokens))
 
@@ -458,6 +488,11 @@ class UniversalPretrainWrapper(Module):
                 generated = generate(self.seq_len, seed, condition, 1e-4, generator=self.randomness.on(self.device))
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
+
+        # checked before any write, so that a failing step changes nothing (shapes are host-side)
+        if tuple(generated.shape) != (self.batch_size, self.seq_len):
+            raise ValueError(f'data_generator.generate returned shape {tuple(generated.shape)}, but the buffer needs '
+                             f'(batch_size, seq_len) = ({self.batch_size}, {self.seq_len}) rows')
 
         # 4. reset rows to fresh noise, 5. write the generated rows back in place of the conditions
 
