@@ -43,3 +43,5 @@ def test_profile_entry_runs(capsys):
     main(['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--gru'])
     out = capsys.readouterr().out
     assert 'training steps on cpu' in out and 'data steps on cpu' in out and 'synthetic tokens/s' in out
+    main(['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--backend', 'torch'])
+    assert '(torch backend)' in capsys.readouterr().out

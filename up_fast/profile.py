@@ -2,7 +2,7 @@
 
     python -m up_fast.profile --steps 20
     nsys profile -t cuda,nvtx --capture-range=cudaProfilerApi -o up_fast python -m up_fast.profile --steps 20
-    ncu --nvtx --nvtx-include "up_fast/generate/" --set full -o generate python -m up_fast.profile --data-only --steps 1
+    ncu --nvtx --nvtx-include "up_fast/generate/" --set full -o generate python -m up_fast.profile --data-only --steps 1 --backend triton
 
 NVTX ranges mark each phase of a step (index draw, gather, generate, write-back and reset,
 training-batch gather, transformer); on CUDA only the measured steps sit between
@@ -36,6 +36,7 @@ def parse_args(argv=None):
     add('--gru', action='store_true', help='a GRU generator instead of an LSTM')
     add('--data-only', action='store_true', help='profile the data part of a step only (no transformer forward/backward)')
     add('--device', default=None, help='cuda or cpu (default: cuda when available)')
+    add('--backend', default=None, choices=('auto', 'triton', 'torch'), help='which path samples (default: UP_FAST_BACKEND, else auto)')
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size', 'seq_len', 'num_tokens', 'dim', 'depth', 'heads'):
         if getattr(args, name) < 1:
@@ -54,7 +55,7 @@ def main(argv=None):
     model = TransformerWrapper(num_tokens=args.num_tokens, max_seq_len=args.seq_len,
                                attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads))
     generator = SyntheticDataGenerator(dim=args.dim, num_tokens=args.num_tokens, max_seq_len=args.seq_len,
-                                       hidden_size=args.hidden, use_gru=args.gru)
+                                       hidden_size=args.hidden, use_gru=args.gru, backend=args.backend)
     wrapper = UniversalPretrainWrapper(model, data_generator=generator, batch_size=args.batch_size,
                                        seq_len=args.seq_len, seed_length=args.seed_length, nvtx=True).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -86,7 +87,7 @@ def main(argv=None):
 
     what = 'data steps' if args.data_only else 'training steps'
     tokens = args.steps * args.batch_size * args.seq_len
-    print(f'{args.steps} {what} on {device}: {elapsed / args.steps * 1e3:.2f} ms a step, {tokens / elapsed:,.0f} synthetic tokens/s')
+    print(f'{args.steps} {what} on {device} ({generator.backend} backend): {elapsed / args.steps * 1e3:.2f} ms a step, {tokens / elapsed:,.0f} synthetic tokens/s')
 
 
 if __name__ == '__main__':
