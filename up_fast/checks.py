@@ -60,3 +60,12 @@ def check_token_tensor(name: str, tokens, num_tokens: int, *, batch: int | None 
         if low.item() < 0 or high.item() >= num_tokens:
             raise ValueError(f'{name} holds token ids in [{low.item()}, {high.item()}], outside the vocabulary [0, {num_tokens - 1}]')
     return tokens
+
+
+def check_uniform_noise(uniform_noise, shape: tuple[int, int, int]):
+    if not isinstance(uniform_noise, Tensor):
+        raise TypeError(f'uniform_noise must be a torch.Tensor of U[0, 1) draws, got {type(uniform_noise).__name__}')
+    if tuple(uniform_noise.shape) != tuple(shape):
+        raise ValueError(f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}')
+    if not uniform_noise.is_floating_point():
+        raise TypeError(f'uniform_noise must be a floating point tensor of U[0, 1) draws, got dtype {uniform_noise.dtype}')

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from up_fast.checks import check_uniform_noise
+
 # functions
 
 
@@ -46,15 +48,6 @@ def gumbel_max(logits: Tensor, temperature: float, gumbel_noise: Tensor | None) 
     if temperature == 0:
         return logits.argmax(dim=-1)
     return torch.add(logits, gumbel_noise, alpha=temperature).argmax(dim=-1)
-
-
-def check_uniform_noise(uniform_noise, shape: tuple[int, int, int]):
-    if not isinstance(uniform_noise, Tensor):
-        raise TypeError(f'uniform_noise must be a torch.Tensor of U[0, 1) draws, got {type(uniform_noise).__name__}')
-    if tuple(uniform_noise.shape) != tuple(shape):
-        raise ValueError(f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}')
-    if not uniform_noise.is_floating_point():
-        raise TypeError(f'uniform_noise must be a floating point tensor of U[0, 1) draws, got dtype {uniform_noise.dtype}')
 
 
 class GumbelNoise:

@@ -26,9 +26,9 @@ from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrap
 from up_fast.buffer import draw_step_rows, gather_seeds, noise_rows, token_dtype
 from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
-from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor
+from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.rng import StepRandomness, distributed_rank
-from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, check_uniform_noise, default, exists, gumbel_max
+from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, default, exists, gumbel_max
 
 
 def divisible_by(num, den):
