@@ -210,18 +210,29 @@ class FoldedRecurrentNet:
         zeros = lambda: self.weight_hh.new_zeros(batch, self.hidden_size)
         return (zeros(), zeros()) if self.cell == 'lstm' else (zeros(),)
 
-    def step_(self, tokens: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None) -> Tensor:
+    def gates_scratch(self, batch: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """A (batch, gates * hidden) buffer for step_ and its per-gate views, made once per loop."""
+        gates = self.input_table.new_empty(batch, self.input_table.shape[1])
+        return gates, gates.split(self.hidden_size, dim=-1)
+
+    def step_(self, tokens: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None, scratch=None) -> Tensor:
         """Advance `state` in place by one input token per row. tokens: (batch,). Returns h (batch, hidden).
-        hidden_gates, h @ W_hh^T (batch, gates * hidden), when the caller has it already."""
+        hidden_gates, h @ W_hh^T (batch, gates * hidden), when the caller has it already; scratch, from
+        gates_scratch(), saves an allocation and a split per step."""
         hidden = self.hidden_size
-        gates = self.input_table.index_select(0, tokens)             # (batch, gates * hidden)
+        if exists(scratch):
+            gates, gate_views = scratch
+            torch.index_select(self.input_table, 0, tokens, out=gates)            # (batch, gates * hidden)
+        else:
+            gates = self.input_table.index_select(0, tokens)
+            gate_views = gates.split(hidden, dim=-1)
         if hidden_gates is None:
             hidden_gates = self.linear('weight_hh', tokens.shape[0])(state[0])
 
         if self.cell == 'lstm':
             h, c = state
             gates.add_(hidden_gates).sigmoid_()                          # g block holds sigmoid(2 g)
-            i, f, o, g = gates.split(hidden, dim=-1)
+            i, f, o, g = gate_views
             c.mul_(f).addcmul_(i, g, value=2.).sub_(i)                   # c = f c + i tanh(g)
             torch.mul(c, 2., out=h).sigmoid_()                           # h as scratch: sigmoid(2 c)
             h.mul_(o).mul_(2.).sub_(o)                                   # h = o tanh(c)
@@ -230,7 +241,7 @@ class FoldedRecurrentNet:
         (h,) = state
         hidden_gates[:, 2 * hidden:] += self.bias_hn
         gates[:, :2 * hidden].add_(hidden_gates[:, :2 * hidden]).sigmoid_()
-        r, z, n = gates.split(hidden, dim=-1)
+        r, z, n = gate_views
         n.addcmul_(r, hidden_gates[:, 2 * hidden:]).sigmoid_().mul_(2.).sub_(1.)   # n = tanh(...)
         h.sub_(n).mul_(z).add_(n)                                       # (1 - z) * n + z * h
         return h
@@ -262,9 +273,9 @@ class FoldedRecurrentNet:
         noise = GumbelNoise(batch, length, self.num_tokens, device=prefix.device, generator=generator, uniform_noise=uniform_noise) if temperature > 0 else None
 
         prefix_columns = prefix.long().t().contiguous()                # (prefix_len, batch): contiguous per step
-        recurrent = self.linear('weight_hh', batch)
+        recurrent, scratch = self.linear('weight_hh', batch), self.gates_scratch(batch)
         for t in range(prefix_len):
-            h = self.step_(prefix_columns[t], state, recurrent(state[0]))
+            h = self.step_(prefix_columns[t], state, recurrent(state[0]), scratch)
 
         # a decoding step's logits and its next recurrent term come from one product with [W_hh; W_out]
         both, width = self.linear('weight_hh_out', batch), self.weight_hh.shape[0]
@@ -274,6 +285,6 @@ class FoldedRecurrentNet:
             token = gumbel_max(self.logits(h, products[:, -self.num_tokens:]), temperature, noise[t] if exists(noise) else None)
             out[:, t] = token
             if not last:
-                h = self.step_(token, state, products[:, :width])
+                h = self.step_(token, state, products[:, :width], scratch)
 
         return out, state
