@@ -88,8 +88,8 @@ def twin_logits_after(folded, tokens):
     """The twin's logits (num_tokens,) after feeding the 1-D sequence `tokens` from a zero state."""
     state = folded.init_state(1)
     for token in tokens:
-        h = folded.step_(token.view(1), state)
-    return folded.logits(h)[0]
+        folded.step_(token.view(1), state)
+    return folded.logits(state)[0]
 
 
 def assert_matches_twin(folded_cpu, prefix, length, temperature, uniform_noise, tokens, state):

@@ -55,6 +55,12 @@ def gumbel_max(logits: Tensor, temperature: float, gumbel_noise: Tensor | None, 
     return out
 
 
+# 2 MiB of fp32: what a loop materialises for many steps at once (noise, gathered rows) comes in
+# chunks this size, small enough to reuse the memory the previous chunk freed (a fresh 16 MiB
+# tensor per generate call cost as much in page faults as drawing its numbers)
+CHUNK_ELEMENTS = 1 << 19
+
+
 class GumbelNoise:
     """Gumbel noise for `length` sampling steps of a (batch, num_tokens) distribution.
 
@@ -62,9 +68,7 @@ class GumbelNoise:
     (batch, length, num_tokens) uniform tensor so that two paths can be compared on the same noise.
     """
 
-    # 2 MiB of fp32 a chunk: small enough to reuse the memory the previous chunk freed (a fresh
-    # 16 MiB tensor per generate call cost as much in page faults as drawing its numbers)
-    max_chunk_elements = 1 << 19
+    max_chunk_elements = CHUNK_ELEMENTS
 
     def __init__(self, batch, length, num_tokens, *, device, generator=None, uniform_noise=None):
         if exists(uniform_noise):
@@ -139,6 +143,11 @@ class FoldedRecurrentNet:
     all four: rows of g hold 2 * (W_ig x + b_ig + b_hg) and 2 * W_hg. GRU keeps PyTorch's (r, z, n),
     with b_hn kept apart since it sits inside the reset product,
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): rows of n, and b_hn, are doubled.
+
+    The decoding loop's state (see init_state) is (h / 2, 2 c) for an LSTM and (h,) for a GRU: the
+    LSTM's other two factors of 2 move into the state and into the products' weights (`linear`
+    takes h / 2), which saves two elementwise ops a step; since scaling by 2 is exact in floating
+    point, every value is bitwise what the unscaled form gives. `module_state` converts back.
     """
 
     cell: str
@@ -165,6 +174,11 @@ class FoldedRecurrentNet:
         return self.linears[key]
 
     def weight_and_bias(self, name: str) -> tuple[Tensor, Tensor | None]:
+        """The weight (out, hidden) a product multiplies the loop's state[0] by, and its bias."""
+        weight, bias = self.unscaled_weight_and_bias(name)
+        return (weight * 2. if self.cell == 'lstm' else weight), bias        # an LSTM's state[0] is h / 2
+
+    def unscaled_weight_and_bias(self, name: str) -> tuple[Tensor, Tensor | None]:
         gates_width = self.weight_hh.shape[0]
         bias_hh = None
         if exists(self.bias_hn):                           # GRU: (0, 0, b_hn) over the (r, z, n) rows
@@ -235,51 +249,64 @@ class FoldedRecurrentNet:
         )
 
     def init_state(self, batch: int) -> tuple[Tensor, ...]:
+        """The loop's zero state for `batch` rows: (h / 2, 2 c) for an LSTM, (h,) for a GRU."""
         zeros = lambda: self.weight_hh.new_zeros(batch, self.hidden_size)
         return (zeros(), zeros()) if self.cell == 'lstm' else (zeros(),)
+
+    def module_state(self, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The loop's state in the module's own terms, (h, c) or (h,); new tensors."""
+        if self.cell == 'lstm':
+            half_h, double_c = state
+            return half_h * 2., double_c * 0.5
+        return tuple(t.clone() for t in state)
 
     def gates_scratch(self, batch: int) -> tuple[Tensor, tuple[Tensor, ...]]:
         """A (batch, gates * hidden) buffer for step_ and its per-gate views, made once per loop."""
         gates = self.input_table.new_empty(batch, self.input_table.shape[1])
         return gates, gates.split(self.hidden_size, dim=-1)
 
-    def step_(self, tokens: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None, scratch=None) -> Tensor:
-        """Advance `state` in place by one input token per row. tokens: (batch,). Returns h (batch, hidden).
+    def step_(self, inputs: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None, scratch=None) -> Tensor:
+        """Advance the loop's `state` in place by one input token per row; returns state[0].
 
-        hidden_gates, linear('weight_hh')(h) (batch, gates * hidden), when the caller has it already;
-        scratch, from gates_scratch(), saves an allocation and a split per step. Doubling is written
-        x + x, not 2 * x: an op with a Python number costs about a microsecond more on the CPU, and
-        the decoding loop makes over a thousand steps.
+        inputs: token ids (batch,), or the input_table rows they pick (batch, gates * hidden), which
+        a caller that knows its tokens ahead gathers for many steps in one call. hidden_gates,
+        linear('weight_hh')(state[0]) (batch, gates * hidden), when the caller has it already;
+        scratch, from gates_scratch(), saves an allocation and a split per step. Doubling is
+        written x + x, not 2 * x: an op with a Python number costs about a microsecond more on the
+        CPU, and the decoding loop makes over a thousand steps.
         """
-        if exists(scratch):
-            gates, gate_views = scratch
-            torch.index_select(self.input_table, 0, tokens, out=gates)            # (batch, gates * hidden)
-        else:
-            gates = self.input_table.index_select(0, tokens)
-            gate_views = gates.split(self.hidden_size, dim=-1)
+        gates, gate_views = scratch if exists(scratch) else self.gates_scratch(inputs.shape[0])
         if not exists(hidden_gates):
-            hidden_gates = self.linear('weight_hh', tokens.shape[0])(state[0])
+            hidden_gates = self.linear('weight_hh', inputs.shape[0])(state[0])
+        from_rows = inputs.is_floating_point()
 
         if self.cell == 'lstm':
-            h, c = state
-            gates.add_(hidden_gates).sigmoid_()                          # g block holds sigmoid(2 g)
+            half_h, double_c = state
+            if from_rows:
+                torch.add(inputs, hidden_gates, out=gates)
+            else:
+                torch.index_select(self.input_table, 0, inputs, out=gates).add_(hidden_gates)
+            gates.sigmoid_()                                             # g block holds sigmoid(2 g)
             i, f, o, g = gate_views
-            c.mul_(f).addcmul_(i, g, value=2.).sub_(i)                   # c = f c + i tanh(g)
-            torch.add(c, c, out=h).sigmoid_()                            # h as scratch: sigmoid(2 c)
-            h.mul_(o)
-            return h.add_(h).sub_(o)                                     # h = o tanh(c) = 2 o sigmoid(2 c) - o
+            double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)  # 2 c = f 2 c + 2 i tanh(g)
+            torch.sigmoid(double_c, out=half_h).mul_(o)
+            return half_h.sub_(o, alpha=0.5)                             # h / 2 = o sigmoid(2 c) - o / 2 = o tanh(c) / 2
 
         (h,) = state
         hidden = self.hidden_size
+        if from_rows:
+            gates.copy_(inputs)
+        else:
+            torch.index_select(self.input_table, 0, inputs, out=gates)
         r, z, n = gate_views
         gates[:, :2 * hidden].add_(hidden_gates[:, :2 * hidden]).sigmoid_()
         n.addcmul_(r, hidden_gates[:, 2 * hidden:]).sigmoid_()          # hidden_gates holds b_hn already
         n.add_(n).sub_(1.)                                               # n = tanh(...)
         return h.sub_(n).mul_(z).add_(n)                                 # (1 - z) * n + z * h
 
-    def logits(self, h: Tensor) -> Tensor:
-        # (batch, hidden) -> (batch, num_tokens)
-        return self.linear('weight_out', h.shape[0])(h)
+    def logits(self, state: tuple[Tensor, ...]) -> Tensor:
+        # the loop's state -> (batch, num_tokens)
+        return self.linear('weight_out', state[0].shape[0])(state[0])
 
     @torch.no_grad()
     def sample(
@@ -294,30 +321,42 @@ class FoldedRecurrentNet:
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Teacher-force `prefix` (batch, prefix_len) then sample `length` tokens into `out`.
 
-        Returns the sampled tokens (batch, length) int64 and the final recurrent state, which is the
-        state after feeding the second to last sampled token (the last one is never fed).
+        Returns the sampled tokens (batch, length) int64 and the final recurrent state in the
+        module's terms ((h, c) or (h,)), which is the state after feeding the second to last
+        sampled token (the last one is never fed).
         """
+        # inference mode skips the autograd bookkeeping of every op (~0.2 us each, 15 ops a step);
+        # what leaves it is made outside it, so callers get ordinary tensors
+        with torch.inference_mode():
+            sampled_columns, state = self.sample_columns(prefix, length, temperature, generator, uniform_noise)
+
+        sampled = sampled_columns.t()                                   # (batch, length)
+        sampled = out.copy_(sampled) if exists(out) else sampled.clone(memory_format=torch.contiguous_format)
+        return sampled, self.module_state(state)
+
+    def sample_columns(self, prefix, length, temperature, generator, uniform_noise):
         batch, prefix_len = prefix.shape
+        width = self.weight_hh.shape[0]
         state = self.init_state(batch)
         noise = GumbelNoise(batch, length, self.num_tokens, device=prefix.device, generator=generator, uniform_noise=uniform_noise) if temperature > 0 else None
-        # one decoding loop makes ~length small ops a kind: everything a step needs is looked up here, once
+        # a loop makes ~length small ops of each kind: everything a step needs is looked up here, once
         scratch = self.gates_scratch(batch)
         recurrent, both, last_logits = (self.linear(name, batch) for name in ('weight_hh', 'weight_hh_out', 'weight_out'))
-        width = self.weight_hh.shape[0]
         sampled_columns = torch.empty((length, batch), dtype=torch.long, device=prefix.device)   # (length, batch): step t writes a contiguous row
 
+        # the prefix's tokens are known: their input_table rows are gathered a chunk of steps at a time
         prefix_columns = prefix.long().t().contiguous()                # (prefix_len, batch)
-        for tokens in prefix_columns:
-            h = self.step_(tokens, state, recurrent(state[0]), scratch)
+        chunk = max(1, CHUNK_ELEMENTS // (batch * width))
+        for start in range(0, prefix_len, chunk):
+            tokens = prefix_columns[start:start + chunk]                  # (steps, batch)
+            rows = self.input_table.index_select(0, tokens.reshape(-1)).view(*tokens.shape, width)
+            for step_rows in rows:
+                self.step_(step_rows, state, recurrent(state[0]), scratch)
 
         # a decoding step's logits and its next recurrent term come from one product with [W_hh; W_out]
         for t in range(length - 1):
-            products = both(h)                                          # (batch, gates * hidden + num_tokens)
+            products = both(state[0])                                   # (batch, gates * hidden + num_tokens)
             tokens = gumbel_max(products[:, width:], temperature, noise[t] if exists(noise) else None, out=sampled_columns[t])
-            h = self.step_(tokens, state, products[:, :width], scratch)
-        gumbel_max(last_logits(h), temperature, noise[length - 1] if exists(noise) else None, out=sampled_columns[length - 1])
-
-        sampled = sampled_columns.t()                                   # (batch, length)
-        if exists(out):
-            return out.copy_(sampled), state
-        return sampled.contiguous(), state
+            self.step_(tokens, state, products[:, :width], scratch)
+        gumbel_max(last_logits(state[0]), temperature, noise[length - 1] if exists(noise) else None, out=sampled_columns[length - 1])
+        return sampled_columns, state
