@@ -56,6 +56,39 @@ def test_teacher_forced_logits_and_states_match_the_reference(use_gru):
         torch.testing.assert_close(fast.folded().module_state(state)[1], ref_last[1][0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_a_step_from_gathered_rows_equals_a_step_from_tokens(use_gru):
+    # sample() gathers the prefix's input rows in bulk; step_ must then do exactly what it does from ids
+    _, fast = generator_pair(use_gru)
+    folded = fast.folded()
+    tokens = torch.randint(0, 300, (5, 12))
+    by_id, by_row = folded.init_state(5), folded.init_state(5)
+    for t in range(12):
+        folded.step_(tokens[:, t], by_id)
+        folded.step_(folded.input_table[tokens[:, t]], by_row, scratch=folded.gates_scratch(5))
+        assert all(torch.equal(a, b) for a, b in zip(by_id, by_row))
+    assert by_id[0].abs().sum() > 0, 'the state moved'
+
+
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_sample_returns_ordinary_tensors_in_the_modules_terms(use_gru):
+    # the loop runs in inference mode and keeps an LSTM's state as (h / 2, 2 c): neither may leak out
+    _, fast = generator_pair(use_gru)
+    folded = fast.folded()
+    prefix = torch.randint(0, 300, (3, 9))
+    tokens, state = folded.sample(prefix, 4, 1.)
+    assert not tokens.is_inference() and not any(s.is_inference() for s in state)
+    tokens.add_(0)                                      # in-place use is allowed outside inference mode
+    assert tokens.shape == (3, 4) and tokens.is_contiguous()
+
+    teacher = torch.cat((prefix, tokens[:, :-1]), dim=-1)            # the state is after the second to last token
+    with torch.no_grad():
+        _, ref_state = fast.net(fast.embed(teacher))
+    expected = (ref_state[0],) if use_gru else (ref_state[0][0], ref_state[1][0])   # GRU: h_n; LSTM: (h_n, c_n)
+    for got, want in zip(state, expected):
+        torch.testing.assert_close(got, want.reshape(got.shape), rtol=1e-5, atol=1e-5)
+
+
 def test_folding_leaves_the_module_untouched():
     for use_gru in CELLS:
         _, fast = generator_pair(use_gru)
