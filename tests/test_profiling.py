@@ -45,3 +45,18 @@ def test_profile_entry_runs(capsys):
     assert 'training steps on cpu' in out and 'data steps on cpu' in out and 'synthetic tokens/s' in out
     main(['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--backend', 'torch'])
     assert '(torch backend)' in capsys.readouterr().out
+
+
+def test_profile_entry_prints_the_top_operators(capsys):
+    from up_fast.profile import main
+    main(['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--ops', '4'])
+    out = capsys.readouterr().out
+    assert 'the 4 operators with the most self time' in out
+    assert 'aten::' in out or 'mkldnn::' in out
+
+
+def test_profile_entry_rejects_a_negative_op_count(capsys):
+    from up_fast.profile import main
+    with pytest.raises(SystemExit):
+        main(['--ops', '-1'])
+    assert '--ops must be >= 0, got -1' in capsys.readouterr().err

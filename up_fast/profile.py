@@ -7,6 +7,11 @@
 NVTX ranges mark each phase of a step (index draw, gather, generate, write-back and reset,
 training-batch gather, transformer); on CUDA only the measured steps sit between
 cudaProfilerStart and cudaProfilerStop, so `--capture-range=cudaProfilerApi` skips the warm-up.
+
+Without Nsight (on a CPU, say), `--ops N` runs the measured steps once more under torch.profiler
+and prints the N operators with the most self time, so a user sees where a step goes:
+
+    python -m up_fast.profile --data-only --steps 5 --ops 15
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ def parse_args(argv=None):
     add('--data-only', action='store_true', help='profile the data part of a step only (no transformer forward/backward)')
     add('--device', default=None, help='cuda or cpu (default: cuda when available)')
     add('--backend', default=None, choices=('auto', 'triton', 'torch'), help='which path samples (default: UP_FAST_BACKEND, else auto)')
+    add('--ops', type=int, default=0, metavar='N', help='then run the measured steps again under torch.profiler and print the N operators with the most self time (default: off)')
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size', 'seq_len', 'num_tokens', 'dim', 'depth', 'heads'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
-    if args.warmup < 0:
-        parser.error(f'--warmup must be >= 0, got {args.warmup}')
+    for name in ('warmup', 'ops'):
+        if getattr(args, name) < 0:
+            parser.error(f'--{name} must be >= 0, got {getattr(args, name)}')
     return args
 
 
@@ -88,6 +95,17 @@ def main(argv=None):
     what = 'data steps' if args.data_only else 'training steps'
     tokens = args.steps * args.batch_size * args.seq_len
     print(f'{args.steps} {what} on {device} ({generator.backend} backend): {elapsed / args.steps * 1e3:.2f} ms a step, {tokens / elapsed:,.0f} synthetic tokens/s')
+
+    if args.ops:
+        # a separate pass: the profiler's own overhead must not enter the timing above
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(args.steps):
+                step()
+            sync()
+        sort_by = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+        print(f'\nthe {args.ops} operators with the most self time over {args.steps} more {what} (torch.profiler, which adds its own overhead):')
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=args.ops))
 
 
 if __name__ == '__main__':
