@@ -10,8 +10,10 @@ plus one (batch, hidden) @ (hidden, gates * hidden) matmul, half the FLOPs of th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import repeat
 
 import torch
 from torch import Tensor, nn
@@ -65,8 +67,9 @@ CHUNK_ELEMENTS = 1 << 17
 class GumbelNoise:
     """Gumbel noise for `length` sampling steps of a (batch, num_tokens) distribution.
 
-    Drawn in chunks of steps (bounded memory, few launches), or taken from an injected
-    (batch, length, num_tokens) uniform tensor so that two paths can be compared on the same noise.
+    Iterating yields each step's (batch, num_tokens) noise, in order. It is drawn in chunks of
+    steps (bounded memory, few launches), or taken from an injected (batch, length, num_tokens)
+    uniform tensor so that two paths can be compared on the same noise.
     """
 
     max_chunk_elements = CHUNK_ELEMENTS
@@ -80,22 +83,25 @@ class GumbelNoise:
         self.generator = generator
         self.uniform_noise = uniform_noise
         self.chunk = max(1, min(length, self.max_chunk_elements // max(1, batch * num_tokens)))
-        self.start = None
-        self.noise = None
 
-    def __getitem__(self, step: int) -> Tensor:
-        # (batch, num_tokens) Gumbel noise of sampling step `step`; steps are asked for in order
+    def __iter__(self) -> Iterator[Tensor]:
+        batch, length, num_tokens = self.shape
         if exists(self.uniform_noise):
-            return gumbel(self.uniform_noise[:, step].to(device=self.device, dtype=torch.float32))
+            for step in range(length):
+                yield gumbel(self.uniform_noise[:, step].to(device=self.device, dtype=torch.float32))
+            return
 
-        if not exists(self.start) or not (self.start <= step < self.start + self.noise.shape[0]):
-            batch, length, num_tokens = self.shape
-            steps = min(self.chunk, length - step)
+        for start in range(0, length, self.chunk):
             # step-major, so that each step's (batch, num_tokens) slice is contiguous
-            uniform = torch.rand((steps, batch, num_tokens), device=self.device, generator=self.generator)
-            self.start, self.noise = step, gumbel_(uniform)          # in place: one chunk in memory, not two
+            uniform = torch.rand((min(self.chunk, length - start), batch, num_tokens), device=self.device, generator=self.generator)
+            yield from gumbel_(uniform).unbind(0)                    # in place: one chunk in memory, not two
 
-        return self.noise[step - self.start]
+
+def noise_steps(batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None) -> Iterator[Tensor | None]:
+    """Each sampling step's Gumbel noise, in order (see GumbelNoise); None at temperature 0, which needs none."""
+    if temperature == 0:
+        return repeat(None, length)
+    return iter(GumbelNoise(batch, length, num_tokens, device=device, generator=generator, uniform_noise=uniform_noise))
 
 
 # small-batch matmuls on the CPU
@@ -266,44 +272,58 @@ class FoldedRecurrentNet:
         gates = self.input_table.new_empty(batch, self.input_table.shape[1])
         return gates, gates.split(self.hidden_size, dim=-1)
 
-    def step_(self, inputs: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None, scratch=None) -> Tensor:
-        """Advance the loop's `state` in place by one input token per row; returns state[0].
+    def stepper(self, state: tuple[Tensor, ...], scratch=None):
+        """`step(inputs, hidden_gates)`, which advances the loop's `state` in place by one input per
+        row and returns state[0]: the cell, specialised once per loop with all it touches bound.
 
         inputs: token ids (batch,), or the input_table rows they pick (batch, gates * hidden), which
-        a caller that knows its tokens ahead gathers for many steps in one call. hidden_gates,
-        linear('weight_hh')(state[0]) (batch, gates * hidden), when the caller has it already;
-        scratch, from gates_scratch(), saves an allocation and a split per step. Doubling is
-        written x + x, not 2 * x: an op with a Python number costs about a microsecond more on the
-        CPU, and the decoding loop makes over a thousand steps.
+        a caller that knows its tokens ahead gathers for many steps in one call. hidden_gates:
+        linear('weight_hh')(state[0]) (batch, gates * hidden). scratch, from gates_scratch(), is
+        made here when not given. Doubling is written x + x, not 2 * x: an op with a Python number
+        costs about a microsecond more on the CPU.
         """
-        gates, gate_views = scratch if exists(scratch) else self.gates_scratch(inputs.shape[0])
-        if not exists(hidden_gates):
-            hidden_gates = self.linear('weight_hh', inputs.shape[0])(state[0])
-        from_rows = inputs.is_floating_point()
+        gates, gate_views = scratch if exists(scratch) else self.gates_scratch(state[0].shape[0])
+        table, index_select, add, sigmoid = self.input_table, torch.index_select, torch.add, torch.sigmoid
 
         if self.cell == 'lstm':
             half_h, double_c = state
-            if from_rows:
-                torch.add(inputs, hidden_gates, out=gates)
-            else:
-                torch.index_select(self.input_table, 0, inputs, out=gates).add_(hidden_gates)
-            gates.sigmoid_()                                             # g block holds sigmoid(2 g)
             i, f, o, g = gate_views
-            double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)  # 2 c = f 2 c + 2 i tanh(g)
-            torch.sigmoid(double_c, out=half_h).mul_(o)
-            return half_h.sub_(o, alpha=0.5)                             # h / 2 = o sigmoid(2 c) - o / 2 = o tanh(c) / 2
+
+            def lstm_step(inputs: Tensor, hidden_gates: Tensor) -> Tensor:
+                if inputs.is_floating_point():
+                    add(inputs, hidden_gates, out=gates)
+                else:
+                    index_select(table, 0, inputs, out=gates).add_(hidden_gates)
+                gates.sigmoid_()                                         # g block holds sigmoid(2 g)
+                double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)  # 2 c = f 2 c + 2 i tanh(g)
+                sigmoid(double_c, out=half_h).mul_(o)
+                return half_h.sub_(o, alpha=0.5)                         # h / 2 = o sigmoid(2 c) - o / 2 = o tanh(c) / 2
+
+            return lstm_step
 
         (h,) = state
         hidden = self.hidden_size
-        if from_rows:
-            gates.copy_(inputs)
-        else:
-            torch.index_select(self.input_table, 0, inputs, out=gates)
-        r, z, n = gate_views
-        gates[:, :2 * hidden].add_(hidden_gates[:, :2 * hidden]).sigmoid_()
-        n.addcmul_(r, hidden_gates[:, 2 * hidden:]).sigmoid_()          # hidden_gates holds b_hn already
-        n.add_(n).sub_(1.)                                               # n = tanh(...)
-        return h.sub_(n).mul_(z).add_(n)                                 # (1 - z) * n + z * h
+        reset_update, (r, z, n) = gates[:, :2 * hidden], gate_views
+
+        def gru_step(inputs: Tensor, hidden_gates: Tensor) -> Tensor:
+            if inputs.is_floating_point():
+                gates.copy_(inputs)
+            else:
+                index_select(table, 0, inputs, out=gates)
+            hidden_reset_update, hidden_n = hidden_gates.split((2 * hidden, hidden), dim=1)
+            reset_update.add_(hidden_reset_update).sigmoid_()
+            n.addcmul_(r, hidden_n).sigmoid_()                           # hidden_gates holds b_hn already
+            n.add_(n).sub_(1.)                                           # n = tanh(...)
+            return h.sub_(n).mul_(z).add_(n)                             # (1 - z) * n + z * h
+
+        return gru_step
+
+    def step_(self, inputs: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None, scratch=None) -> Tensor:
+        """One step of stepper(state, scratch) (see there); hidden_gates are computed when not given.
+        Loops make the stepper once and call it."""
+        if not exists(hidden_gates):
+            hidden_gates = self.linear('weight_hh', inputs.shape[0])(state[0])
+        return self.stepper(state, scratch)(inputs, hidden_gates)
 
     def logits(self, state: tuple[Tensor, ...]) -> Tensor:
         # the loop's state -> (batch, num_tokens)
@@ -339,11 +359,13 @@ class FoldedRecurrentNet:
         batch, prefix_len = prefix.shape
         width = self.weight_hh.shape[0]
         state = self.init_state(batch)
-        noise = GumbelNoise(batch, length, self.num_tokens, device=prefix.device, generator=generator, uniform_noise=uniform_noise) if temperature > 0 else None
         # a loop makes ~length small ops of each kind: everything a step needs is looked up here, once
-        scratch = self.gates_scratch(batch)
+        x = state[0]                                                    # what the products take; steps update it in place
+        step = self.stepper(state)
         recurrent, both, last_logits = (self.linear(name, batch) for name in ('weight_hh', 'weight_hh_out', 'weight_out'))
         sampled_columns = torch.empty((length, batch), dtype=torch.long, device=prefix.device)   # (length, batch): step t writes a contiguous row
+        sampled_rows = sampled_columns.unbind(0)
+        noise = noise_steps(batch, length, self.num_tokens, temperature, device=prefix.device, generator=generator, uniform_noise=uniform_noise)
 
         # the prefix's tokens are known: their input_table rows are gathered a chunk of steps at a time
         prefix_columns = prefix.long().t().contiguous()                # (prefix_len, batch)
@@ -351,13 +373,13 @@ class FoldedRecurrentNet:
         for start in range(0, prefix_len, chunk):
             tokens = prefix_columns[start:start + chunk]                  # (steps, batch)
             rows = self.input_table.index_select(0, tokens.reshape(-1)).view(*tokens.shape, width)
-            for step_rows in rows:
-                self.step_(step_rows, state, recurrent(state[0]), scratch)
+            for step_rows in rows.unbind(0):
+                step(step_rows, recurrent(x))
 
         # a decoding step's logits and its next recurrent term come from one product with [W_hh; W_out]
+        split = (width, self.num_tokens)
         for t in range(length - 1):
-            products = both(state[0])                                   # (batch, gates * hidden + num_tokens)
-            tokens = gumbel_max(products[:, width:], temperature, noise[t] if exists(noise) else None, out=sampled_columns[t])
-            self.step_(tokens, state, products[:, :width], scratch)
-        gumbel_max(last_logits(state[0]), temperature, noise[length - 1] if exists(noise) else None, out=sampled_columns[length - 1])
+            hidden_gates, logits = both(x).split(split, dim=1)          # (batch, gates * hidden), (batch, num_tokens)
+            step(gumbel_max(logits, temperature, next(noise), out=sampled_rows[t]), hidden_gates)
+        gumbel_max(last_logits(x), temperature, next(noise), out=sampled_rows[length - 1])
         return sampled_columns, state

@@ -28,7 +28,7 @@ from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.rng import StepRandomness, distributed_rank
-from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, default, exists, gumbel_max
+from up_fast.sampling import FoldedRecurrentNet, default, exists, gumbel_max, noise_steps
 
 
 def divisible_by(num, den):
@@ -245,11 +245,11 @@ class SyntheticDataGenerator(Module):
         """Any network: one `forward` per sampled token, carrying the hidden state."""
         batch = prefix.shape[0]
         sampled = torch.empty((batch, length), dtype=torch.long, device=prefix.device)    # (batch, length)
-        noise = GumbelNoise(batch, length, self.num_tokens, device=prefix.device, generator=generator, uniform_noise=uniform_noise) if temperature > 0 else None
+        noise = noise_steps(batch, length, self.num_tokens, temperature, device=prefix.device, generator=generator, uniform_noise=uniform_noise)
 
         logits, hiddens = self.forward(prefix)
         for t in range(length):
-            token = gumbel_max(logits[:, -1].float(), temperature, noise[t] if exists(noise) else None)
+            token = gumbel_max(logits[:, -1].float(), temperature, next(noise))
             sampled[:, t] = token
             if t < length - 1:
                 logits, hiddens = self.forward(token[:, None], hiddens)
