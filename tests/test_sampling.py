@@ -232,3 +232,15 @@ def test_a_time_major_net_is_not_folded():
     out = fast.generate(1, seed=seed, temperature=0.)
     logits, _ = fast(seed)                           # the module's own (time-major) reading of the input
     assert torch.equal(out[:, -1], logits[:, -1].argmax(-1))
+
+
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_sampling_no_tokens_returns_an_empty_batch_and_the_prefix_state(use_gru):
+    _, fast = generator_pair(use_gru)
+    prefix = torch.randint(0, 300, (2, 5))
+    tokens, state = fast.folded().sample(prefix, 0, 1.)
+    assert tokens.shape == (2, 0) and tokens.dtype == torch.long
+    with torch.no_grad():
+        _, ref_state = fast.net(fast.embed(prefix))
+    ref_h = ref_state[0] if use_gru else ref_state[0][0]         # GRU: h_n (1, batch, hidden); LSTM: (h_n, c_n)
+    torch.testing.assert_close(state[0], ref_h, rtol=1e-5, atol=1e-5)

@@ -376,6 +376,9 @@ class FoldedRecurrentNet:
             for step_rows in rows.unbind(0):
                 step(step_rows, recurrent(x))
 
+        if length == 0:
+            return sampled_columns, state
+
         # a decoding step's logits and its next recurrent term come from one product with [W_hh; W_out]
         split = (width, self.num_tokens)
         for t in range(length - 1):
