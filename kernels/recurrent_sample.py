@@ -44,7 +44,9 @@ Design
   (BLOCK_B 16 rows, BLOCK_H = BLOCK_K = 32, BLOCK_V 64, 4 warps) compile for sm_90 with no
   register spills (ptxas report, Triton 3.9 AOT); they are a starting point to tune on a GPU.
 - numerics: every tanh is 2 * sigmoid(2x) - 1 with the doubling folded into the weights (see
-  FoldedRecurrentNet); the elementwise operations follow the twin's order. Weights may be fp32,
+  FoldedRecurrentNet), and h and c are kept unscaled (the twin's CPU loop keeps h / 2 and 2 c,
+  which gives bitwise the same values and saves it two ops a step; here the state is not an op).
+  Weights may be fp32,
   bf16 or fp16: cast to fp32 on load, fp32 accumulation. precision='ieee' (default) is a true
   fp32 dot, so tokens match the twin except at genuine near-ties; 'tf32x3' is faster on tensor
   cores and about as accurate; plain 'tf32' is not offered (10-bit mantissa flips tokens).

@@ -356,6 +356,7 @@ class FoldedRecurrentNet:
         return sampled, self.module_state(state)
 
     def sample_columns(self, prefix, length, temperature, generator, uniform_noise):
+        """sample()'s loop, in inference mode: tokens (length, batch) and the loop's state."""
         batch, prefix_len = prefix.shape
         width = self.weight_hh.shape[0]
         state = self.init_state(batch)
