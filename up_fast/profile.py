@@ -103,7 +103,7 @@ def main(argv=None):
             for _ in range(args.steps):
                 step()
             sync()
-        sort_by = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+        sort_by = 'self_device_time_total' if cuda else 'self_cpu_time_total'
         print(f'\nthe {args.ops} operators with the most self time over {args.steps} more {what} (torch.profiler, which adds its own overhead):')
         print(prof.key_averages().table(sort_by=sort_by, row_limit=args.ops))
 
