@@ -1,5 +1,6 @@
 """The folded sampling path against the real reference network, and the Gumbel-max sampler."""
 
+import dataclasses
 import random
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from torch import nn
 from x_transformers import up_wrapper as reference
 
-from up_fast.sampling import gumbel, gumbel_max
+from up_fast import sampling
+from up_fast.sampling import GumbelNoise, gumbel, gumbel_, gumbel_max
 from up_fast.up_wrapper import SyntheticDataGenerator
 
 CELLS = [False, True]
@@ -38,8 +40,17 @@ def teacher_force(folded, tokens):
     return torch.stack(logits, dim=1), torch.stack(hs, dim=1)
 
 
+@pytest.fixture(params=['onednn', 'torch'], ids=['products-onednn', 'products-addmm'])
+def product_routine(request, monkeypatch):
+    """Both routines FoldedRecurrentNet.linear may take: oneDNN where it is available on the CPU,
+    torch.addmm where it is not (other CPUs, and CUDA's PyTorch path)."""
+    if request.param == 'torch':
+        monkeypatch.setattr(sampling, 'onednn_packed', lambda weight, batch: None)
+    return request.param
+
+
 @pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
-def test_teacher_forced_logits_and_states_match_the_reference(use_gru):
+def test_teacher_forced_logits_and_states_match_the_reference(use_gru, product_routine):
     ref, fast = generator_pair(use_gru)
     tokens = torch.randint(0, 300, (3, 600))                       # a long prefix
     with torch.no_grad():
@@ -242,5 +253,53 @@ def test_sampling_no_tokens_returns_an_empty_batch_and_the_prefix_state(use_gru)
     assert tokens.shape == (2, 0) and tokens.dtype == torch.long
     with torch.no_grad():
         _, ref_state = fast.net(fast.embed(prefix))
-    ref_h = ref_state[0] if use_gru else ref_state[0][0]         # GRU: h_n (1, batch, hidden); LSTM: (h_n, c_n)
-    torch.testing.assert_close(state[0], ref_h, rtol=1e-5, atol=1e-5)
+    expected = (ref_state[0],) if use_gru else (ref_state[0][0], ref_state[1][0])   # GRU: h_n; LSTM: (h_n, c_n)
+    assert len(state) == len(expected)
+    for got, want in zip(state, expected):
+        torch.testing.assert_close(got, want.reshape(got.shape), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_prefix_chunks_give_what_one_step_at_a_time_gives(use_gru, monkeypatch):
+    # sample() gathers the prefix's input rows a chunk of steps at a time: with chunks of a few
+    # steps (and a last, shorter one) the state must be bitwise what plain step_ calls give
+    _, fast = generator_pair(use_gru)
+    folded = fast.folded()
+    prefix = torch.randint(0, 300, (4, 23))
+    gates_width = folded.weight_hh.shape[0]
+    monkeypatch.setattr(sampling, 'CHUNK_ELEMENTS', 3 * 4 * gates_width)      # 3 steps a chunk: 8 chunks
+    _, chunked = folded.sample(prefix, 0, 1.)
+
+    state = folded.init_state(4)
+    for t in range(prefix.shape[1]):
+        folded.step_(prefix[:, t], state)
+    assert all(torch.equal(a, b) for a, b in zip(chunked, folded.module_state(state)))
+
+
+def test_noise_chunks_continue_one_stream():
+    # chunked draws must be the numbers one (length, batch, vocab) draw would give, in order
+    batch, length, vocab = 3, 10, 7
+    noise = GumbelNoise(batch, length, vocab, device=torch.device('cpu'), generator=torch.Generator().manual_seed(1))
+    noise.chunk = 4                                                          # chunks of 4, 4 and 2 steps
+    drawn = torch.stack(list(noise))                                          # (length, batch, vocab)
+    expected = gumbel_(torch.rand((length, batch, vocab), generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(drawn, expected)
+
+
+def test_a_replaced_folded_net_uses_its_own_weights():
+    # the products (with their bias) are cached per object: a copy made by dataclasses.replace
+    # must not inherit the cache of the weights it replaced
+    _, fast = generator_pair(False)
+    folded = fast.folded()
+    prefix = torch.randint(0, 300, (2, 4))
+    folded.sample(prefix, 3, 0.)                                             # fills the cache
+    favour = torch.full((300,), -1e3)
+    favour[7] = 1e3
+    tokens, _ = dataclasses.replace(folded, bias_out=favour).sample(prefix, 3, 0.)
+    assert (tokens == 7).all()
+
+
+def test_an_empty_batch_samples_nothing():
+    _, fast = generator_pair(False)
+    tokens, state = fast.folded().sample(torch.zeros(0, 3, dtype=torch.long), 4, 1.)
+    assert tokens.shape == (0, 4) and all(s.shape == (0, 48) for s in state)

@@ -154,7 +154,8 @@ class FoldedRecurrentNet:
     The decoding loop's state (see init_state) is (h / 2, 2 c) for an LSTM and (h,) for a GRU: the
     LSTM's other two factors of 2 move into the state and into the products' weights (`linear`
     takes h / 2), which saves two elementwise ops a step; since scaling by 2 is exact in floating
-    point, every value is bitwise what the unscaled form gives. `module_state` converts back.
+    point (subnormals aside), every value is bitwise what the unscaled form gives. `module_state`
+    converts back.
     """
 
     cell: str
@@ -163,7 +164,8 @@ class FoldedRecurrentNet:
     bias_hn: Tensor | None     # (hidden,) GRU only
     weight_out: Tensor         # (num_tokens, hidden)
     bias_out: Tensor | None    # (num_tokens,)
-    linears: dict = field(default_factory=dict, repr=False)    # (weight name, batch) -> x -> x @ W^T
+    # (weight name, batch) -> x -> x @ W^T + b: a cache of this object's own, never shared by dataclasses.replace
+    linears: dict = field(default_factory=dict, repr=False, init=False, compare=False)
 
     def linear(self, name: str, batch: int):
         """The product x (batch, hidden) -> x @ W^T + b for W = weight_hh, weight_out, or both stacked
@@ -370,7 +372,7 @@ class FoldedRecurrentNet:
 
         # the prefix's tokens are known: their input_table rows are gathered a chunk of steps at a time
         prefix_columns = prefix.long().t().contiguous()                # (prefix_len, batch)
-        chunk = max(1, CHUNK_ELEMENTS // (batch * width))
+        chunk = max(1, CHUNK_ELEMENTS // max(1, batch * width))
         for start in range(0, prefix_len, chunk):
             tokens = prefix_columns[start:start + chunk]                  # (steps, batch)
             rows = self.input_table.index_select(0, tokens.reshape(-1)).view(*tokens.shape, width)
