@@ -184,19 +184,16 @@ class FoldedRecurrentNet:
 
     def weight_and_bias(self, name: str) -> tuple[Tensor, Tensor | None]:
         """The weight (out, hidden) a product multiplies the loop's state[0] by, and its bias."""
-        weight, bias = self.unscaled_weight_and_bias(name)
-        return (weight * 2. if self.cell == 'lstm' else weight), bias        # an LSTM's state[0] is h / 2
-
-    def unscaled_weight_and_bias(self, name: str) -> tuple[Tensor, Tensor | None]:
+        scale = 2. if self.cell == 'lstm' else 1.                          # an LSTM's state[0] is h / 2
         gates_width = self.weight_hh.shape[0]
         bias_hh = None
         if exists(self.bias_hn):                           # GRU: (0, 0, b_hn) over the (r, z, n) rows
             bias_hh = torch.cat((self.bias_hn.new_zeros(gates_width - self.hidden_size), self.bias_hn))
 
         if name == 'weight_hh':
-            return self.weight_hh, bias_hh
+            return self.weight_hh * scale, bias_hh
         if name == 'weight_out':
-            return self.weight_out, self.bias_out
+            return self.weight_out * scale, self.bias_out
         if name != 'weight_hh_out':
             raise ValueError(f"name must be 'weight_hh', 'weight_out' or 'weight_hh_out', got {name!r}")
 
@@ -204,7 +201,7 @@ class FoldedRecurrentNet:
         if exists(bias_hh) or exists(self.bias_out):
             zeros = self.weight_hh.new_zeros
             bias = torch.cat((default(bias_hh, zeros(gates_width)), default(self.bias_out, zeros(self.num_tokens))))
-        return torch.cat((self.weight_hh, self.weight_out)), bias
+        return torch.cat((self.weight_hh, self.weight_out)) * scale, bias
 
     @property
     def hidden_size(self):
@@ -281,8 +278,8 @@ class FoldedRecurrentNet:
         inputs: token ids (batch,), or the input_table rows they pick (batch, gates * hidden), which
         a caller that knows its tokens ahead gathers for many steps in one call. hidden_gates:
         linear('weight_hh')(state[0]) (batch, gates * hidden). scratch, from gates_scratch(), is
-        made here when not given. Doubling is written x + x, not 2 * x: an op with a Python number
-        costs about a microsecond more on the CPU.
+        made here when not given. Python numbers come in as alpha= or value= arguments, or as x + x,
+        where they can: as an operand (2 * x) one costs about a microsecond more an op on the CPU.
         """
         gates, gate_views = scratch if exists(scratch) else self.gates_scratch(state[0].shape[0])
         table, index_select, add, sigmoid = self.input_table, torch.index_select, torch.add, torch.sigmoid
