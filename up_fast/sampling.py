@@ -72,8 +72,6 @@ class GumbelNoise:
     uniform tensor so that two paths can be compared on the same noise.
     """
 
-    max_chunk_elements = CHUNK_ELEMENTS
-
     def __init__(self, batch, length, num_tokens, *, device, generator=None, uniform_noise=None):
         if exists(uniform_noise):
             check_uniform_noise(uniform_noise, (batch, length, num_tokens))
@@ -82,7 +80,7 @@ class GumbelNoise:
         self.device = device
         self.generator = generator
         self.uniform_noise = uniform_noise
-        self.chunk = max(1, min(length, self.max_chunk_elements // max(1, batch * num_tokens)))
+        self.chunk = max(1, min(length, CHUNK_ELEMENTS // max(1, batch * num_tokens)))
 
     def __iter__(self) -> Iterator[Tensor]:
         batch, length, num_tokens = self.shape
