@@ -68,20 +68,6 @@ def test_teacher_forced_logits_and_states_match_the_reference(use_gru, product_r
 
 
 @pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
-def test_a_step_from_gathered_rows_equals_a_step_from_tokens(use_gru):
-    # sample() gathers the prefix's input rows in bulk; step_ must then do exactly what it does from ids
-    _, fast = generator_pair(use_gru)
-    folded = fast.folded()
-    tokens = torch.randint(0, 300, (5, 12))
-    by_id, by_row = folded.init_state(5), folded.init_state(5)
-    for t in range(12):
-        folded.step_(tokens[:, t], by_id)
-        folded.step_(folded.input_table[tokens[:, t]], by_row, scratch=folded.gates_scratch(5))
-        assert all(torch.equal(a, b) for a, b in zip(by_id, by_row))
-    assert by_id[0].abs().sum() > 0, 'the state moved'
-
-
-@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
 def test_sample_returns_ordinary_tensors_in_the_modules_terms(use_gru):
     # the loop runs in inference mode and keeps an LSTM's state as (h / 2, 2 c): neither may leak out
     _, fast = generator_pair(use_gru)
@@ -260,20 +246,18 @@ def test_sampling_no_tokens_returns_an_empty_batch_and_the_prefix_state(use_gru)
 
 
 @pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
-def test_prefix_chunks_give_what_one_step_at_a_time_gives(use_gru, monkeypatch):
-    # sample() gathers the prefix's input rows a chunk of steps at a time: with chunks of a few
-    # steps (and a last, shorter one) the state must be bitwise what plain step_ calls give
+def test_sample_teacher_forces_as_plain_steps_do(use_gru):
+    # sample()'s prefix loop (its own stepper, the prefix as columns) must leave the state bitwise
+    # where plain step_ calls leave it
     _, fast = generator_pair(use_gru)
     folded = fast.folded()
     prefix = torch.randint(0, 300, (4, 23))
-    gates_width = folded.weight_hh.shape[0]
-    monkeypatch.setattr(sampling, 'CHUNK_ELEMENTS', 3 * 4 * gates_width)      # 3 steps a chunk: 8 chunks
-    _, chunked = folded.sample(prefix, 0, 1.)
+    _, forced = folded.sample(prefix, 0, 1.)
 
     state = folded.init_state(4)
     for t in range(prefix.shape[1]):
         folded.step_(prefix[:, t], state)
-    assert all(torch.equal(a, b) for a, b in zip(chunked, folded.module_state(state)))
+    assert all(torch.equal(a, b) for a, b in zip(forced, folded.module_state(state)))
 
 
 def test_noise_chunks_continue_one_stream():
