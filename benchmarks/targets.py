@@ -13,7 +13,8 @@ from benchmarks.harness import DEVICE
 # (workload, size name, implementation, device type) -> (comparison, speedup)
 SPEED_TARGETS = {
     # issue 2's goal for the PyTorch path on a CPU. Not met on the 2-vCPU EPYC this project is
-    # developed on (2.56x-2.91x; README "Speed" measures why), so this benchmark fails there: the goal stays as set
+    # developed on (2.56x-2.91x; README "Speed" measures why), so this benchmark fails there: the
+    # goal stays as set
     ('generate', 'example', 'up_fast-torch', 'cpu'): ('>=', 3.),
     # the fused kernel's reason to exist: the README's example configuration on a GPU
     ('generate', 'example', 'up_fast-triton', 'cuda'): ('>=', 30.),

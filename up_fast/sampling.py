@@ -58,9 +58,9 @@ def gumbel_max(logits: Tensor, temperature: float, gumbel_noise: Tensor | None, 
 
 
 # 512 KiB of fp32: the Gumbel noise a loop draws for many steps at once comes in chunks this
-# size. A chunk then stays in the core's L2 cache beside the ~1 MiB of
-# weights every step reads: on the 2-core EPYC this was measured on, 2 MiB chunks made the example
-# generate 5-11% slower than these (two shuffled A/B runs of 25 rounds), 128 KiB ones ~2%.
+# size. A chunk then stays in the core's L2 cache beside the ~1 MiB of weights every step reads: on
+# the 2-core EPYC this was measured on, 2 MiB chunks made the example generate 5-11% slower than
+# these (two shuffled A/B runs of 25 rounds), 128 KiB ones ~2%.
 CHUNK_ELEMENTS = 1 << 17
 
 
@@ -274,8 +274,9 @@ class FoldedRecurrentNet:
         row and returns state[0]: the cell, specialised once per loop with all it touches bound.
 
         tokens: (batch,) int64 ids. hidden_gates: linear('weight_hh')(state[0]) (batch, gates * hidden).
-        scratch, from gates_scratch(), is made here when not given. Python numbers come in as alpha= or value= arguments, or as x + x,
-        where they can: as an operand (2 * x) one costs about a microsecond more an op on the CPU.
+        scratch, from gates_scratch(), is made here when not given. Python numbers come in as alpha=
+        or value= arguments, or as x + x, where they can: as an operand (2 * x) one costs about a
+        microsecond more an op on the CPU.
         """
         gates, gate_views = scratch if exists(scratch) else self.gates_scratch(state[0].shape[0])
         table, index_select, sigmoid = self.input_table, torch.index_select, torch.sigmoid
