@@ -264,21 +264,16 @@ class FoldedRecurrentNet:
             return half_h * 2., double_c * 0.5
         return tuple(t.clone() for t in state)
 
-    def gates_scratch(self, batch: int) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """A (batch, gates * hidden) buffer for step_ and its per-gate views, made once per loop."""
-        gates = self.input_table.new_empty(batch, self.input_table.shape[1])
-        return gates, gates.split(self.hidden_size, dim=-1)
-
-    def stepper(self, state: tuple[Tensor, ...], scratch=None):
+    def stepper(self, state: tuple[Tensor, ...]):
         """`step(tokens, hidden_gates)`, which advances the loop's `state` in place by one token per
         row and returns state[0]: the cell, specialised once per loop with all it touches bound.
 
         tokens: (batch,) int64 ids. hidden_gates: linear('weight_hh')(state[0]) (batch, gates * hidden).
-        scratch, from gates_scratch(), is made here when not given. Python numbers come in as alpha=
-        or value= arguments, or as x + x, where they can: as an operand (2 * x) one costs about a
-        microsecond more an op on the CPU.
+        Python numbers come in as alpha= or value= arguments, or as x + x, where they can: as an
+        operand (2 * x) one costs about a microsecond more an op on the CPU.
         """
-        gates, gate_views = scratch if exists(scratch) else self.gates_scratch(state[0].shape[0])
+        gates = self.input_table.new_empty(state[0].shape[0], self.input_table.shape[1])   # (batch, gates * hidden), reused every step
+        gate_views = gates.split(self.hidden_size, dim=-1)
         table, index_select, sigmoid = self.input_table, torch.index_select, torch.sigmoid
 
         if self.cell == 'lstm':
@@ -308,12 +303,12 @@ class FoldedRecurrentNet:
 
         return gru_step
 
-    def step_(self, tokens: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None, scratch=None) -> Tensor:
-        """One step of stepper(state, scratch) (see there); hidden_gates are computed when not given.
+    def step_(self, tokens: Tensor, state: tuple[Tensor, ...], hidden_gates: Tensor | None = None) -> Tensor:
+        """One step of stepper(state) (see there); hidden_gates are computed when not given.
         Loops make the stepper once and call it."""
         if not exists(hidden_gates):
             hidden_gates = self.linear('weight_hh', tokens.shape[0])(state[0])
-        return self.stepper(state, scratch)(tokens, hidden_gates)
+        return self.stepper(state)(tokens, hidden_gates)
 
     def logits(self, state: tuple[Tensor, ...]) -> Tensor:
         # the loop's state -> (batch, num_tokens)
