@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from up_fast.sampling import default, exists
+from up_fast.helpers import default, exists
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = torch.device('cuda' if ON_CUDA else 'cpu')

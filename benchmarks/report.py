@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from up_fast.sampling import default, exists
+from up_fast.helpers import default, exists
 
 REFERENCE = 'reference'
 TABLE_NAME = 'results.md'

@@ -24,7 +24,7 @@ from torch import Tensor
 from x_transformers import Decoder, TransformerWrapper
 
 from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper, __version__
-from up_fast.sampling import default, exists
+from up_fast.helpers import default, exists
 
 # the embedded default configuration: `up-fast pretrain` takes about two minutes on 2 CPU cores
 

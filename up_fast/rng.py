@@ -17,7 +17,7 @@ from zlib import crc32
 
 import torch
 
-from up_fast.sampling import exists
+from up_fast.helpers import exists
 
 MASK64 = (1 << 64) - 1
 

@@ -19,17 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from up_fast.checks import check_uniform_noise
+from up_fast.helpers import default, exists
 
 # functions
-
-
-def exists(v):
-    return v is not None
-
-
-def default(v, d):
-    return v if exists(v) else d
-
 
 def gumbel_(uniform: Tensor) -> Tensor:
     """Gumbel(0, 1) noise from U[0, 1) noise, in place: -log(-log u). u == 0 gives -inf (never drawn)."""

@@ -28,11 +28,8 @@ from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.rng import StepRandomness, distributed_rank
-from up_fast.sampling import FoldedRecurrentNet, default, exists, gumbel_max, noise_steps
-
-
-def divisible_by(num, den):
-    return (num % den) == 0
+from up_fast.helpers import default, divisible_by, exists
+from up_fast.sampling import FoldedRecurrentNet, gumbel_max, noise_steps
 
 
 # random sequences, a mixture of uniform random rows and constant rows
