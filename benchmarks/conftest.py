@@ -1,4 +1,3 @@
-from collections import defaultdict
 from functools import partial
 
 import pytest
@@ -8,6 +7,7 @@ from benchmarks import harness, targets
 # what this session skipped (node id -> reason) and ran (node ids), for the summary at the end
 SKIPPED: dict[str, str] = {}
 RAN: set[str] = set()
+COLLECTED_BENCHMARKS = False
 
 
 @pytest.fixture
@@ -36,40 +36,18 @@ def pytest_runtest_logreport(report):
         RAN.add(report.nodeid)
 
 
-def skipped_groups(skipped: dict[str, str]) -> list[str]:
-    """One line per skip reason: how many, the reason, which files."""
-    by_reason = defaultdict(list)
-    for nodeid, reason in skipped.items():
-        by_reason[reason].append(nodeid)
-    lines = []
-    for reason, nodeids in sorted(by_reason.items(), key=lambda item: -len(item[1])):
-        files = sorted({nodeid.split('::')[0].rsplit('/', 1)[-1] for nodeid in nodeids})
-        lines.append(f'{len(nodeids):3d} skipped: {reason} ({", ".join(files)})')
-    return lines
-
-
-def target_line(row: dict) -> str:
-    status = row['status'].upper() if row['status'] == 'not met' else row['status']
-    kind = 'asserted' if row['asserted'] else 'reported only'
-    head = f'{status:<12} {row["name"]} (issue {row["issue"]}, {row["device"]}, {kind})'
-    if row['status'] == 'not measured':
-        return f'{head}: {row["why"]}'
-    return f'{head}: measured {row["measured"]}, target {row["target"]} ({row["ratio_to_target"]:.2f} of the target)'
-
-
-def summary_lines(rows: list[dict], skipped: dict[str, str]) -> list[str]:
-    lines = [target_line(row) for row in rows]
-    unmet = [row for row in rows if row['status'] == 'not met' and not row['asserted']]
-    if unmet:
-        lines.append('targets not met and reported only do not fail the run: their issue did not ask for an assertion here')
-    lines += skipped_groups(skipped) or ['nothing skipped']
-    return lines
+def pytest_collection_modifyitems(items):
+    global COLLECTED_BENCHMARKS
+    COLLECTED_BENCHMARKS = any('benchmark' in getattr(item, 'fixturenames', ()) for item in items)
 
 
 def pytest_terminal_summary(terminalreporter):
+    # after a session with benchmarks, not after one of the plain tests here (the report's, the targets')
+    if not (COLLECTED_BENCHMARKS or targets.RESULTS):
+        return
     rows = targets.summary(SKIPPED, RAN)
     terminalreporter.section('up_fast speed targets, and what was skipped')
-    for line in summary_lines(rows, SKIPPED):
+    for line in targets.summary_lines(rows, SKIPPED):
         terminalreporter.write_line(line)
 
 

@@ -13,6 +13,7 @@ Speed claims live here, never in unit tests: they only mean something where they
 from __future__ import annotations
 
 import operator
+from collections import defaultdict
 from dataclasses import dataclass
 
 from benchmarks.harness import DEVICE, MEDIANS, REFERENCE
@@ -164,3 +165,36 @@ def summary(skipped: dict[str, str] | None = None, run_nodeids: set[str] | None 
                 why = 'its benchmark was not run in this session (deselected)'
         rows.append(result_of(target, None, why))
     return rows
+
+
+# the summary printed at the end of a run
+
+
+def skipped_groups(skipped: dict[str, str]) -> list[str]:
+    """One line per skip reason: how many, the reason, which files."""
+    by_reason = defaultdict(list)
+    for nodeid, reason in skipped.items():
+        by_reason[reason].append(nodeid)
+    lines = []
+    for reason, nodeids in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        files = sorted({nodeid.split('::')[0].rsplit('/', 1)[-1] for nodeid in nodeids})
+        lines.append(f'{len(nodeids):3d} skipped: {reason} ({", ".join(files)})')
+    return lines
+
+
+def target_line(row: dict) -> str:
+    status = row['status'].upper() if row['status'] == 'not met' else row['status']
+    kind = 'asserted' if row['asserted'] else 'reported only'
+    head = f'{status:<12} {row["name"]} (issue {row["issue"]}, {row["device"]}, {kind})'
+    if row['status'] == 'not measured':
+        return f'{head}: {row["why"]}'
+    return f'{head}: measured {row["measured"]}, target {row["target"]}, measured / target {row["ratio_to_target"]:.2f}'
+
+
+def summary_lines(rows: list[dict], skipped: dict[str, str]) -> list[str]:
+    lines = [target_line(row) for row in rows]
+    unmet = [row for row in rows if row['status'] == 'not met' and not row['asserted']]
+    if unmet:
+        lines.append('targets not met and reported only do not fail the run: their issue did not ask for an assertion here')
+    lines += skipped_groups(skipped) or ['nothing skipped']
+    return lines
