@@ -195,6 +195,10 @@ def report_text(rows: list[Row], source: Path, results: dict | None = None) -> s
         'CPU variants of a size say in brackets what differs from the GPU size.',
         results_table(rows),
     ]
+    capped = {r.extra.get('rounds_capped_at') for r in rows} - {None}
+    if capped:
+        parts.insert(2, f'**A quick pass**: rounds and warm-up capped at {max(capped)} (UP_FAST_BENCH_ROUNDS); '
+                        'these timings show that the suite runs, they are not figures to quote.')
     targets = targets_table(target_rows(results))
     if exists(targets):
         parts += ['## Targets', 'Each target is asserted only on the device its issue set it for; '
