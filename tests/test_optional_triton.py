@@ -55,7 +55,9 @@ def test_auto_and_torch_sample_without_triton(without_triton, monkeypatch):
         wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend=backend)
         batch = wrapper.data_step_()
         assert batch.shape == (4, 16) and int(batch.max()) < 256
-    assert not use_triton('auto', torch.device('cuda')), 'auto without Triton must take the PyTorch path'
+    monkeypatch.setattr(backend_module, '_warned', set())
+    with pytest.warns(UserWarning, match='PyTorch path on a CUDA device: Triton is not installed .*pip install triton'):
+        assert not use_triton('auto', torch.device('cuda')), 'auto without Triton must take the PyTorch path'
 
 
 # a fresh interpreter in which `import triton` fails, and which records every attempt whose importer
