@@ -343,16 +343,18 @@ def side_environment(version: str = SIDE_TRITON_VERSION) -> Path:
 
 
 def compile_all(triton: str = 'installed', module: str = DEFAULT_MODULE, archs=GATE_ARCHS,
-                jobs: int | None = None, timeout: float = 1800) -> list[CompileResult]:
+                jobs: int | None = None, timeout: float = 1800, pythonpath=()) -> list[CompileResult]:
     """`compile_module` in a fresh subprocess: under the installed Triton (triton='installed') or
     a side environment's (triton='3.6' or '3.6.0'). A subprocess because the caller may run under
     TRITON_INTERPRET=1 (the test suite without a GPU), where kernels cannot be compiled, and a
-    second Triton cannot be imported next to the first."""
+    second Triton cannot be imported next to the first. `pythonpath`: more folders to import
+    `module` from."""
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    paths = [str(p) for p in pythonpath] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
     if triton != 'installed':
         version = triton if triton.count('.') == 2 else f'{triton}.0'
-        side = str(side_environment(version))
-        env['PYTHONPATH'] = os.pathsep.join([side] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+        paths.insert(0, str(side_environment(version)))
+    env['PYTHONPATH'] = os.pathsep.join(paths)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, 'results.json')
         cmd = [sys.executable, '-m', 'up_fast.kernels.aot', '--module', module, '--json', out,
