@@ -78,7 +78,7 @@ def report(results: list) -> str:
     failing = sum(1 for r in results if r.problems())
     versions = sorted({r.triton_version for r in results})
     ptxas = sorted({r.ptxas for r in results if r.ptxas})
-    out += ['', f'Triton {", ".join(versions)}, ptxas {", ".join(ptxas)}: {len(results)} configurations x arch, '
+    out += ['', f'Triton {", ".join(versions)}, ptxas {", ".join(ptxas)}: {len(results)} (configuration, arch) pairs, '
                 f'{failing} fail the gate (compile error, register spill or shared memory over the limit)']
     return '\n'.join(out)
 

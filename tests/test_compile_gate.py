@@ -9,6 +9,7 @@ TRITON_INTERPRET, which this suite sets when there is no GPU.
 """
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -160,3 +161,30 @@ def test_config_must_name_every_argument_once():
     if not hasattr(spill_canary, 'params'):     # the interpreter's wrapper cannot be compiled: say so
         with pytest.raises(TypeError, match='TRITON_INTERPRET'):
             aot.check_config(AotConfig('c', spill_canary, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
+
+
+def test_compile_report_table():
+    path = Path(__file__).parents[1] / 'benchmarks' / 'compile_report.py'
+    spec = importlib.util.spec_from_file_location('compile_report', path)
+    compile_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compile_report)
+
+    base = dict(triton_version='3.6.0', compiled=True, registers=120, spill_stores=0, spill_loads=0, stack_bytes=0,
+                local_bytes=0, dynamic_shared=10240, static_shared=1024, num_warps=4, num_stages=2, programs=132,
+                floor=dict(barriers_per_step=2, bytes_per_program_per_phase=dict(gates=12288, logits=2048)))
+    results = [
+        CompileResult(name='lstm-fp32-sample-example', arch=90, shared_limit=232448, **base),
+        CompileResult(name='lstm-fp32-sample-example', arch=80, shared_limit=166912, **{**base, 'spill_stores': 8, 'spill_loads': 8}),
+        CompileResult(name='gru-bf16-greedy-example', arch=80, shared_limit=166912, **{**base, 'dynamic_shared': 200000}),
+        CompileResult(name='broken', arch=90, triton_version='3.6.0', compiled=False, error='CompilationError: boom'),
+    ]
+    text = compile_report.report(results)
+    lines = text.splitlines()
+    row = lambda name, arch: next(l for l in lines if l.startswith(name) and f'sm_{arch}' in l and 'KiB' not in l)
+    assert row('lstm-fp32-sample-example', 90).split()[-1] == 'ok'
+    assert '8/8' in row('lstm-fp32-sample-example', 80) and 'register spills' in row('lstm-fp32-sample-example', 80)
+    assert 'shared > limit' in row('gru-bf16-greedy-example', 80)
+    assert 'compile error' in row('broken', 90)
+    assert 'bytes_per_program_per_phase.gates=12,288' in text and 'barriers_per_step=2' in text
+    assert 'broken sm_90: CompilationError: boom' in text
+    assert '3 fail the gate' in text
