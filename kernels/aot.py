@@ -10,6 +10,19 @@ limit; `python -m benchmarks.compile_report` prints the table.
 This lives next to the kernels, not in benchmarks/, because the kernel modules import `AotConfig`
 from here and are installed as `up_fast.kernels`: benchmarks/ is not installed.
 
+The contract a kernel module satisfies (checked by `check_config` before anything compiles):
+- `aot_configurations(arch: int)` (or without arguments) returns a list of `AotConfig`, one per
+  configuration its launcher can choose for the gate's shapes on sm_`arch`, sized for
+  `TARGET_SMS[arch]` SMs (132 for sm_90, 108 for sm_80); names unique per arch, readable
+  ('lstm-fp32-sample-example'). It must not touch a GPU: it runs where there is none.
+- `fn` is the @triton.jit kernel itself; `signature` maps every non-constexpr argument to its
+  Triton type ('*fp32', '*bf16', '*i64', 'i32', 'i64', 'fp32'), `constexprs` every tl.constexpr
+  argument to its value; no argument missing, none in both.
+- `num_warps`, `num_stages` as launched; `cooperative=True` compiles with launch_cooperative_grid.
+- `programs` (grid size launched) and `floor` (any dict, nested dicts flattened in the report:
+  bytes and FLOPs per program per phase, barriers per step, floor us per step) are only reported.
+- `divisible_by_16`: the arguments the JIT sees as multiples of 16 (default: every pointer).
+
 The GPU machines run Triton 3.6 while CI installs a newer one, so the same compiles also run in a
 side environment: `side_environment('3.6.0')` pip-installs that Triton (no dependencies) into
 ~/.cache/up_fast/triton-3.6.0 once, and `compile_all(triton='3.6.0')` runs this module in a
