@@ -416,3 +416,17 @@ def test_generate_rejects_invalid_arguments(kwargs, error, words):
     gen = PaperDataGenerator(8, 16, 20, 1)
     with pytest.raises(error, match=words):
         gen.generate(**{'length': 20, 'seed': SEED, 'condition': CONDITION, **kwargs})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_runs_on_cuda_like_on_the_cpu():
+    gen = small(dim=32, num_tokens=64, depth=4, embed_scale=1.0, **STABLE)
+    x, c = tokens(64, 3, 300), tokens(64, 3, 300, seed=2)
+    with torch.no_grad():
+        logits, _ = gen(x, c)
+    gen.cuda().reset_(generator=torch.Generator().manual_seed(0))      # a CPU generator for CUDA weights
+    gen.load_state_dict(small(dim=32, num_tokens=64, depth=4, embed_scale=1.0, **STABLE).state_dict())
+    cuda_logits, _ = gen.folded().teacher_force(x.cuda(), c.cuda())
+    assert relative_error(cuda_logits.cpu(), logits) < 1e-5
+    out = gen.generate(50, seed=x[:, :4].cuda(), condition=c.cuda())
+    assert out.device.type == 'cuda' and torch.equal(out[:, :4].cpu(), x[:, :4])

@@ -72,18 +72,22 @@ def lstm_gates(t: Tensor, hidden: int, dim: int = 0) -> Tensor:
     return torch.cat((i_f, o, g * 2.), dim=dim)
 
 
-def lstm_cell_(gates: Tensor, half_h: Tensor, double_c: Tensor):
-    """One LSTM cell update, in place, in the loop's terms (see FoldedPaperNet).
+def lstm_cell(gates: Tensor, half_h: Tensor, double_c: Tensor):
+    """`cell()`: one LSTM cell update in the loop's terms (see FoldedPaperNet), in place, with the
+    gate views bound once.
 
-    gates (batch, 4 * hidden): pre-activations in the order (i, f, o, 2 g), overwritten.
-    half_h, double_c (batch, hidden): h / 2 and 2 c, updated; half_h may be a strided view.
-    tanh(x) = 2 sigmoid(2x) - 1 throughout, so one sigmoid covers all four gates.
+    gates (batch, 4 * hidden): the sigmoids of the pre-activations (i, f, o, 2 g), written by the
+    caller before each call; tanh(g) = 2 sigmoid(2 g) - 1. half_h, double_c (batch, hidden): h / 2
+    and 2 c, updated; half_h may be a strided view.
     """
-    gates.sigmoid_()
-    i, f, o, g = gates.chunk(4, dim=1)                                  # g holds sigmoid(2 g)
-    double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)         # 2 c = f 2 c + 2 i tanh(g)
-    torch.sigmoid(double_c, out=half_h).mul_(o)
-    half_h.sub_(o, alpha=0.5)                                           # h / 2 = o tanh(c) / 2
+    i, f, o, g = gates.chunk(4, dim=1)
+
+    def cell():
+        double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)     # 2 c = f 2 c + 2 i tanh(g)
+        torch.sigmoid(double_c, out=half_h).mul_(o)
+        half_h.sub_(o, alpha=0.5)                                       # h / 2 = o tanh(c) / 2
+
+    return cell
 
 
 # the folded network
@@ -191,20 +195,22 @@ class FoldedPaperNet:
         batch, hidden = half_h.shape[0], self.hidden_size
         recurrent_first, uppers, _ = self.products(batch)
 
-        gates = self.prev_table.new_empty(batch, 4 * hidden)          # (batch, 4 hidden), reused
-        cond_rows = torch.empty_like(gates)
-        half_hs = half_h.split(hidden, dim=1)                           # depth of (batch, hidden) views
+        gates = self.prev_table.new_empty(self.depth, batch, 4 * hidden)    # each layer's (batch, 4 hidden), reused
+        first_gates, cond_rows = gates[0], torch.empty_like(gates[0])
+        half_hs = half_h.split(hidden, dim=1)                               # depth of (batch, hidden) views
         # layer l's product input [h_(l-1) | h_l] / 2: (batch, 2 hidden) strided views
         upper_inputs = [half_h[:, (layer - 1) * hidden:(layer + 1) * hidden] for layer in range(1, self.depth)]
-        cells = [partial(lstm_cell_, half_h=h, double_c=c) for h, c in zip(half_hs, double_c.unbind(0))]
-        index_select, prev_table, cond_table = torch.index_select, self.prev_table, self.cond_table
+        first_cell, *upper_cells = (lstm_cell(*layer) for layer in zip(gates, half_hs, double_c))
+        uppers = list(zip(upper_inputs, uppers, gates[1:], upper_cells))
+        index_select, sigmoid, prev_table, cond_table = torch.index_select, torch.sigmoid, self.prev_table, self.cond_table
 
         def step(prev_tokens: Tensor, cond_tokens: Tensor) -> Tensor:
-            index_select(prev_table, 0, prev_tokens, out=gates)
-            gates.add_(index_select(cond_table, 0, cond_tokens, out=cond_rows)).add_(recurrent_first(half_hs[0]))
-            cells[0](gates)
-            for layer_input, product, cell in zip(upper_inputs, uppers, cells[1:]):
-                cell(product(layer_input))
+            index_select(prev_table, 0, prev_tokens, out=first_gates)
+            first_gates.add_(index_select(cond_table, 0, cond_tokens, out=cond_rows)).add_(recurrent_first(half_hs[0])).sigmoid_()
+            first_cell()
+            for layer_input, product, layer_gates, cell in uppers:
+                sigmoid(product(layer_input), out=layer_gates)
+                cell()
             return half_hs[-1]
 
         return step
