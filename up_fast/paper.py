@@ -103,7 +103,8 @@ class FoldedPaperNet:
     by 2 is exact in floating point, so values are what the unscaled form gives (subnormals aside).
 
     The h / 2 of all layers live side by side in one (batch, depth * hidden) tensor, so that layer
-    l's product input [h_(l-1) | h_l] is a view of it, with no copy.
+    l's product input [h_(l-1) | h_l] is a view of it, written by the cells in place (oneDNN still
+    makes a contiguous copy of such a strided view inside the product: one small copy a product).
     """
 
     prev_table: Tensor              # (num_tokens, 4 * hidden): embed @ W_ih[:, :dim]^T + b_ih + b_hh, layer 1
