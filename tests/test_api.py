@@ -23,6 +23,7 @@ def test_both_import_paths_work():
     ('SyntheticDataGenerator', '__init__'),
     ('SyntheticDataGenerator', 'generate'),
     ('random_sequences', None),
+    ('UniversalPretrainWrapper', 'get_rand_sequences_from_buffer'),
 ], ids=lambda v: str(v))
 def test_signature_matches_reference(name, attr):
     ref_obj, fast_obj = getattr(reference, name), getattr(fast, name)
@@ -39,7 +40,7 @@ def test_signature_matches_reference(name, attr):
     # anything added is keyword-only with a default that keeps the drop-in behaviour
     for extra in fast_params[len(ref_params):]:
         assert extra.kind is inspect.Parameter.KEYWORD_ONLY, extra.name
-        assert extra.default is None or extra.default is torch.long, extra.name
+        assert extra.default is None or extra.default is False or extra.default is torch.long, extra.name
 
 
 def test_generator_submodules_and_attributes():
