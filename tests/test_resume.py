@@ -144,3 +144,4 @@ def test_num_steps_is_read_only_and_is_the_step_buffer():
     assert wrapper.num_steps == 9
     wrapper.to(torch.float64)           # a move makes a new `step` tensor: the count carries over
     assert wrapper.num_steps == 9 and int(wrapper.step) == 9
+

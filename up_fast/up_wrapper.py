@@ -557,15 +557,15 @@ class UniversalPretrainWrapper(Module):
     @property
     def num_steps(self) -> int:
         """Training steps done: the value of `step`."""
-        step_ref, version, value = self._step_seen
+        seen_step, version, value = self._step_seen
         step = self.step
         try:
             current = step._version
         except RuntimeError:        # an inference tensor has no version counter: always read
             return int(step)
-        if step_ref() is not step or version != current:
+        if seen_step is not step or version != current:
             value = int(step)
-            self._step_seen = (weakref.ref(step), current, value)
+            self._step_seen = (step, current, value)
         return value
 
     def saw_step_(self, value: int):
@@ -574,7 +574,7 @@ class UniversalPretrainWrapper(Module):
             version = self.step._version
         except RuntimeError:
             version = None
-        self._step_seen = (weakref.ref(self.step), version, value)
+        self._step_seen = (self.step, version, value)     # the tensor itself (not a weakref: the wrapper stays picklable)
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() make a new `step` tensor with the same value: carry the host copy over
