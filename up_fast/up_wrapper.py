@@ -313,16 +313,18 @@ class UniversalPretrainWrapper(Module):
     """Pre-trains a causal TransformerWrapper on synthetic data (Algorithm 1 of the paper).
 
     Each `forward()`, with the defaults (the reference's algorithm, done as intended):
-      1. draws `batch_size` condition rows and, from the same permutation, `num_reset` other rows
-         to reset; draws `batch_size` seed rows (any rows) cropped to `seed_length` at random offsets;
+      1. draws `generation_batch_size` (default: batch_size) condition rows and, from the same
+         permutation, `num_reset` other rows to reset; draws as many seed rows (any rows) cropped to
+         `seed_length` at random offsets;
       2. generates `seq_len` tokens from each (seed, condition) prefix;
       3. increments `step`, re-drawing the generator's weights every `reset_turing_machine_every` steps;
       4. resets the reset rows to fresh noise (half uniform random, half constant);
       5. writes the generated rows in place of the condition rows;
       6. draws a fresh training batch (distinct rows) from the updated buffer and returns its
          autoregressive loss.
-    Seeds and conditions are read before anything is written. The rule when num_reset exceeds
-    buffer_size - batch_size, and the rows of the author's order, are in up_fast.buffer.StepRows;
+    Seeds and conditions are read before anything is written. num_reset may be up to buffer_size:
+    beyond buffer_size - generation_batch_size the reset rows continue onto condition rows, which
+    then hold their generated rows (up_fast.buffer.StepRows states this and the author's order);
     `last_step_rows` holds the rows of the latest step.
 
     Keyword-only additions (the defaults keep the reference's behaviour):
