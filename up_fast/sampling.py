@@ -17,6 +17,7 @@ from functools import partial
 from itertools import repeat
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from up_fast.checks import check_uniform_noise
@@ -77,40 +78,36 @@ def uniform_range(device: torch.device, injected: bool) -> tuple[float, float]:
     return torch.finfo(torch.float32).tiny * eps, largest
 
 
-@dataclass(frozen=True)
 class Band:
     """Which tokens can win argmax(logits + T * G) when every finite G lies in [g_min, g_max]
-    (see the notes above). floor() and certificate() take each row's largest logit, (batch,)."""
+    (see the notes above). floor() and certificate() take each row's largest logit, (batch, 1)."""
 
-    temperature: float
-    g_min: float
-    g_max: float
+    def __init__(self, temperature: float, g_min: float, g_max: float, device=None):
+        self.temperature, self.g_min, self.g_max = temperature, g_min, g_max
+        magnitude = temperature * (abs(g_min) + abs(g_max))            # the noise's share of a score's magnitude
+        # floor = top - 2 SLACK |top| - floor_offset, as (1 - 2 SLACK) leaky_relu(top) - floor_offset: two ops a step
+        self.floor_slope = (1 + 2 * SLACK) / (1 - 2 * SLACK)
+        self.floor_offset = torch.tensor(-(temperature * (g_max - g_min) + 2 * SLACK * magnitude), dtype=torch.float32, device=device)
+        self.certificate_offset = temperature * g_min - SLACK * magnitude
 
     @classmethod
     def of(cls, temperature: float, device: torch.device, injected: bool) -> Band:
         smallest, largest = uniform_range(device, injected)
         g = lambda u: -math.log(-math.log(u))                      # in float64: slack covers float32's G
-        return cls(temperature, g(smallest), g(largest))           # CPU torch.rand: about -2.81 and 16.64
-
-    @property
-    def magnitude(self) -> float:
-        # the noise's share of a score's magnitude
-        return self.temperature * (abs(self.g_min) + abs(self.g_max))
+        return cls(temperature, g(smallest), g(largest), device)   # CPU torch.rand: about -2.81 and 16.64
 
     def floor(self, top: Tensor) -> Tensor:
         # top - T (g_max - g_min) - 2 slack, slack = SLACK (|top| + magnitude)
-        offset = self.temperature * (self.g_max - self.g_min) + 2 * SLACK * self.magnitude
-        return torch.add(top, top.abs(), alpha=-2 * SLACK).sub_(offset)
+        return torch.add(self.floor_offset, F.leaky_relu(top, self.floor_slope), alpha=1 - 2 * SLACK)
 
     def certificate(self, top: Tensor) -> Tensor:
         # top + T g_min - slack
-        offset = self.temperature * self.g_min - SLACK * self.magnitude
-        return torch.add(top, top.abs(), alpha=-SLACK).add_(offset)
+        return torch.add(top, top.abs(), alpha=-SLACK).add_(self.certificate_offset)
 
     def candidates(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Each row's largest logit (batch,), and the candidates (batch, num_tokens) bool."""
-        top = torch.amax(logits, dim=-1)
-        return top, torch.ge(logits, self.floor(top).unsqueeze(-1))
+        """Each row's largest logit (batch, 1), and the candidates (batch, num_tokens) bool."""
+        top = torch.amax(logits, dim=-1, keepdim=True)
+        return top, torch.ge(logits, self.floor(top))
 
 
 def gumbel_max(logits: Tensor, temperature: float, noise: StepNoise | None, *, out: Tensor | None = None) -> Tensor:
@@ -159,23 +156,32 @@ class GumbelPool:
         self.device = device
         self.generator = generator
         self.chunk = chunk
-        self.values = torch.empty(0, device=device)     # (n,) T * G, not yet handed out
-        self.zeros: list[int] = []                      # positions in `values` that came from u == 0
+        self.values = torch.empty(0, device=device)     # (n,) T * G; those before `position` are handed out
+        self.position = 0
+        self.zeros: list[int] = []                      # positions in `values` that came from u == 0, ascending
         self.handed_out = 0                             # numbers taken so far
 
     def draw_uniform(self, count: int) -> Tensor:
         return torch.rand(count, device=self.device, generator=self.generator)
 
     def take(self, count: int) -> tuple[Tensor, bool]:
-        if count > self.values.numel():
-            fresh = gumbel_(self.draw_uniform(max(count - self.values.numel(), self.chunk))).mul_(self.temperature)
-            self.zeros += [self.values.numel() + i for i in torch.isneginf(fresh).nonzero().flatten().tolist()]
-            self.values = torch.cat((self.values, fresh))
-        taken, self.values = self.values[:count], self.values[count:]
+        start, end = self.position, self.position + count
+        if end > self.values.numel():
+            rest = self.values[start:]
+            # T * G = -T log(-log u), in four passes
+            size = max(count - rest.numel(), min(CHUNK_ELEMENTS, max(self.chunk, 16 * count)))     # large takes: 16 of them a draw
+            fresh = self.draw_uniform(size).log_().neg_().log_().mul_(-self.temperature)
+            self.values = torch.cat((rest, fresh)) if rest.numel() > 0 else fresh
+            self.zeros = [i - start for i in self.zeros if i >= start]
+            if bool(torch.isneginf(fresh).any()):
+                self.zeros += [rest.numel() + i for i in torch.isneginf(fresh).nonzero().flatten().tolist()]
+            start, end = 0, count
+        self.position = end
         self.handed_out += count
-        has_zero = bool(self.zeros) and self.zeros[0] < count
-        self.zeros = [i - count for i in self.zeros if i >= count]
-        return taken, has_zero
+        has_zero = bool(self.zeros) and self.zeros[0] < end
+        if has_zero:
+            self.zeros = [i for i in self.zeros if i >= end]
+        return self.values[start:end], has_zero
 
 
 class GumbelNoise:
@@ -206,7 +212,10 @@ class GumbelNoise:
         # lazy: about one draw a row a step at small temperatures; the pool grows by what a step needs
         self.pool = GumbelPool(temperature, device=device, generator=generator, chunk=max(1, min(CHUNK_ELEMENTS, batch * length)))
         self.dense_chunks = self.draw_dense_chunks() if not self.lazy and not exists(uniform_noise) else None
-        self.scores = torch.empty((batch, num_tokens), device=device)      # (batch, num_tokens) lazy scratch
+        # lazy: the candidates' T * G, and stale values of earlier steps elsewhere (see sample_lazy)
+        self.noise = torch.zeros((batch, num_tokens), device=device)       # (batch, num_tokens)
+        self.every_token = False
+        self.scores = torch.empty((batch, num_tokens), device=device)
         self.best = torch.empty((batch,), device=device)
 
     def __iter__(self) -> Iterator[StepNoise]:
@@ -243,10 +252,23 @@ class GumbelNoise:
         return gumbel_(uniform).mul_(self.temperature), has_zero
 
     def sample_lazy(self, step: int, logits: Tensor, out: Tensor | None) -> Tensor:
-        top, candidates = self.band.candidates(logits)                      # (batch,), (batch, num_tokens)
-        noise, has_zero = self.candidate_noise(step, candidates)            # (candidates,)
-        # T * G in the band and -inf outside it, plus the logits: the candidates' scores as full Gumbel-max computes them
-        scores = self.scores.fill_(-math.inf).masked_scatter_(candidates, noise).add_(logits)
+        if self.every_token:
+            # an earlier step had every token in the band (a high temperature): drawing for every
+            # token is full Gumbel-max itself, exact without the band's bookkeeping
+            noise, _ = self.pool.take(logits.numel())
+            scores = torch.add(logits, noise.view_as(logits), out=self.scores)
+            return torch.max(scores, dim=-1, out=(self.best, out)).indices if exists(out) else torch.max(scores, dim=-1).indices
+
+        top, candidates = self.band.candidates(logits)                      # (batch, 1), (batch, num_tokens)
+        fresh, has_zero = self.candidate_noise(step, candidates)            # (candidates,)
+        if fresh.numel() == candidates.numel():
+            noise = fresh.view_as(candidates)
+            self.every_token = not exists(self.uniform_noise)               # injected noise: read only the band, always
+        else:
+            # fresh noise in the band; outside it, earlier steps' T * G (or the initial 0), all <= T * g_max,
+            # which the band's argument allows any non-candidate: none of them can win a certified row
+            noise = self.noise.masked_scatter_(candidates, fresh)
+        scores = torch.add(logits, noise, out=self.scores)                  # the candidates' scores as full Gumbel-max computes them
         best, winner = torch.max(scores, dim=-1, out=(self.best, out)) if exists(out) else torch.max(scores, dim=-1)
         if has_zero:
             self.certify(step, logits, top, candidates, noise, best, winner)
@@ -255,15 +277,14 @@ class GumbelNoise:
     def certify(self, step, logits, top, candidates, noise, best, winner):
         """Rows where u == 0 left no candidate above the certificate take noise for every token
         (fresh draws outside the band, the candidates keeping theirs) and full Gumbel-max; in place."""
-        failed = torch.logical_not(best >= self.band.certificate(top)).nonzero().flatten().tolist()
-        band_noise = torch.full_like(logits, -math.inf).masked_scatter_(candidates, noise)   # (batch, num_tokens)
+        failed = torch.logical_not(best >= self.band.certificate(top).squeeze(-1)).nonzero().flatten().tolist()
         for row in failed:                                                  # rare: u == 0 has probability 2^-24
             if exists(self.uniform_noise):
                 outside = gumbel_(self.injected_uniform(step, row)).mul_(self.temperature)
             else:
                 outside, _ = self.pool.take(logits.shape[-1])
-            row_noise = torch.where(candidates[row], band_noise[row], outside)
-            winner[row] = torch.max(row_noise.add_(logits[row]), dim=-1).indices
+            row_noise = torch.where(candidates[row], noise[row], outside)
+            winner[row] = torch.max(logits[row] + row_noise, dim=-1).indices
 
     def draw_dense_chunks(self) -> Iterator[Tensor]:
         batch, length, num_tokens = self.shape
@@ -283,7 +304,7 @@ class GumbelNoise:
         top, candidates = self.band.candidates(logits)
         scores = logits + noise                                             # (batch, num_tokens)
         best, in_band = torch.max(scores.masked_fill(~candidates, -math.inf), dim=-1)
-        winner = torch.where(best >= self.band.certificate(top), in_band, torch.max(scores, dim=-1).indices)
+        winner = torch.where(best >= self.band.certificate(top).squeeze(-1), in_band, torch.max(scores, dim=-1).indices)
         return out.copy_(winner) if exists(out) else winner
 
 
