@@ -27,31 +27,36 @@ from up_fast.helpers import default, exists
 #
 # At temperature T > 0 the token is argmax_j(logits_j + T * G_j), G_j = -log(-log u_j), u_j ~ U[0, 1):
 # a sample of softmax(logits / T), ties to the lowest token id (torch.max's first maximum). The
-# uniforms come from a finite set, so every finite G lies in [g_min, g_max] (see uniform_range):
-# a token whose logit is more than T * (g_max - g_min) below its row's largest can never win. Only
-# the tokens within that band (the candidates) get noise: about one a row at the default T = 1e-4.
+# uniforms come from a finite set, so every finite G lies in [g_min, g_max] (see uniform_range;
+# torch.rand on the CPU: about -2.81 and 16.64): a token whose logit is more than
+# T * (g_max - g_min) below its row's largest can never win. Only the tokens within that band
+# (the candidates) get noise: about 1.1 a row at the default T = 1e-4 on the example's logits.
 #
 # Why the winner is exactly full Gumbel-max's on the same uniforms (Band below):
 # - candidates are the tokens with logit >= floor = top - T * (g_max - g_min) - 2 slack, top the
-#   row's largest logit; a non-candidate's score is then below certificate = top + T * g_min - slack.
-#   `slack` is 2^-16 of the magnitudes involved: it covers the float32 rounding of the scores, of
-#   G, and of floor and certificate themselves (a few roundings of 2^-24 each); a wider band is
-#   always exact, it only costs draws. Rounding is monotone, so non-candidates far below the floor
-#   score no higher than those just below it.
+#   row's largest logit; a non-candidate's score, with any noise value up to T * g_max, is then
+#   below certificate = top + T * g_min - slack. `slack` is 2^-16 of the magnitudes involved: it
+#   covers the float32 rounding of the scores, of G, and of floor and certificate themselves (a few
+#   roundings of 2^-24 each); a wider band is always exact, it only costs draws. Rounding is
+#   monotone, so non-candidates far below the floor score no higher than those just below it.
 # - a row whose best candidate scores >= certificate is won by that candidate: the candidates'
 #   scores are computed as full Gumbel-max computes them (fl(l + fl(T * G))), in token order, so
 #   ties go the same way. The top token scores >= certificate unless its u == 0 (G = -inf); a row
 #   failing the check (u == 0 at the top, no other candidate making up) takes noise for every token.
+# - logits are finite or -inf (a row of -inf makes every token a candidate); a NaN logit wins as
+#   it does in full Gumbel-max.
 #
 # The G of a value can differ in its last bit between ATen's vectorised and scalar loops (the
 # Sleef and libm logs): full Gumbel-max itself computes G that way, so "the same token" holds up to
 # a tie of two scores within one rounding step.
 #
 # Two formulations of the one rule:
-# - lazy (CPU): count the candidates, draw (or read) noise for them only, scatter it into the
-#   band. Counting reads a number back, which on the CPU costs nothing.
+# - lazy (CPU): count the candidates, draw (or read) noise for them only, place it in the band.
+#   Counting reads a number back, which on the CPU costs nothing. With generator noise, once a
+#   step has every token in the band (high temperatures), the call draws for every token.
 # - dense (other devices): full noise for every token and the band as a mask, so no value is read
 #   back to the host; it gives the same winner (and ignores noise outside the band, as lazy does).
+#   It saves no draws: on CUDA the Triton kernel is the fast path.
 
 SLACK = 2. ** -16       # relative to the magnitudes in a score; float32 rounds each op to 2^-24
 
@@ -194,6 +199,7 @@ class GumbelNoise:
     CPU) only the candidates' entries. On the CPU, generator noise is drawn for the candidates
     only: the tokens follow full Gumbel-max's distribution exactly, but are not the tokens a full
     draw from the same seed would give. Each step's noise is meant for one gumbel_max call.
+    `lazy` picks the formulation (see the notes above): by default lazy on the CPU, dense elsewhere.
     """
 
     def __init__(self, batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None, lazy=None):
@@ -322,7 +328,7 @@ def onednn_packed(weight: Tensor, batch: int) -> Tensor | None:
     """`weight` (out, in) prepacked by oneDNN for products with `batch` rows, or None.
 
     On the CPU, oneDNN's linear with a prepacked weight runs the decoding loop's small products
-    about twice as fast as torch.mm (MKL) on the AVX-512 machine this was measured on. The op is
+    faster than torch.mm (MKL; see benchmarks/results/performance.md). The op is
     internal to PyTorch (Inductor uses it), so it is taken only where it exists and, on a probe,
     agrees with torch.mm; anything else keeps torch.mm. The probe draws from a private generator,
     leaving torch's global random stream untouched.
@@ -566,9 +572,8 @@ class FoldedRecurrentNet:
         sampled_rows = sampled_columns.unbind(0)
         noise = noise_steps(batch, length, self.num_tokens, temperature, device=prefix.device, generator=generator, uniform_noise=uniform_noise)
 
-        # teacher forcing, one column of the prefix a step (gathering the input rows of many steps in
-        # one call measured no faster: 46.4 against 46.3 ms for the example's 520 LSTM steps, and
-        # 43.5 against 41.4 ms for a GRU, in a shuffled A/B run of 30 rounds)
+        # teacher forcing, one column of the prefix a step (a bulk gather of many steps' input rows
+        # measured no faster: see benchmarks/results/performance.md)
         for tokens in prefix.long().t().contiguous().unbind(0):       # prefix_len of (batch,)
             step(tokens, recurrent(x))
 
