@@ -60,6 +60,8 @@ from up_fast.helpers import default, exists
 
 SLACK = 2. ** -16       # relative to the magnitudes in a score; float32 rounds each op to 2^-24
 
+LAZY_DEVICE_TYPES = frozenset({'cpu'})      # where reading a count back is free; dense everywhere else
+
 
 def gumbel_(uniform: Tensor) -> Tensor:
     """Gumbel(0, 1) noise from U[0, 1) noise, in place: -log(-log u). u == 0 gives -inf (never drawn)."""
@@ -87,19 +89,20 @@ class Band:
     """Which tokens can win argmax(logits + T * G) when every finite G lies in [g_min, g_max]
     (see the notes above). floor() and certificate() take each row's largest logit, (batch, 1)."""
 
-    def __init__(self, temperature: float, g_min: float, g_max: float, device=None):
+    def __init__(self, temperature: float, g_min: float, g_max: float):
         self.temperature, self.g_min, self.g_max = temperature, g_min, g_max
         magnitude = temperature * (abs(g_min) + abs(g_max))            # the noise's share of a score's magnitude
         # floor = top - 2 SLACK |top| - floor_offset, as (1 - 2 SLACK) leaky_relu(top) - floor_offset: two ops a step
         self.floor_slope = (1 + 2 * SLACK) / (1 - 2 * SLACK)
-        self.floor_offset = torch.tensor(-(temperature * (g_max - g_min) + 2 * SLACK * magnitude), dtype=torch.float32, device=device)
+        # a 0-dim CPU tensor acts as a scalar on any device, without a copy
+        self.floor_offset = torch.tensor(-(temperature * (g_max - g_min) + 2 * SLACK * magnitude), dtype=torch.float32)
         self.certificate_offset = temperature * g_min - SLACK * magnitude
 
     @classmethod
     def of(cls, temperature: float, device: torch.device, injected: bool) -> Band:
         smallest, largest = uniform_range(device, injected)
         g = lambda u: -math.log(-math.log(u))                      # in float64: slack covers float32's G
-        return cls(temperature, g(smallest), g(largest), device)   # CPU torch.rand: about -2.81 and 16.64
+        return cls(temperature, g(smallest), g(largest))           # CPU torch.rand: about -2.81 and 16.64
 
     def floor(self, top: Tensor) -> Tensor:
         # top - T (g_max - g_min) - 2 slack, slack = SLACK (|top| + magnitude)
@@ -199,7 +202,7 @@ class GumbelNoise:
     CPU) only the candidates' entries. On the CPU, generator noise is drawn for the candidates
     only: the tokens follow full Gumbel-max's distribution exactly, but are not the tokens a full
     draw from the same seed would give. Each step's noise is meant for one gumbel_max call.
-    `lazy` picks the formulation (see the notes above): by default lazy on the CPU, dense elsewhere.
+    `lazy` picks the formulation (see the notes above): by default lazy on LAZY_DEVICE_TYPES (the CPU).
     """
 
     def __init__(self, batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None, lazy=None):
@@ -213,16 +216,17 @@ class GumbelNoise:
         self.generator = generator
         self.uniform_noise = uniform_noise
         self.band = Band.of(temperature, device, injected=exists(uniform_noise))
-        self.lazy = default(lazy, device.type == 'cpu')                     # the formulation (see the notes above)
+        self.lazy = default(lazy, device.type in LAZY_DEVICE_TYPES)         # the formulation (see the notes above)
 
         # lazy: about one draw a row a step at small temperatures; the pool grows by what a step needs
         self.pool = GumbelPool(temperature, device=device, generator=generator, chunk=max(1, min(CHUNK_ELEMENTS, batch * length)))
         self.dense_chunks = self.draw_dense_chunks() if not self.lazy and not exists(uniform_noise) else None
         # lazy: the candidates' T * G, and stale values of earlier steps elsewhere (see sample_lazy)
-        self.noise = torch.zeros((batch, num_tokens), device=device)       # (batch, num_tokens)
+        scratch = (batch, num_tokens) if self.lazy else (0, 0)
+        self.noise = torch.zeros(scratch, device=device)                   # (batch, num_tokens)
+        self.scores = torch.empty(scratch, device=device)
+        self.best = torch.empty(scratch[:1], device=device)
         self.every_token = False
-        self.scores = torch.empty((batch, num_tokens), device=device)
-        self.best = torch.empty((batch,), device=device)
 
     def __iter__(self) -> Iterator[StepNoise]:
         return (StepNoise(self, step) for step in range(self.shape[1]))
