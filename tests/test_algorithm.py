@@ -9,6 +9,7 @@ from torch import nn
 from x_transformers import AutoregressiveWrapper
 from x_transformers import up_wrapper as reference
 
+from up_fast import sampling
 from up_fast import up_wrapper as fast
 from up_fast.up_wrapper import SyntheticDataGenerator, UniversalPretrainWrapper
 
@@ -348,6 +349,9 @@ def test_data_step_never_reads_back_from_the_device(monkeypatch, model):
 
     author = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=1,
                                       reset_first=True, distinct_seed_rows=True, shared_seed_offset=True, generation_batch_size=8)
+
+    # the sampler's formulation for devices: on the CPU it counts its candidates, which reads nothing from a device
+    monkeypatch.setattr(sampling, 'LAZY_DEVICE_TYPES', frozenset())
 
     for name in ('item', 'tolist', '__bool__', '__int__', '__float__', '__index__'):
         monkeypatch.setattr(torch.Tensor, name, forbidden)

@@ -1,6 +1,7 @@
 """The folded sampling path against the real reference network, and the Gumbel-max sampler."""
 
 import dataclasses
+import math
 import random
 
 import pytest
@@ -9,7 +10,6 @@ from torch import nn
 from x_transformers import up_wrapper as reference
 
 from up_fast import sampling
-from up_fast.sampling import GumbelNoise, gumbel, gumbel_, gumbel_max
 from up_fast.up_wrapper import SyntheticDataGenerator
 
 CELLS = [False, True]
@@ -170,31 +170,6 @@ def test_generate_returns_the_last_max_seq_len_tokens_like_the_reference(length,
     assert torch.equal(out, full[:, -max_seq_len:])
 
 
-def test_gumbel_max_draws_from_softmax_at_temperature_one():
-    torch.manual_seed(0)
-    logits = torch.tensor([1.5, 0.2, -1.0, float('-inf'), 0.7, -30.0, 2.0, float('-inf')])
-    probs = logits.softmax(-1)
-    draws = 200_000
-    tokens = gumbel_max(logits.expand(draws, -1), 1.0, gumbel(torch.rand(draws, 8)))
-    counts = torch.bincount(tokens, minlength=8).double()
-
-    assert counts[3] == 0 and counts[7] == 0, 'zero-probability tokens are never drawn'
-    live = probs > 1e-6
-    expected = probs[live].double() * draws
-    chi2 = ((counts[live] - expected) ** 2 / expected).sum().item()
-    assert chi2 < 20.5, f'chi-square {chi2:.1f} over 5 degrees of freedom (p < 0.001 above 20.5)'
-
-
-def test_gumbel_max_scales_with_temperature_and_is_argmax_at_zero():
-    torch.manual_seed(0)
-    logits = torch.randn(1000, 20)
-    noise = gumbel(torch.rand(1000, 20))
-    assert torch.equal(gumbel_max(logits, 0., None), logits.argmax(-1))
-    assert torch.equal(gumbel_max(logits, 0.5, noise), (logits / 0.5 + noise).argmax(-1))
-    cold = gumbel_max(logits, 1e-4, noise)
-    assert (cold == logits.argmax(-1)).float().mean() > 0.99
-
-
 # the folded cache against every way a weight can change
 
 
@@ -260,16 +235,6 @@ def test_sample_teacher_forces_as_plain_steps_do(use_gru):
     assert all(torch.equal(a, b) for a, b in zip(forced, folded.module_state(state)))
 
 
-def test_noise_chunks_continue_one_stream():
-    # chunked draws must be the numbers one (length, batch, vocab) draw would give, in order
-    batch, length, vocab = 3, 10, 7
-    noise = GumbelNoise(batch, length, vocab, device=torch.device('cpu'), generator=torch.Generator().manual_seed(1))
-    noise.chunk = 4                                                          # chunks of 4, 4 and 2 steps
-    drawn = torch.stack(list(noise))                                          # (length, batch, vocab)
-    expected = gumbel_(torch.rand((length, batch, vocab), generator=torch.Generator().manual_seed(1)))
-    assert torch.equal(drawn, expected)
-
-
 def test_a_replaced_folded_net_uses_its_own_weights():
     # the products (with their bias) are cached per object: a copy made by dataclasses.replace
     # must not inherit the cache of the weights it replaced
@@ -287,3 +252,190 @@ def test_an_empty_batch_samples_nothing():
     _, fast = generator_pair(False)
     tokens, state = fast.folded().sample(torch.zeros(0, 3, dtype=torch.long), 4, 1.)
     assert tokens.shape == (0, 4) and all(s.shape == (0, 48) for s in state)
+
+
+# the band sampler: Gumbel-max with noise only for the tokens that can win
+
+
+from up_fast.naive import gumbel_max_full  # noqa: E402
+from up_fast.sampling import Band, GumbelNoise, GumbelPool, gumbel, gumbel_, gumbel_max  # noqa: E402
+
+FORMULATIONS = [True, False]
+FORMULATION_IDS = ['lazy', 'dense']
+
+
+def sample_once(logits, temperature, *, generator=None, uniform=None, lazy=True):
+    """One gumbel_max step on (batch, vocab) logits: noise from `generator`, or the injected
+    (batch, vocab) `uniform`. Returns the tokens and the step's GumbelNoise."""
+    batch, vocab = logits.shape
+    injected = None if uniform is None else uniform[:, None]              # (batch, 1, vocab)
+    noise = GumbelNoise(batch, 1, vocab, temperature, device=logits.device, generator=generator, uniform_noise=injected, lazy=lazy)
+    return gumbel_max(logits, temperature, next(iter(noise))), noise
+
+
+def chi_square(counts, probs):
+    expected = probs.double() * counts.sum()
+    return ((counts.double() - expected) ** 2 / expected).sum().item()
+
+
+@pytest.mark.parametrize('lazy', FORMULATIONS, ids=FORMULATION_IDS)
+def test_band_sampler_draws_from_softmax_at_temperature_one(lazy):
+    logits = torch.tensor([1.5, 0.2, -1.0, float('-inf'), 0.7, -30.0, 2.0, float('-inf')])
+    probs = logits.softmax(-1)
+    draws = 200_000
+    tokens, _ = sample_once(logits.expand(draws, -1), 1., generator=torch.Generator().manual_seed(0), lazy=lazy)
+    counts = torch.bincount(tokens, minlength=8)
+
+    assert counts[3] == 0 and counts[7] == 0, 'zero-probability tokens are never drawn'
+    live = probs > 1e-6
+    chi2 = chi_square(counts[live], probs[live])
+    assert chi2 < 20.5, f'chi-square {chi2:.1f} over 5 degrees of freedom (p < 0.001 above 20.5)'
+
+
+def test_tokens_outside_the_band_are_never_drawn_and_get_no_noise():
+    # at T = 0.1 the band is 0.1 * (16.64 + 2.81) ~ 1.95 wide: tokens 4, 5, 6 lie below it
+    temperature = 0.1
+    logits = torch.tensor([0., -0.05, -0.15, -0.8, -2.5, -4., float('-inf')])
+    draws = 200_000
+    tokens, noise = sample_once(logits.expand(draws, -1), temperature, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(tokens, minlength=7)
+
+    assert (counts[4:] == 0).all(), 'tokens below the band are never drawn'
+    assert noise.pool.handed_out == 4 * draws, 'one uniform per candidate, none for the tokens below the band'
+    probs = (logits[:4] / temperature).softmax(-1)
+    chi2 = chi_square(counts[:4], probs)
+    assert chi2 < 16.3, f'chi-square {chi2:.1f} over 3 degrees of freedom (p < 0.001 above 16.3)'
+
+
+@pytest.mark.parametrize('temperature', [1., 1e-4], ids=['t1', 't1e-4'])
+def test_tied_logits_give_uniform_tokens(temperature):
+    # a zero output layer ties every logit: every token is a candidate, and the noise alone decides
+    torch.manual_seed(0)
+    vocab = 10
+    gen = SyntheticDataGenerator(dim=16, num_tokens=vocab, max_seq_len=40)
+    with torch.no_grad():
+        gen.to_logits.weight.zero_()
+    tokens = gen.generate(40, seed=torch.randint(0, vocab, (250, 3)), temperature=temperature)
+    counts = torch.bincount(tokens.flatten(), minlength=vocab)
+    chi2 = chi_square(counts, torch.full((vocab,), 1. / vocab))
+    assert chi2 < 27.9, f'chi-square {chi2:.1f} over 9 degrees of freedom (p < 0.001 above 27.9)'
+
+
+@pytest.mark.parametrize('use_gru', CELLS, ids=CELL_IDS)
+def test_same_seed_same_tokens(use_gru):
+    _, fast = generator_pair(use_gru, max_seq_len=30)
+    seed = torch.randint(0, 300, (8, 5))
+    run = lambda s, t: fast.generate(30, seed=seed, temperature=t, generator=torch.Generator().manual_seed(s))
+    for temperature in (1., 1e-4):
+        assert torch.equal(run(3, temperature), run(3, temperature))
+    assert not torch.equal(run(3, 1.), run(4, 1.))
+
+
+def test_greedy_draws_no_noise():
+    _, fast = generator_pair(False)
+    generator = torch.Generator().manual_seed(5)
+    before = generator.get_state()
+    tokens, _ = fast.folded().sample(torch.randint(0, 300, (3, 4)), 6, 0., generator=generator)
+    assert torch.equal(generator.get_state(), before)
+    logits = torch.randn(50, 20)
+    assert torch.equal(gumbel_max(logits, 0., None), logits.argmax(-1))
+
+
+def band_outside(logits, temperature, margin):
+    """Entries that lie below the band for any float32 uniforms, by more than `margin`: computed
+    here from the uniforms' extremes, not from the sampler's own Band."""
+    g = lambda u: -math.log(-math.log(u))
+    width = temperature * (g(1 - 2 ** -24) - g(2 ** -149))              # largest finite G minus the smallest
+    top = logits.amax(-1, keepdim=True)
+    return logits < top - width - margin * (top.abs() + 1)
+
+
+def near_tied_logits(batch, vocab, temperature, seed):
+    """Logits spread over ~10 band widths on a grid of `temperature`: most tokens lie below the
+    band, many rows have several tokens in it, some exactly tied."""
+    torch.manual_seed(seed)
+    return (torch.randn(batch, vocab) * 200).round() * temperature
+
+
+@pytest.mark.parametrize('lazy', FORMULATIONS, ids=FORMULATION_IDS)
+@pytest.mark.parametrize('temperature', [1e-4, 1e-2, 1.], ids=['t1e-4', 't1e-2', 't1'])
+def test_injected_noise_outside_the_band_is_never_read(temperature, lazy):
+    logits = near_tied_logits(400, 50, temperature, seed=2)
+    uniform = torch.rand(400, 50)
+    uniform[:, 1::7] = uniform[:, ::7][:, :uniform[:, 1::7].shape[1]]      # equal uniforms next to equal logits: exact score ties
+    want = gumbel_max_full(logits, temperature, uniform)                  # the oracle, full noise
+
+    outside = band_outside(logits, temperature, margin=1e-3)
+    garbage = uniform.masked_fill(outside, float('nan'))
+    got, _ = sample_once(logits, temperature, uniform=garbage, lazy=lazy)
+    assert torch.equal(got, want)
+    assert outside.float().mean() > 0.5, 'the test must hide most of the noise'
+    assert (~outside).sum(-1).gt(1).float().mean() > 0.1, 'and keep rows with several candidates'
+
+
+def test_a_zero_uniform_at_the_top_falls_back_to_full_noise():
+    # u == 0 gives G = -inf: the top token cannot win, and the row's winner is decided by noise
+    # the band did not draw. The sampler must see it and take every token's noise for that row.
+    temperature = 1e-4
+    logits = torch.randn(6, 30)
+    top = logits.argmax(-1)
+    uniform = torch.rand(6, 30).clamp_(min=1e-3)
+    uniform[[1, 4], top[[1, 4]]] = 0.
+    want = gumbel_max_full(logits, temperature, uniform)
+    assert (want[[1, 4]] != top[[1, 4]]).all()
+    for lazy in FORMULATIONS:
+        got, _ = sample_once(logits, temperature, uniform=uniform, lazy=lazy)
+        assert torch.equal(got, want)
+
+
+def test_a_drawn_zero_uniform_falls_back_to_full_noise(monkeypatch):
+    # the same with generator noise: the second row's only candidate draws u == 0
+    logits = torch.tensor([[3., 0., 1.], [0., 3., 2.], [3., 2., 1.]])       # one candidate a row at T = 1e-4
+    real_draw = GumbelPool.draw_uniform
+
+    def draw_with_a_zero(pool, count):
+        uniform = real_draw(pool, count)
+        uniform[1] = 0.
+        return uniform
+
+    monkeypatch.setattr(GumbelPool, 'draw_uniform', draw_with_a_zero)
+    tokens, noise = sample_once(logits, 1e-4, generator=torch.Generator().manual_seed(0))
+    assert tokens.tolist() == [0, 2, 0], 'the second row falls to its next best token'
+    assert noise.pool.handed_out == 3 + 3, "three candidates, then the failed row's full noise"
+
+
+def test_band_bounds_come_from_the_uniforms_value_set():
+    # torch.rand on the CPU draws the grid k * 2^-24 (ATen's uniform_real keeps 24 random bits)
+    uniform = torch.rand(1_000_000, generator=torch.Generator().manual_seed(0))
+    grid = uniform.double() * 2 ** 24
+    assert torch.equal(grid, grid.round())
+
+    drawn = Band.of(1., torch.device('cpu'), injected=False)
+    injected = Band.of(1., torch.device('cpu'), injected=True)
+    extremes = torch.tensor([2 ** -24, 1 - 2 ** -24, 2 ** -149])
+    g = gumbel(extremes).double()
+    assert abs(drawn.g_min - g[0]) < 1e-5 and abs(drawn.g_max - g[1]) < 1e-5
+    assert injected.g_max == drawn.g_max and injected.g_min < drawn.g_min
+    if torch.isfinite(g[2]):                                    # unless denormals are flushed to zero
+        assert abs(injected.g_min - g[2]) < 1e-5
+    # every finite G of the uniforms lies within the band's bounds, up to float32's rounding
+    assert g[:2].min() >= drawn.g_min - 1e-5 and gumbel(uniform).max() <= drawn.g_max + 1e-5
+
+
+def test_the_pool_hands_out_one_stream():
+    # refills continue the generator's stream: takes of any size are one long draw, in order
+    pool = GumbelPool(0.5, device=torch.device('cpu'), generator=torch.Generator().manual_seed(1), chunk=5)
+    taken = torch.cat([pool.take(n)[0] for n in (3, 4, 10, 1)])
+    expected = gumbel_(torch.rand(18, generator=torch.Generator().manual_seed(1))).mul_(0.5)
+    assert torch.equal(taken, expected)
+
+
+def test_gumbel_max_refuses_what_it_cannot_sample_from():
+    logits = torch.randn(2, 5)
+    with pytest.raises(TypeError, match='noise_steps'):
+        gumbel_max(logits, 1., gumbel(torch.rand(2, 5)))
+    noise = GumbelNoise(2, 1, 5, 1., device='cpu')
+    with pytest.raises(ValueError, match='temperature'):
+        gumbel_max(logits, 0.5, next(iter(noise)))
+    with pytest.raises(ValueError, match=r'\[0, 1\)'):
+        sample_once(logits, 1., uniform=torch.full((2, 5), 1.))

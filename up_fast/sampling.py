@@ -10,18 +10,58 @@ plus one (batch, hidden) @ (hidden, gates * hidden) matmul, half the FLOPs of th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from up_fast.checks import check_uniform_noise
 from up_fast.helpers import default, exists
 
-# functions
+# Gumbel-max, drawing noise only where it can matter
+#
+# At temperature T > 0 the token is argmax_j(logits_j + T * G_j), G_j = -log(-log u_j), u_j ~ U[0, 1):
+# a sample of softmax(logits / T), ties to the lowest token id (torch.max's first maximum). The
+# uniforms come from a finite set, so every finite G lies in [g_min, g_max] (see uniform_range;
+# torch.rand on the CPU: about -2.81 and 16.64): a token whose logit is more than
+# T * (g_max - g_min) below its row's largest can never win. Only the tokens within that band
+# (the candidates) get noise: about 1.1 a row at the default T = 1e-4 on the example's logits.
+#
+# Why the winner is exactly full Gumbel-max's on the same uniforms (Band below):
+# - candidates are the tokens with logit >= floor = top - T * (g_max - g_min) - 2 slack, top the
+#   row's largest logit; a non-candidate's score, with any noise value up to T * g_max, is then
+#   below certificate = top + T * g_min - slack. `slack` is 2^-16 of the magnitudes involved: it
+#   covers the float32 rounding of the scores, of G, and of floor and certificate themselves (a few
+#   roundings of 2^-24 each); a wider band is always exact, it only costs draws. Rounding is
+#   monotone, so non-candidates far below the floor score no higher than those just below it.
+# - a row whose best candidate scores >= certificate is won by that candidate: the candidates'
+#   scores are computed as full Gumbel-max computes them (fl(l + fl(T * G))), in token order, so
+#   ties go the same way. The top token scores >= certificate unless its u == 0 (G = -inf); a row
+#   failing the check (u == 0 at the top, no other candidate making up) takes noise for every token.
+# - logits are finite or -inf (a row of -inf makes every token a candidate); a NaN logit wins as
+#   it does in full Gumbel-max.
+#
+# The G of a value can differ in its last bit between ATen's vectorised and scalar loops (the
+# Sleef and libm logs): full Gumbel-max itself computes G that way, so "the same token" holds up to
+# a tie of two scores within one rounding step.
+#
+# Two formulations of the one rule:
+# - lazy (CPU): count the candidates, draw (or read) noise for them only, place it in the band.
+#   Counting reads a number back, which on the CPU costs nothing. With generator noise, once a
+#   step has every token in the band (high temperatures), the call draws for every token.
+# - dense (other devices): full noise for every token and the band as a mask, so no value is read
+#   back to the host; it gives the same winner (and ignores noise outside the band, as lazy does).
+#   It saves no draws: on CUDA the Triton kernel is the fast path.
+
+SLACK = 2. ** -16       # relative to the magnitudes in a score; float32 rounds each op to 2^-24
+
+LAZY_DEVICE_TYPES = frozenset({'cpu'})      # where reading a count back is free; dense everywhere else
+
 
 def gumbel_(uniform: Tensor) -> Tensor:
     """Gumbel(0, 1) noise from U[0, 1) noise, in place: -log(-log u). u == 0 gives -inf (never drawn)."""
@@ -32,66 +72,257 @@ def gumbel(uniform: Tensor) -> Tensor:
     return gumbel_(uniform.clone())
 
 
-def gumbel_max(logits: Tensor, temperature: float, gumbel_noise: Tensor | None, *, out: Tensor | None = None) -> Tensor:
-    """Sample from softmax(logits / temperature) by the Gumbel-max trick; argmax at temperature 0.
+def uniform_range(device: torch.device, injected: bool) -> tuple[float, float]:
+    """The smallest positive and the largest value a step's U[0, 1) numbers can take, in float32."""
+    eps = torch.finfo(torch.float32).eps                         # 2^-23
+    largest = 1. - eps / 2                                        # the float32 just below 1, whatever the source
+    if device.type == 'cpu' and not injected:
+        # torch.rand on the CPU keeps 24 bits of a 32-bit draw and scales them by 2^-24 (ATen's
+        # transformation::uniform_real): the grid k * 2^-24, 0 <= k < 2^24
+        return eps / 2, largest
+    # injected noise may be any float32 in [0, 1) (CUDA's torch.rand, a curand grid offset by
+    # 2^-33, is among them): down to the smallest subnormal
+    return torch.finfo(torch.float32).tiny * eps, largest
+
+
+class Band:
+    """Which tokens can win argmax(logits + T * G) when every finite G lies in [g_min, g_max]
+    (see the notes above). floor() and certificate() take each row's largest logit, (batch, 1)."""
+
+    def __init__(self, temperature: float, g_min: float, g_max: float):
+        self.temperature, self.g_min, self.g_max = temperature, g_min, g_max
+        magnitude = temperature * (abs(g_min) + abs(g_max))            # the noise's share of a score's magnitude
+        # floor = top - 2 SLACK |top| - floor_offset, as (1 - 2 SLACK) leaky_relu(top) - floor_offset: two ops a step
+        self.floor_slope = (1 + 2 * SLACK) / (1 - 2 * SLACK)
+        # a 0-dim CPU tensor acts as a scalar on any device, without a copy
+        self.floor_offset = torch.tensor(-(temperature * (g_max - g_min) + 2 * SLACK * magnitude), dtype=torch.float32)
+        self.certificate_offset = temperature * g_min - SLACK * magnitude
+
+    @classmethod
+    def of(cls, temperature: float, device: torch.device, injected: bool) -> Band:
+        smallest, largest = uniform_range(device, injected)
+        g = lambda u: -math.log(-math.log(u))                      # in float64: slack covers float32's G
+        return cls(temperature, g(smallest), g(largest))           # CPU torch.rand: about -2.81 and 16.64
+
+    def floor(self, top: Tensor) -> Tensor:
+        # top - T (g_max - g_min) - 2 slack, slack = SLACK (|top| + magnitude)
+        return torch.add(self.floor_offset, F.leaky_relu(top, self.floor_slope), alpha=1 - 2 * SLACK)
+
+    def certificate(self, top: Tensor) -> Tensor:
+        # top + T g_min - slack
+        return torch.add(top, top.abs(), alpha=-SLACK).add_(self.certificate_offset)
+
+    def candidates(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Each row's largest logit (batch, 1), and the candidates (batch, num_tokens) bool."""
+        top = torch.amax(logits, dim=-1, keepdim=True)
+        return top, torch.ge(logits, self.floor(top))
+
+
+def gumbel_max(logits: Tensor, temperature: float, noise: StepNoise | None, *, out: Tensor | None = None) -> Tensor:
+    """Sample from softmax(logits / temperature) by Gumbel-max, drawing noise only for the tokens
+    that can win (see the notes above); plain argmax at temperature 0, which needs no noise.
 
     argmax(logits / T + G) == argmax(logits + T * G) for T > 0; the second form never overflows
     for tiny T (the reference's 1e-4 default) and reduces to plain argmax at T == 0.
-    logits: (batch, num_tokens), gumbel_noise: (batch, num_tokens) or None when temperature == 0.
+    logits: (batch, num_tokens). noise: one step of noise_steps(...), None at temperature 0.
     Returns (batch,) int64, written into `out` (batch,) when given. Ties go to the lowest token id.
     """
-    noisy = logits if temperature == 0 else torch.add(logits, gumbel_noise, alpha=temperature)
-    # max(dim) picks the first maximum as argmax does, and measured about 25% faster than argmax on
-    # the CPU at (32, 256); with `out` it writes the tokens where the caller keeps them
+    if temperature == 0:
+        return argmax(logits, out)
+    if not isinstance(noise, StepNoise):
+        raise TypeError(f'gumbel_max at temperature {temperature} needs one step of noise_steps(...), got {type(noise).__name__}')
+    return noise.source.sample(noise.step, logits, temperature, out)
+
+
+def argmax(scores: Tensor, out: Tensor | None = None) -> Tensor:
+    # max(dim) picks the first maximum as argmax does, and with `out` writes the tokens where the
+    # caller keeps them
     if not exists(out):
-        return torch.max(noisy, dim=-1).indices
-    torch.max(noisy, dim=-1, out=(noisy.new_empty(noisy.shape[:-1]), out))
+        return torch.max(scores, dim=-1).indices
+    torch.max(scores, dim=-1, out=(scores.new_empty(scores.shape[:-1]), out))
     return out
 
 
-# 512 KiB of fp32: the Gumbel noise a loop draws for many steps at once comes in chunks this
-# size. A chunk then stays in the core's L2 cache beside the ~1 MiB of weights every step reads: on
-# the 2-core EPYC this was measured on, 2 MiB chunks made the example generate 5-11% slower than
-# these (two shuffled A/B runs of 25 rounds), 128 KiB ones ~2%.
+# Noise is drawn in chunks of at most this many fp32 numbers (512 KiB): few launches, and a chunk
+# stays in the core's L2 cache beside the weights every step reads (see benchmarks/results/performance.md).
 CHUNK_ELEMENTS = 1 << 17
 
 
-class GumbelNoise:
-    """Gumbel noise for `length` sampling steps of a (batch, num_tokens) distribution.
+@dataclass(frozen=True)
+class StepNoise:
+    """One sampling step's noise, drawn (or read) only when gumbel_max asks for it."""
+    source: GumbelNoise
+    step: int
 
-    Iterating yields each step's (batch, num_tokens) noise, in order. It is drawn in chunks of
-    steps (bounded memory, few launches), or taken from an injected (batch, length, num_tokens)
-    uniform tensor so that two paths can be compared on the same noise.
+
+class GumbelPool:
+    """T * G for a stream of U[0, 1) draws from `generator`, handed out in order and drawn in chunks;
+    `take` also says whether any of the numbers handed out came from u == 0 (G = -inf)."""
+
+    def __init__(self, temperature: float, *, device, generator=None, chunk: int = CHUNK_ELEMENTS):
+        self.temperature = temperature
+        self.device = device
+        self.generator = generator
+        self.chunk = chunk
+        self.values = torch.empty(0, device=device)     # (n,) T * G; those before `position` are handed out
+        self.position = 0
+        self.zeros: list[int] = []                      # positions in `values` that came from u == 0, ascending
+        self.handed_out = 0                             # numbers taken so far
+
+    def draw_uniform(self, count: int) -> Tensor:
+        return torch.rand(count, device=self.device, generator=self.generator)
+
+    def take(self, count: int) -> tuple[Tensor, bool]:
+        start, end = self.position, self.position + count
+        if end > self.values.numel():
+            rest = self.values[start:]
+            # T * G = -T log(-log u), in four passes
+            size = max(count - rest.numel(), min(CHUNK_ELEMENTS, max(self.chunk, 16 * count)))     # large takes: 16 of them a draw
+            fresh = self.draw_uniform(size).log_().neg_().log_().mul_(-self.temperature)
+            self.values = torch.cat((rest, fresh)) if rest.numel() > 0 else fresh
+            self.zeros = [i - start for i in self.zeros if i >= start]
+            if bool(torch.isneginf(fresh).any()):
+                self.zeros += [rest.numel() + i for i in torch.isneginf(fresh).nonzero().flatten().tolist()]
+            start, end = 0, count
+        self.position = end
+        self.handed_out += count
+        has_zero = bool(self.zeros) and self.zeros[0] < end
+        if has_zero:
+            self.zeros = [i for i in self.zeros if i >= end]
+        return self.values[start:end], has_zero
+
+
+class GumbelNoise:
+    """The Gumbel noise of `length` sampling steps of a (batch, num_tokens) distribution at
+    `temperature`, drawn as gumbel_max asks for it: iterating yields each step's StepNoise.
+
+    Uniforms come from `generator` (torch's global one by default), or from an injected
+    (batch, length, num_tokens) `uniform_noise` tensor so that two paths can be compared on the same
+    noise: gumbel_max then returns what full Gumbel-max on that tensor returns, reading (on the
+    CPU) only the candidates' entries. On the CPU, generator noise is drawn for the candidates
+    only: the tokens follow full Gumbel-max's distribution exactly, but are not the tokens a full
+    draw from the same seed would give. Each step's noise is meant for one gumbel_max call.
+    `lazy` picks the formulation (see the notes above): by default lazy on LAZY_DEVICE_TYPES (the CPU).
     """
 
-    def __init__(self, batch, length, num_tokens, *, device, generator=None, uniform_noise=None):
+    def __init__(self, batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None, lazy=None):
         if exists(uniform_noise):
             check_uniform_noise(uniform_noise, (batch, length, num_tokens))
 
+        device = torch.device(device)
         self.shape = (batch, length, num_tokens)
+        self.temperature = temperature
         self.device = device
         self.generator = generator
         self.uniform_noise = uniform_noise
-        self.chunk = max(1, min(length, CHUNK_ELEMENTS // max(1, batch * num_tokens)))
+        self.band = Band.of(temperature, device, injected=exists(uniform_noise))
+        self.lazy = default(lazy, device.type in LAZY_DEVICE_TYPES)         # the formulation (see the notes above)
 
-    def __iter__(self) -> Iterator[Tensor]:
+        # lazy: about one draw a row a step at small temperatures; the pool grows by what a step needs
+        self.pool = GumbelPool(temperature, device=device, generator=generator, chunk=max(1, min(CHUNK_ELEMENTS, batch * length)))
+        self.dense_chunks = self.draw_dense_chunks() if not self.lazy and not exists(uniform_noise) else None
+        # lazy: the candidates' T * G, and stale values of earlier steps elsewhere (see sample_lazy)
+        scratch = (batch, num_tokens) if self.lazy else (0, 0)
+        self.noise = torch.zeros(scratch, device=device)                   # (batch, num_tokens)
+        self.scores = torch.empty(scratch, device=device)
+        self.best = torch.empty(scratch[:1], device=device)
+        self.every_token = False
+
+    def __iter__(self) -> Iterator[StepNoise]:
+        return (StepNoise(self, step) for step in range(self.shape[1]))
+
+    def injected_uniform(self, step: int, where: Tensor | int | None = None) -> Tensor:
+        """The injected uniforms of `step` (batch, num_tokens) in float32, or only those at `where`:
+        a row, or a (batch, num_tokens) mask (then in row-major order)."""
+        uniform = self.uniform_noise[:, step]
+        if uniform.device != self.device:
+            uniform = uniform.to(self.device)
+        if exists(where):
+            uniform = uniform[where]
+        uniform = uniform.to(torch.float32, copy=True)                       # the caller's tensor stays as it is
+        if self.lazy and not bool(((uniform >= 0) & (uniform < 1)).all()):    # a CPU check reads nothing back from a device
+            raise ValueError(f'uniform_noise must hold U[0, 1) draws (after conversion to float32); step {step} has values outside [0, 1)')
+        return uniform
+
+    def sample(self, step: int, logits: Tensor, temperature: float, out: Tensor | None) -> Tensor:
+        if temperature != self.temperature:
+            raise ValueError(f'gumbel_max got temperature {temperature}, but its noise was made for temperature {self.temperature}')
+        if tuple(logits.shape) != (self.shape[0], self.shape[2]):
+            raise ValueError(f'gumbel_max got logits of shape {tuple(logits.shape)}, but its noise is for (batch, num_tokens) = {(self.shape[0], self.shape[2])}')
+        if logits.dtype != torch.float32:
+            logits = logits.float()
+        return self.sample_lazy(step, logits, out) if self.lazy else self.sample_dense(step, logits, out)
+
+    def candidate_noise(self, step: int, candidates: Tensor) -> tuple[Tensor, bool]:
+        """T * G of the candidates, in row-major order, and whether any u was 0."""
+        if not exists(self.uniform_noise):
+            return self.pool.take(int(candidates.count_nonzero()))
+        uniform = self.injected_uniform(step, candidates)
+        has_zero = bool((uniform == 0).any())
+        return gumbel_(uniform).mul_(self.temperature), has_zero
+
+    def sample_lazy(self, step: int, logits: Tensor, out: Tensor | None) -> Tensor:
+        if self.every_token:
+            # an earlier step had every token in the band (a high temperature): drawing for every
+            # token is full Gumbel-max itself, exact without the band's bookkeeping
+            noise, _ = self.pool.take(logits.numel())
+            scores = torch.add(logits, noise.view_as(logits), out=self.scores)
+            return torch.max(scores, dim=-1, out=(self.best, out)).indices if exists(out) else torch.max(scores, dim=-1).indices
+
+        top, candidates = self.band.candidates(logits)                      # (batch, 1), (batch, num_tokens)
+        fresh, has_zero = self.candidate_noise(step, candidates)            # (candidates,)
+        if fresh.numel() == candidates.numel():
+            noise = fresh.view_as(candidates)
+            self.every_token = not exists(self.uniform_noise)               # injected noise: read only the band, always
+        else:
+            # fresh noise in the band; outside it, earlier steps' T * G (or the initial 0), all <= T * g_max,
+            # which the band's argument allows any non-candidate: none of them can win a certified row
+            noise = self.noise.masked_scatter_(candidates, fresh)
+        scores = torch.add(logits, noise, out=self.scores)                  # the candidates' scores as full Gumbel-max computes them
+        best, winner = torch.max(scores, dim=-1, out=(self.best, out)) if exists(out) else torch.max(scores, dim=-1)
+        if has_zero:
+            self.certify(step, logits, top, candidates, noise, best, winner)
+        return winner
+
+    def certify(self, step, logits, top, candidates, noise, best, winner):
+        """Rows where u == 0 left no candidate above the certificate take noise for every token
+        (fresh draws outside the band, the candidates keeping theirs) and full Gumbel-max; in place."""
+        failed = torch.logical_not(best >= self.band.certificate(top).squeeze(-1)).nonzero().flatten().tolist()
+        for row in failed:                                                  # rare: u == 0 has probability 2^-24
+            if exists(self.uniform_noise):
+                outside = gumbel_(self.injected_uniform(step, row)).mul_(self.temperature)
+            else:
+                outside, _ = self.pool.take(logits.shape[-1])
+            row_noise = torch.where(candidates[row], noise[row], outside)
+            winner[row] = torch.max(logits[row] + row_noise, dim=-1).indices
+
+    def draw_dense_chunks(self) -> Iterator[Tensor]:
         batch, length, num_tokens = self.shape
-        if exists(self.uniform_noise):
-            for step in range(length):
-                yield gumbel(self.uniform_noise[:, step].to(device=self.device, dtype=torch.float32))
-            return
-
-        for start in range(0, length, self.chunk):
+        chunk_steps = max(1, min(length, CHUNK_ELEMENTS // max(1, batch * num_tokens)))
+        for start in range(0, length, chunk_steps):
             # step-major, so that each step's (batch, num_tokens) slice is contiguous
-            uniform = torch.rand((min(self.chunk, length - start), batch, num_tokens), device=self.device, generator=self.generator)
-            yield from gumbel_(uniform).unbind(0)                    # in place: one chunk in memory, not two
+            uniform = torch.rand((min(chunk_steps, length - start), batch, num_tokens), device=self.device, generator=self.generator)
+            yield from gumbel_(uniform).mul_(self.temperature).unbind(0)    # in place: one chunk in memory, not two
+
+    def sample_dense(self, step: int, logits: Tensor, out: Tensor | None) -> Tensor:
+        # no value read back: noise for every token, the band as a mask; rows the certificate
+        # rejects (u == 0 at the top) keep full Gumbel-max's winner
+        if exists(self.uniform_noise):
+            noise = gumbel_(self.injected_uniform(step)).mul_(self.temperature)
+        else:
+            noise = next(self.dense_chunks)                                 # steps come in order
+        top, candidates = self.band.candidates(logits)
+        scores = logits + noise                                             # (batch, num_tokens)
+        best, in_band = torch.max(scores.masked_fill(~candidates, -math.inf), dim=-1)
+        winner = torch.where(best >= self.band.certificate(top).squeeze(-1), in_band, torch.max(scores, dim=-1).indices)
+        return out.copy_(winner) if exists(out) else winner
 
 
-def noise_steps(batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None) -> Iterator[Tensor | None]:
-    """Each sampling step's Gumbel noise, in order (see GumbelNoise); None at temperature 0, which needs none."""
+def noise_steps(batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None) -> Iterator[StepNoise | None]:
+    """Each sampling step's noise for gumbel_max, in order (see GumbelNoise); None at temperature 0, which needs none."""
     if temperature == 0:
         return repeat(None, length)
-    return iter(GumbelNoise(batch, length, num_tokens, device=device, generator=generator, uniform_noise=uniform_noise))
+    return iter(GumbelNoise(batch, length, num_tokens, temperature, device=device, generator=generator, uniform_noise=uniform_noise))
 
 
 # small-batch matmuls on the CPU
@@ -101,7 +332,7 @@ def onednn_packed(weight: Tensor, batch: int) -> Tensor | None:
     """`weight` (out, in) prepacked by oneDNN for products with `batch` rows, or None.
 
     On the CPU, oneDNN's linear with a prepacked weight runs the decoding loop's small products
-    about twice as fast as torch.mm (MKL) on the AVX-512 machine this was measured on. The op is
+    faster than torch.mm (MKL; see benchmarks/results/performance.md). The op is
     internal to PyTorch (Inductor uses it), so it is taken only where it exists and, on a probe,
     agrees with torch.mm; anything else keeps torch.mm. The probe draws from a private generator,
     leaving torch's global random stream untouched.
@@ -345,9 +576,8 @@ class FoldedRecurrentNet:
         sampled_rows = sampled_columns.unbind(0)
         noise = noise_steps(batch, length, self.num_tokens, temperature, device=prefix.device, generator=generator, uniform_noise=uniform_noise)
 
-        # teacher forcing, one column of the prefix a step (gathering the input rows of many steps in
-        # one call measured no faster: 46.4 against 46.3 ms for the example's 520 LSTM steps, and
-        # 43.5 against 41.4 ms for a GRU, in a shuffled A/B run of 30 rounds)
+        # teacher forcing, one column of the prefix a step (a bulk gather of many steps' input rows
+        # measured no faster: see benchmarks/results/performance.md)
         for tokens in prefix.long().t().contiguous().unbind(0):       # prefix_len of (batch,)
             step(tokens, recurrent(x))
 
