@@ -406,12 +406,17 @@ def check_out_path(out: Path, resume: str | None, force: bool):
     if out.exists() and not resuming_in_place and not force:
         raise CLIError(f'{out} already exists (the checkpoint of another run?): pass --force to overwrite it, '
                        f'`--resume {out}` to continue that run, or --out with another path')
+    check_writable(out, 'the checkpoint', '--out')
+
+
+def check_writable(path: Path, what: str, option: str):
+    # make the folder and a file in it now, rather than fail when the work is done
     try:
-        out.parent.mkdir(parents = True, exist_ok = True)
-        with tempfile.NamedTemporaryFile(dir = out.parent, prefix = f'.{out.name}.', suffix = '.tmp'):
+        path.parent.mkdir(parents = True, exist_ok = True)
+        with tempfile.NamedTemporaryFile(dir = path.parent, prefix = f'.{path.name}.', suffix = '.tmp'):
             pass
     except OSError as err:
-        raise CLIError(f'cannot write the checkpoint {out}: {err.strerror or err} ({err.filename or out.parent}); choose a writable --out') from None
+        raise CLIError(f'cannot write {what} {path}: {err.strerror or err} ({err.filename or path.parent}); choose a writable {option}') from None
 
 
 def save_checkpoint(checkpoint: dict, out: Path):
@@ -722,6 +727,8 @@ def sample(args):
     plot_path = Path(args.plot) if exists(args.plot) else None
     if exists(plot_path) and plot_path.is_dir():
         raise CLIError(f'--plot {plot_path} is a directory: give the PNG file to write')
+    if exists(plot_path):
+        check_writable(plot_path, 'the plot', '--plot')
 
     if exists(checkpoint_path):
         checkpoint = load_checkpoint(checkpoint_path)
@@ -773,7 +780,6 @@ def sample(args):
         show_rows(f'step {start_step + steps}, the same rows, written by the generator in the last step', after, rows, args.width)
 
     if exists(plot_path):
-        plot_path.parent.mkdir(parents = True, exist_ok = True)
         if plot_stats(plot_path, stats_steps, stats, f'buffer statistics, {origin.split(" (")[0]}\n{config_summary(config)}'):
             log(f'plot of the statistics over steps: {plot_path}')
         else:
@@ -837,6 +843,7 @@ def evaluate(args) -> dict:
     for name, bits in results.items():
         mark = '   <- best' if name == best else ''
         log(f'  {labels[name]:<40} {bits:6.3f}{mark}')
+    log(f'best: {labels[best]} ({results[best]:.3f} bits per byte)')
 
     if side == 'below':
         verdict = (f'the pre-trained model is below in-context counting: {margin:.2f} bits per byte better than the best in-context Markov model '
