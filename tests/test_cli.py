@@ -621,3 +621,74 @@ def test_eval_csv_without_matplotlib_says_how_to_get_the_png(tmp_path, monkeypat
 def test_missing_eval_text_is_refused_before_training(tmp_path, capsys):
     err = one_line_error(capsys, ['pretrain', *TINY, '--eval-every', '2', '--eval-text', str(tmp_path / 'nope.txt'), '--out', str(tmp_path / 'x.pt')])
     assert 'text file not found' in err
+
+
+# pretrain --source paper|xt
+
+
+def paper_source_available():
+    import importlib.util
+    return hasattr(cli.UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
+
+
+needs_paper = pytest.mark.skipif(not paper_source_available(), reason = 'UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator '
+                                                                       '(issue 11) are not in this up_fast yet')
+PAPER_TINY = [*TINY[:-4], '--source', 'paper', '--eval-every', '0']
+
+
+def test_source_is_in_the_help_and_the_config(tiny_checkpoint):
+    assert torch.load(tiny_checkpoint, weights_only = True)['config']['source'] == 'xt'
+    assert cli.build_parser().parse_args(['pretrain']).source == cli.DEFAULT_CONFIG['source']
+
+
+def test_checkpoint_without_a_source_is_read_as_xt(tiny_checkpoint, tmp_path, capsys):
+    # written before the option existed: the x-transformers generator
+    checkpoint = torch.load(tiny_checkpoint, weights_only = True)
+    del checkpoint['config']['source']
+    old = tmp_path / 'old.pt'
+    torch.save(checkpoint, old)
+    main(['sample', '--checkpoint', str(old), '--rows', '1'])
+    assert 'xt source' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('option', [['--gru'], ['--reset-every', '5']])
+def test_xt_only_options_are_refused_with_the_paper_source(tmp_path, capsys, option):
+    err = one_line_error(capsys, ['pretrain', *PAPER_TINY, *option, '--out', str(tmp_path / 'x.pt')])
+    assert option[0] in err and '--source xt' in err
+
+
+@needs_paper
+def test_paper_source_trains_saves_and_restores(tmp_path, capsys):
+    from up_fast.paper import PaperDataGenerator
+
+    out = tmp_path / 'paper.pt'
+    main(['pretrain', *PAPER_TINY, '--out', str(out)])
+    checkpoint = torch.load(out, weights_only = True)
+    assert checkpoint['config']['source'] == 'paper'
+    assert math.isfinite(checkpoint['final_loss'])
+
+    wrapper = cli.build(checkpoint['config'], torch.device('cpu'))
+    assert isinstance(wrapper.data_generator, PaperDataGenerator)
+    assert wrapper.batch_size == 4 and wrapper.buffer_size == 20 * 2 * 4          # the author's sizes: generator batch 2x, buffer 20 generator batches
+    wrapper.load_state_dict(checkpoint['wrapper'])
+    assert torch.equal(wrapper.synth_data_buffer, checkpoint['wrapper']['synth_data_buffer'])
+    capsys.readouterr()
+
+    main(['sample', '--checkpoint', str(out), '--rows', '2', '--steps', '1'])
+    assert 'paper source' in capsys.readouterr().out
+    main(['eval', '--checkpoint', str(out), '--max-bytes', '512', '--json'])
+    assert math.isfinite(json.loads(capsys.readouterr().out)['bits_per_byte']['pretrained'])
+
+
+@needs_paper
+def test_paper_source_resumes_exactly(tmp_path):
+    four = [*PAPER_TINY[2:], '--steps', '4']
+    main(['pretrain', *four, '--out', str(tmp_path / 'whole.pt')])
+    main(['pretrain', *four, '--stop-after', '2', '--out', str(tmp_path / 'part.pt')])
+    main(['pretrain', '--resume', str(tmp_path / 'part.pt')])
+    whole = torch.load(tmp_path / 'whole.pt', weights_only = True)
+    resumed = torch.load(tmp_path / 'part.pt', weights_only = True)
+    assert resumed['config']['source'] == 'paper'
+    assert resumed['final_loss'] == whole['final_loss'] and resumed['smoothed_loss'] == whole['smoothed_loss']
+    for key, value in whole['wrapper'].items():
+        assert torch.equal(resumed['wrapper'][key], value), key

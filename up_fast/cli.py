@@ -754,9 +754,9 @@ def sample(args):
 
     log(f'{origin}')
     log(f'{config_summary(config)}: buffer of {buffer_size} rows x {seq_len} bytes')
-    log(f'per row: zlib = compressed / raw size (about 1.1 for noise, under 0.2 for a constant row, structure in between); '
-        f'constant = one byte repeated; periodic = row[i] == row[i + p] for all i, some 1 < p <= {args.max_period}; '
-        f'cycling = neither, but its second half is periodic (p <= {args.max_period}); distinct = distinct bytes in the row')
+    log(f'per row: zlib = compressed / raw size (about 1.1 for noise, under 0.2 for a constant row, structure in between)\n'
+        f'         constant = one byte repeated; periodic = row[i] == row[i + p] for all i, for some 1 < p <= {args.max_period}\n'
+        f'         cycling = neither, but the second half of the row is periodic (p <= {args.max_period}); distinct = distinct bytes in the row')
 
     before = wrapper.synth_data_buffer.cpu().clone()     # (buffer_size, seq_len) uint8
     stats_steps, stats = [start_step], [buffer_stats(before, args.max_period)]
