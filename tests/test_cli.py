@@ -464,6 +464,11 @@ def test_sample_seed_changes_the_output_and_repeats(capsys):
     row_text = lambda lines: [line.split('|', 1)[1] for line in lines if '|' in line]
     assert row_text(one) != row_text(other)
 
+    # the buffer itself starts from the seed, not only the draws after it
+    start = ['--fresh', '--steps', '0', '--rows', '6']
+    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) == row_text(sample_rows_and_stats(capsys, *start, '--seed', '1'))
+    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) != row_text(sample_rows_and_stats(capsys, *start, '--seed', '2'))
+
 
 def test_sample_uses_the_checkpoint_pretrain_just_wrote(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
