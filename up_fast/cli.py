@@ -1,9 +1,9 @@
 """The `up-fast` console script: pre-train a small byte-level transformer on synthetic data,
 look at the synthetic data, and measure what the pre-training bought on real text.
 
-    up-fast pretrain                    # a couple of minutes on 2 CPU cores
-    up-fast sample                      # noise turning into structure
-    up-fast eval                        # bits per byte on a text file that ships with Python
+    up-fast pretrain                    # a few minutes on 2 CPU cores, zero-shot bits per byte along the way
+    up-fast sample                      # the synthetic data: noise, structure or collapse, step by step
+    up-fast eval                        # bits per byte on real text, against in-context counting
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from up_fast.baselines import MARKOV_ORDERS, MARKOV_STRENGTH, markov_bits_per_by
 from up_fast.helpers import default, exists
 from up_fast.row_stats import SHORT_PERIOD, BufferStats, buffer_stats, zlib_ratio
 
-# the embedded default configuration: `up-fast pretrain` takes about two minutes on 2 CPU cores
+# the embedded default configuration: `up-fast pretrain` takes a few minutes on 2 CPU cores
 
 DEFAULT_CONFIG = dict(
     num_tokens = 256,                   # bytes
