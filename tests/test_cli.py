@@ -52,7 +52,7 @@ def test_top_level_help_teaches(capsys):
 @pytest.mark.parametrize('command, options', [
     ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device',
                   'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384']),
-    ('sample', ['--checkpoint', '--fresh', '--steps', '--every', '--max-period', '--plot', '--rows', '--width', '--seed']),
+    ('sample', ['--checkpoint', '--fresh', '--source', '--steps', '--every', '--max-period', '--plot', '--rows', '--width', '--seed']),
     ('eval', ['--checkpoint', '--text', '--max-bytes', '--seed', '--json', '65536', 'Markov', 'pseudo-counts']),
 ])
 def test_command_help_lists_options_with_defaults(capsys, command, options):
@@ -486,11 +486,12 @@ def test_sample_uses_the_checkpoint_pretrain_just_wrote(tmp_path, monkeypatch, c
     assert 'fresh wrapper' in out and 'dim 128' in out
 
     one_line_error(capsys, ['sample', '--fresh', '--checkpoint', cli.DEFAULT_CHECKPOINT])
+    one_line_error(capsys, ['sample', '--source', 'xt', '--checkpoint', cli.DEFAULT_CHECKPOINT])
 
 
 def test_sample_statistics_every_few_steps_and_plot(tmp_path, capsys):
     plot = tmp_path / 'stats.png'
-    steps, stats = cli.sample(cli.build_parser().parse_args(['sample', '--fresh', '--steps', '4', '--every', '2', '--rows', '1', '--plot', str(plot)]))
+    steps, stats = cli.sample(cli.build_parser().parse_args(['sample', '--source', 'xt', '--steps', '4', '--every', '2', '--rows', '1', '--plot', str(plot)]))
     out = capsys.readouterr().out
     assert cli.STATS_HEADER in out
     printed = [int(line.split()[0]) for line in out.splitlines() if re.match(r'\s*\d+\s+\d+\.\d+ /', line)]
@@ -697,3 +698,11 @@ def test_paper_source_resumes_exactly(tmp_path):
     assert resumed['final_loss'] == whole['final_loss'] and resumed['smoothed_loss'] == whole['smoothed_loss']
     for key, value in whole['wrapper'].items():
         assert torch.equal(resumed['wrapper'][key], value), key
+
+
+@needs_paper
+def test_sample_fresh_paper_buffer_starts_constant(capsys):
+    steps, stats = cli.sample(cli.build_parser().parse_args(['sample', '--source', 'paper', '--steps', '1', '--rows', '1']))
+    assert 'paper source' in capsys.readouterr().out
+    # the author's buffer starts as constant rows; a step resets 50 rows to uniform noise and writes generated rows
+    assert stats[0].constant == 1.0 and stats[1].constant < 1.0

@@ -717,10 +717,12 @@ def plot_stats(path: Path, steps: list[int], stats: list[BufferStats], title: st
 def sample(args):
     if args.fresh and exists(args.checkpoint):
         raise CLIError('--fresh and --checkpoint exclude each other: --fresh samples from a new wrapper, --checkpoint from a saved run')
+    if exists(args.source) and exists(args.checkpoint):
+        raise CLIError('--source applies to a fresh wrapper: a checkpoint keeps the source of its run')
 
     # after `up-fast pretrain`, its checkpoint, unless told otherwise
     checkpoint_path = args.checkpoint
-    if not exists(checkpoint_path) and not args.fresh and Path(DEFAULT_CHECKPOINT).is_file():
+    if not exists(checkpoint_path) and not args.fresh and not exists(args.source) and Path(DEFAULT_CHECKPOINT).is_file():
         checkpoint_path = DEFAULT_CHECKPOINT
 
     device = pick_device(args.device)
@@ -741,7 +743,7 @@ def sample(args):
         found = ', found at the default path: pass --fresh to sample from a new wrapper instead' if not exists(args.checkpoint) else ''
         origin = f'checkpoint {checkpoint_path} (written by `up-fast pretrain`{found})'
     else:
-        config = {**DEFAULT_CONFIG, 'seed': default(args.seed, DEFAULT_CONFIG['seed'])}
+        config = {**DEFAULT_CONFIG, 'seed': default(args.seed, DEFAULT_CONFIG['seed']), 'source': default(args.source, DEFAULT_CONFIG['source'])}
         torch.manual_seed(config['seed'])
         wrapper = build(config, device)
         steps = default(args.steps, SAMPLE_STEPS)
@@ -941,10 +943,12 @@ def build_parser() -> argparse.ArgumentParser:
               up-fast sample                                the checkpoint of `up-fast pretrain` if there is one, else a fresh wrapper
               up-fast sample --fresh --steps 500 --every 50 --plot buffer.png
               up-fast sample --fresh --seed 3               another fresh buffer and data stream
+              up-fast sample --source xt --steps 300        x-transformers' generator and buffer algorithm instead of the paper's
               up-fast sample --checkpoint {DEFAULT_CHECKPOINT} --steps 20 --rows 12"""),
     )
     s.add_argument('--checkpoint', metavar = 'PATH', default = None, help = f'the buffer saved by `up-fast pretrain` (default: {DEFAULT_CHECKPOINT} if it exists, else a fresh wrapper)')
     s.add_argument('--fresh', action = 'store_true', help = f'a fresh wrapper with the default configuration, even if {DEFAULT_CHECKPOINT} exists')
+    s.add_argument('--source', choices = SOURCES, default = None, help = f'the synthetic data of a fresh wrapper, as for `up-fast pretrain` (default: {c["source"]})')
     s.add_argument('--steps', type = non_negative_int, metavar = 'N', default = None, help = f'data steps to run, with statistics along the way (default: {SAMPLE_STEPS} for a fresh wrapper, 0 with a checkpoint)')
     s.add_argument('--every', type = positive_int, metavar = 'N', default = None, help = 'print the statistics every N steps (default: a tenth of --steps)')
     s.add_argument('--max-period', type = positive_int, metavar = 'P', default = SHORT_PERIOD, help = 'the longest period counted as short for the periodic and cycling rows (default: %(default)s)')
