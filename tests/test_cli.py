@@ -558,7 +558,7 @@ def test_eval_json_holds_every_figure(tiny_checkpoint, tmp_path, capsys):
     assert figures['uniform'] == 8.0
     data = text.read_bytes()
     assert report['predicted_bytes'] == sum(min(32, len(data) - start) - 1 for start in range(0, len(data), 32))
-    assert report['seq_len'] == 32 and report['bytes'] == len(data) and report['text'] == str(text)
+    assert report['seq_len'] == 32 and report['bytes'] == len(data) and report['text'] == str(text) and report['source'] == 'xt'
     assert report['best'] == min(figures, key = figures.get)
     assert report['best_in_context_markov'] == min(('markov_0', 'markov_1', 'markov_2', 'markov_3'), key = figures.get)
     counting = figures[report['best_in_context_markov']]

@@ -825,6 +825,7 @@ def evaluate(args) -> dict:
         bytes = len(data),
         predicted_bytes = positions,
         seq_len = seq_len,
+        source = config['source'],
         steps = config['steps'],
         synthetic_tokens = int(checkpoint['wrapper']['step']) * config['batch_size'] * seq_len,
         markov_strength = MARKOV_STRENGTH,
