@@ -707,3 +707,13 @@ def test_sample_fresh_paper_buffer_starts_constant(capsys):
     assert 'paper source' in capsys.readouterr().out
     # the author's buffer starts as constant rows; a step resets 50 rows to uniform noise and writes generated rows
     assert stats[0].constant == 1.0 and stats[1].constant < 1.0
+
+
+def test_resume_with_a_damaged_optimizer_state_is_a_clean_error(tmp_path, capsys):
+    path = tmp_path / 'part.pt'
+    pretrain_tiny(path, '--stop-after', '1')
+    checkpoint = torch.load(path, weights_only = True)
+    checkpoint['optimizer']['param_groups'] = checkpoint['optimizer']['param_groups'] * 2       # two groups for one
+    torch.save(checkpoint, path)
+    err = one_line_error(capsys, ['pretrain', '--resume', str(path)])
+    assert 'cannot be resumed: its optimizer state does not fit' in err

@@ -556,8 +556,12 @@ def pretrain(args) -> dict:
     history = []
     if exists(checkpoint):
         load_state(wrapper, checkpoint['wrapper'], args.resume, checkpoint.get('version'))
-        optimizer.load_state_dict(checkpoint['optimizer'])
-        scheduler.load_state_dict(checkpoint['scheduler'])
+        try:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+            scheduler.load_state_dict(checkpoint['scheduler'])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CLIError(f'{args.resume} cannot be resumed: its optimizer state does not fit the model ({one_line(err)}); '
+                           f'start a new run with `up-fast pretrain`') from None
         # the running average continues, so that a resumed run prints what the whole run prints
         if 'smoothed_loss' in checkpoint:
             smoothed = torch.tensor(checkpoint['smoothed_loss'], dtype = torch.float32, device = device)
