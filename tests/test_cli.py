@@ -715,5 +715,6 @@ def test_resume_with_a_damaged_optimizer_state_is_a_clean_error(tmp_path, capsys
     checkpoint = torch.load(path, weights_only = True)
     checkpoint['optimizer']['param_groups'] = checkpoint['optimizer']['param_groups'] * 2       # two groups for one
     torch.save(checkpoint, path)
+    capsys.readouterr()
     err = one_line_error(capsys, ['pretrain', '--resume', str(path)])
     assert 'cannot be resumed: its optimizer state does not fit' in err
