@@ -8,6 +8,7 @@ machine drift between processes: speedups are only ever computed from medians of
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -22,9 +23,18 @@ DEVICE = torch.device('cuda' if ON_CUDA else 'cpu')
 
 REFERENCE = 'reference'
 
-# (workload, size label) -> median seconds of the reference in this process; the reference's
-# parametrisation runs first in every group, so the others find it here
-REFERENCE_MEDIANS: dict[tuple[str, str], float] = {}
+# UP_FAST_BENCH_ROUNDS=N caps every benchmark's timed rounds and warm-up calls at N: a quick pass
+# over the whole suite (e.g. on a loaded machine, to see it run green), not figures worth saving
+MAX_ROUNDS = int(os.environ['UP_FAST_BENCH_ROUNDS']) if os.environ.get('UP_FAST_BENCH_ROUNDS') else None
+
+
+def capped(rounds: int) -> int:
+    return rounds if MAX_ROUNDS is None else max(1, min(rounds, MAX_ROUNDS))
+
+# (workload, size label, implementation) -> median seconds in this process. The reference's
+# parametrisation runs first in every group, so the others find it here; the targets
+# (benchmarks/targets.py) read other workloads' medians from it too
+MEDIANS: dict[tuple[str, str, str], float] = {}
 
 
 def synchronize():
@@ -100,6 +110,7 @@ def record(benchmark, *, workload: str, size, impl: str, config: dict, tokens_pe
     """Fill extra_info: what ran, where, with which versions, and its throughput."""
     info = benchmark.extra_info
     info.update(
+        rounds_capped_at=MAX_ROUNDS,
         workload=workload,
         size=size.label,
         size_name=size.name,
@@ -137,21 +148,20 @@ def measure(
     # pytest-benchmark copies the group when the timing starts: set it first
     benchmark.group = group_name(workload, size.label)
 
-    warm_up(fn, warmup)
-    benchmark.pedantic(synchronized(fn), rounds=default(rounds, size.rounds), iterations=1)
+    warm_up(fn, capped(warmup))
+    benchmark.pedantic(synchronized(fn), rounds=capped(default(rounds, size.rounds)), iterations=1)
     if benchmark.disabled:
         return None         # --benchmark-disable: fn ran once, as a smoke test, and nothing was timed
 
     record(benchmark, workload=workload, size=size, impl=impl, config=default(config, size.config()), tokens_per_call=tokens_per_call)
     median = benchmark.stats.stats.median
-    key = (workload, size.label)
+    MEDIANS[(workload, size.label, impl)] = median
 
     if impl == REFERENCE:
-        REFERENCE_MEDIANS[key] = median
         benchmark.extra_info['speedup_over_reference'] = 1.
         return None
 
-    reference_median = REFERENCE_MEDIANS.get(key)
+    reference_median = MEDIANS.get((workload, size.label, REFERENCE))
     speedup = reference_median / median if exists(reference_median) else None
     benchmark.extra_info['speedup_over_reference'] = speedup
     benchmark.extra_info['reference_median_s'] = reference_median

@@ -2,12 +2,11 @@
 
     reference               x_transformers.up_wrapper, as installed
     up_fast-torch           up_fast's PyTorch path (the folded LSTM/GRU of up_fast/sampling.py)
-    up_fast-triton          up_fast's fused Triton kernel (up_fast.kernels.recurrent_sample)
-    up_fast-triton-graph    the same, replayed from a captured CUDA graph
+    up_fast-triton          up_fast's fused Triton kernel (up_fast.kernels), through the public API
 
-The Triton variants need CUDA. `generate` calls the kernel directly; the wrapper workloads select
-it through up_fast's own keywords (BACKEND_KEYWORDS) and skip, naming the keyword, while
-UniversalPretrainWrapper does not take it.
+The Triton path needs CUDA and an installed Triton; without either it skips, saying which. Every
+workload selects a path through up_fast's own keywords (BACKEND_KEYWORDS), so a redesigned kernel
+is benchmarked as users call it.
 """
 
 from __future__ import annotations
@@ -29,15 +28,14 @@ from benchmarks.sizes import Model, Size
 
 # reference first: every other implementation's speedup divides the reference's median, taken
 # earlier in the same run
-IMPLEMENTATIONS = (REFERENCE, 'up_fast-torch', 'up_fast-triton', 'up_fast-triton-graph')
+IMPLEMENTATIONS = (REFERENCE, 'up_fast-torch', 'up_fast-triton')
 
-TRITON_IMPLEMENTATIONS = ('up_fast-triton', 'up_fast-triton-graph')
+TRITON_IMPLEMENTATIONS = ('up_fast-triton',)
 
 # the keywords of up_fast's classes that select each path; the one place to change if they do
 BACKEND_KEYWORDS = {
     'up_fast-torch': dict(backend='torch'),
     'up_fast-triton': dict(backend='triton'),
-    'up_fast-triton-graph': dict(backend='triton', use_cuda_graph=True),
 }
 
 TEMPERATURE = 1e-4      # both generators' default
@@ -47,9 +45,9 @@ def skip_without_triton(impl: str):
     if impl not in TRITON_IMPLEMENTATIONS:
         return
     if not ON_CUDA:
-        pytest.skip('no Triton path on a CPU: needs CUDA')
+        pytest.skip('no Triton path on a CPU: the kernel needs CUDA')
     if importlib.util.find_spec('triton') is None:
-        pytest.skip('no Triton path: triton is not installed (pip install triton)')
+        pytest.skip('no Triton path: triton is not installed (python3 -m pip install triton)')
 
 
 def backend_kwargs(cls: type, impl: str) -> dict:
@@ -83,55 +81,14 @@ def generate_fn(impl: str, size: Size) -> Callable[[], Tensor]:
     if impl == REFERENCE:
         generator = reference.SyntheticDataGenerator(dim=size.hidden, num_tokens=size.num_tokens, max_seq_len=size.seq_len)
     else:
-        kwargs = backend_kwargs(fast.SyntheticDataGenerator, 'up_fast-torch')     # the kernel is called directly below
+        kwargs = backend_kwargs(fast.SyntheticDataGenerator, impl)
         generator = fast.SyntheticDataGenerator(dim=size.hidden, num_tokens=size.num_tokens, max_seq_len=size.seq_len, **kwargs)
     generator.to(DEVICE)
 
     seed = torch.randint(0, size.num_tokens, (size.batch, size.seed_length), device=DEVICE)     # (batch, seed_length)
     condition = torch.randint(0, size.num_tokens, (size.batch, size.seq_len), device=DEVICE)    # (batch, seq_len)
 
-    if impl in TRITON_IMPLEMENTATIONS:
-        return triton_generate_fn(generator, seed, condition, size.seq_len, cuda_graph=impl == 'up_fast-triton-graph')
-
     return lambda: generator.generate(size.seq_len, seed=seed, condition=condition)
-
-
-def triton_generate_fn(generator: fast.SyntheticDataGenerator, seed: Tensor, condition: Tensor, length: int, *, cuda_graph: bool):
-    """up_fast's generate on the fused kernel, with every buffer allocated once (so that it can be
-    captured): the prefix concatenation, then one launch writing (batch, length) tokens."""
-    from up_fast.kernels.recurrent_sample import fused_recurrent_sample
-
-    folded = generator.folded()         # folded once, as generate caches it while the weights stay put
-    batch, hidden = seed.shape[0], folded.hidden_size
-    cell_states = 2 if folded.cell == 'lstm' else 1
-
-    philox_seed = torch.randint(0, 2 ** 62, (1,), device=DEVICE)                                  # (1,) int64
-    offset = torch.zeros(1, dtype=torch.int64, device=DEVICE)                                    # advanced by each launch
-    out = torch.empty((batch, length), dtype=torch.long, device=DEVICE)                          # (batch, length)
-    scratch = torch.empty((cell_states, 2, batch, hidden), dtype=torch.float32, device=DEVICE)   # ping-pong state
-
-    def launch():
-        prefix = torch.cat((seed, condition), dim=-1)       # (batch, seed_length + seq_len), as generate builds it
-        fused_recurrent_sample(folded, prefix, length, TEMPERATURE, seed=philox_seed, offset=offset, out=out, state_scratch=scratch)
-        return out
-
-    return capture_cuda_graph(launch) if cuda_graph else launch
-
-
-def capture_cuda_graph(fn: Callable) -> Callable:
-    """fn captured into a CUDA graph; returns its replay. Triton compiles during the side-stream
-    warm-up, which must come before the capture."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 # the wrapper: data step and training step

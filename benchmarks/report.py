@@ -4,7 +4,9 @@
     python -m benchmarks.report benchmarks/results/cpu.json --out benchmarks/results/
 
 Writes a markdown table (workload, size, implementation, median time, tokens/s, speedup over the
-reference, device) to stdout and to OUT/results.md, and OUT/speedup.png: the speedup of each
+reference, device), the speed targets of benchmarks/targets.py (met, not met or not measured, with
+the measured value and its ratio to the target) and what the run skipped and why, to stdout and to
+OUT/results.md, and OUT/speedup.png: the speedup of each
 implementation over the reference against batch size and against hidden size (the `generate`
 sweeps). Speedups are those recorded in the run itself (reference median / this median, one
 process), never a comparison across runs. The plot needs matplotlib; --no-plot skips it.
@@ -152,16 +154,61 @@ def memory_table(rows: list[Row]) -> str | None:
     return markdown(header, lines)
 
 
-def report_text(rows: list[Row], source: Path) -> str:
+def target_rows(results: dict) -> list[dict]:
+    """The run's targets: the session's list (every target, measured or not), else those recorded in
+    the benchmarks' extra_info (JSON written before the list existed, or by a partial run)."""
+    listed = results.get('up_fast_targets')
+    if isinstance(listed, list):
+        return listed
+    return [target for bench in results['benchmarks'] for target in bench.get('extra_info', {}).get('targets', [])]
+
+
+def targets_table(targets: list[dict]) -> str | None:
+    if not targets:
+        return None
+    header = ['target', 'issue', 'set for', 'status', 'measured', 'target value', 'measured / target', 'asserted', 'why not measured']
+    lines = [
+        [t['name'], str(t['issue']), t['device'], t['status'], t.get('measured', '-'), t['target'],
+         f'{t["ratio_to_target"]:.2f}' if exists(t.get('ratio_to_target')) else '-',
+         'yes' if t['asserted'] else 'no (reported only)', t.get('why', '') or '-']
+        for t in targets
+    ]
+    return markdown(header, lines)
+
+
+def skipped_table(results: dict) -> str | None:
+    skipped = results.get('up_fast_skipped')
+    if not skipped:
+        return None
+    by_reason = defaultdict(list)
+    for nodeid, reason in skipped.items():
+        by_reason[reason].append(nodeid.split('::', 1)[-1])
+    lines = [[str(len(tests)), reason, ', '.join(sorted(tests))] for reason, tests in sorted(by_reason.items(), key=lambda item: -len(item[1]))]
+    return markdown(['skipped', 'why', 'tests'], lines)
+
+
+def report_text(rows: list[Row], source: Path, results: dict | None = None) -> str:
+    results = default(results, {'benchmarks': []})
     parts = [
         f'# Benchmark results: {source.name}',
         'Speedup = the reference\'s median / this median, both measured in the same run. '
         'CPU variants of a size say in brackets what differs from the GPU size.',
         results_table(rows),
     ]
+    capped = {r.extra.get('rounds_capped_at') for r in rows} - {None}
+    if capped:
+        parts.insert(2, f'**A quick pass**: rounds and warm-up capped at {max(capped)} (UP_FAST_BENCH_ROUNDS); '
+                        'these timings show that the suite runs, they are not figures to quote.')
+    targets = targets_table(target_rows(results))
+    if exists(targets):
+        parts += ['## Targets', 'Each target is asserted only on the device its issue set it for; '
+                  'elsewhere, and where its issue asked only for a report, it is reported here.', targets]
     memory = memory_table(rows)
     if exists(memory):
         parts += ['## Memory', memory]
+    skipped = skipped_table(results)
+    if exists(skipped):
+        parts += ['## Skipped', skipped]
     return '\n\n'.join(parts) + '\n'
 
 
@@ -255,8 +302,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = default(args.out, args.results.parent)
     try:
-        rows = rows_of(load(args.results))
-        text = report_text(rows, args.results)
+        results = load(args.results)
+        rows = rows_of(results)
+        text = report_text(rows, args.results, results)
         print(text)
         out.mkdir(parents=True, exist_ok=True)
         (out / TABLE_NAME).write_text(text)

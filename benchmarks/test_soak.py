@@ -46,7 +46,7 @@ def compiled_kernel_variants():
 def test_soak_data_path(benchmark, backend):
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if backend == 'triton' and device != 'cuda':
-        pytest.skip('no Triton path on a CPU: needs CUDA')
+        pytest.skip('no Triton path on a CPU: the kernel needs CUDA')
     torch.manual_seed(0)
     model = TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=Decoder(dim=32, depth=1, heads=2))
     wrapper = UniversalPretrainWrapper(model, **CONFIG, rng_seed=0, backend=backend).to(device)

@@ -283,7 +283,8 @@ def num_sms(device: torch.device) -> int:
     return _num_sms_cache[index]
 
 
-def default_launch_config(batch: int, hidden: int, num_tokens: int, device: torch.device, precision: str) -> dict:
+def default_launch_config(batch: int, hidden: int, num_tokens: int, device: torch.device, precision: str,
+                          sms: int | None = None) -> dict:
     """Fixed block sizes and warps (tl.dot needs every side >= 16). Not timed on a GPU yet: chosen
     so that ptxas (sm_90, Triton 3.9) reports no register spills for the LSTM, the larger cell.
 
@@ -291,7 +292,7 @@ def default_launch_config(batch: int, hidden: int, num_tokens: int, device: torc
     than SMs, bigger batch tiles cut the L2 traffic; below that, 16 rows spread over more SMs.
     'tf32x3' keeps 16 rows and 32-token tiles: its split operands need more registers.
     """
-    sms = num_sms(device)
+    sms = sms if sms is not None else num_sms(device)     # given: sizing for a target without one (AOT)
     block_b = 16
     while precision == 'ieee' and block_b < 64 and triton.cdiv(batch, block_b) > sms:
         block_b *= 2
@@ -532,3 +533,47 @@ def fused_recurrent_sample(
     # the next call (or graph replay) draws fresh noise
     offset.add_(1)
     return out, state
+
+
+# ahead-of-time configurations (kernels/aot.py; tests/test_compile_gate.py, benchmarks/compile_report.py)
+
+
+def aot_configurations(arch: int = 90) -> list:
+    """Every configuration `default_launch_config` picks for the gate's shapes on sm_`arch`
+    (sized for its SM count): the example size, vocabulary 32768, hidden 1024, batch 4096; LSTM
+    and GRU; fp32 and bf16 weights; sampling and greedy. Precision 'ieee', the default."""
+    from up_fast.kernels.aot import TARGET_SMS, AotConfig
+
+    shapes = dict(example=(32, 256, 256), vocab32768=(32, 256, 32768), hidden1024=(32, 1024, 256),
+                  batch4096=(4096, 256, 256))                       # (batch, hidden, num_tokens)
+    sms = TARGET_SMS[arch]
+    configs = []
+    for cell in ('lstm', 'gru'):
+        for weights in ('fp32', 'bf16'):
+            for sample in (True, False):
+                for shape, (batch, hidden, num_tokens) in shapes.items():
+                    launch = default_launch_config(batch, hidden, num_tokens, torch.device('cuda'), 'ieee', sms=sms)
+                    gates = 4 if cell == 'lstm' else 3
+                    signature = {name: 'i32' for name in recurrent_sample_kernel.arg_names
+                                 if name.startswith(('stride_', 'batch', 'prefix_len', 'length', 'hidden', 'num_tokens'))}
+                    signature.update(temperature='fp32', prefix_ptr='*i64', seed_ptr='*i64', offset_ptr='*i64',
+                                     tokens_ptr='*i64', h_ptr='*fp32', c_ptr='*fp32', noise_ptr=f'*{weights}',
+                                     **{f'{w}_ptr': f'*{weights}' for w in ('input_table', 'weight_hh', 'bias_hn',
+                                                                            'weight_out', 'bias_out')})
+                    weight_bytes = (2 if weights == 'bf16' else 4) * (gates * hidden * hidden + num_tokens * hidden)
+                    configs.append(AotConfig(
+                        name=f'{cell}-{weights}-{"sample" if sample else "greedy"}-{shape}',
+                        fn=recurrent_sample_kernel,
+                        signature=signature,
+                        constexprs=dict(IS_LSTM=cell == 'lstm', GATES=gates, HAS_BIAS_OUT=True, SAMPLE=sample,
+                                        INJECTED_NOISE=False, BLOCK_B=launch['block_b'], BLOCK_H=launch['block_h'],
+                                        BLOCK_K=launch['block_k'], BLOCK_V=launch['block_v'], PRECISION='ieee'),
+                        num_warps=launch['num_warps'],
+                        num_stages=2,
+                        programs=triton.cdiv(batch, launch['block_b']),
+                        # every program streams all the weights each step; one block barrier per step
+                        floor=dict(weight_bytes_per_program_per_step=weight_bytes,
+                                   flops_per_program_per_step=2 * launch['block_b'] * hidden * (gates * hidden + num_tokens),
+                                   barriers_per_step=1),
+                    ))
+    return configs

@@ -1,6 +1,7 @@
 """Algorithm 1 as intended: what one training step changes in the buffer, and the reference's defects fixed."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -72,13 +73,7 @@ def test_one_step_changes_exactly_the_intended_rows(monkeypatch, model, keep_buf
     assert int(wrapper.step) == 1 and wrapper.num_steps == 1
 
 
-def test_the_buffer_really_changes_unlike_the_reference(model):
-    torch.manual_seed(0)
-    ref = reference.UniversalPretrainWrapper(tiny_model(), seq_len=16)
-    ref_before = ref.synth_data_buffer.clone()
-    ref()
-    assert torch.equal(ref.synth_data_buffer, ref_before), 'the reference never writes back (defect 1)'
-
+def test_the_buffer_really_changes(model):
     wrapper = UniversalPretrainWrapper(model, seq_len=16)
     before = wrapper.synth_data_buffer.clone()
     wrapper()
@@ -86,19 +81,195 @@ def test_the_buffer_really_changes_unlike_the_reference(model):
     assert 32 <= changed <= 32 + 20
 
 
-def test_loss_equals_autoregressive_wrapper_on_the_same_batch(monkeypatch, model):
-    wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=20, num_reset=2)
+def test_the_reference_buffer_never_changes_while_it_has_the_bug():
+    """README's defect 1, shown on the installed x-transformers only while it still has it."""
+    torch.manual_seed(0)
+    ref = reference.UniversalPretrainWrapper(tiny_model(), seq_len=16)
+    before = ref.synth_data_buffer.clone()
+    ref()
+    if not torch.equal(ref.synth_data_buffer, before):
+        pytest.skip('the installed x-transformers writes its buffer back now: README\'s defect 1 no longer holds for it')
+    assert int(ref.step) == 1, 'the reference did run a step, and its buffer stayed as it was (defect 1)'
+
+
+class PlusOne(nn.Module):
+    """A data generator in up_fast's form whose every output row differs from its condition row at
+    every position, so that a test can tell each written row from what was there before."""
+
+    def __init__(self, num_tokens=256, max_seq_len=16):
+        super().__init__()
+        self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
+        self.calls, self.resets = [], []
+
+    def reset_(self, *, generator=None):
+        self.resets.append(generator)
+
+    def generate(self, length, seed=None, condition=None, temperature=0.5):
+        return self.generate_unchecked(length, seed, condition, temperature)
+
+    def generate_unchecked(self, length, seed, condition, temperature=0.5, *, generator=None, uniform_noise=None):
+        self.calls.append(dict(args=(length, seed.clone(), condition.clone()), temperature=temperature, generator=generator))
+        return (condition.long() + 1) % self.num_tokens
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_the_training_batch_is_drawn_after_the_write_back(monkeypatch, model, seed):
+    # every row is a condition row and its generated row differs at every position: a batch drawn
+    # before the write-back would differ from the rows it names everywhere, whatever the seed
+    torch.manual_seed(seed)
+    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=12,
+                                       generation_batch_size=12, num_reset=0)
+    seen = record_step(monkeypatch, wrapper)
+    rows = seen['rows']
+    assert sorted(rows.condition_rows.tolist()) == list(range(12))
+    data = wrapper.synth_data_buffer[rows.batch_rows].long()
+    assert (seen['before'][rows.batch_rows].long() != data).all()
+
     batches = []
     real = wrapper.data_step_
     monkeypatch.setattr(wrapper, 'data_step_', lambda: batches.append(real()) or batches[-1])
+    wrapper()
+    rows = wrapper.last_step_rows
+    assert torch.equal(batches[0], wrapper.synth_data_buffer[rows.batch_rows].long())
 
-    loss = wrapper()
-    expected = AutoregressiveWrapper(model)(batches[0])
-    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
 
-    # the batch was drawn after the write-back: every row of it is a row of the updated buffer
-    rows = {tuple(r) for r in wrapper.synth_data_buffer.long().tolist()}
-    assert all(tuple(r) in rows for r in batches[0].tolist())
+def test_reset_rows_beyond_the_room_wrap_onto_condition_rows(monkeypatch, model):
+    # 12 rows, 8 conditions: 4 rows of room, so 2 of the 6 reset rows are condition rows too
+    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=12,
+                                       generation_batch_size=8, num_reset=6)
+    noise = []
+    real_noise = wrapper.random_sequences_fn
+    monkeypatch.setattr(wrapper, 'random_sequences_fn', lambda *a, **k: noise.append(real_noise(*a, **k)) or noise[-1])
+    seen = record_step(monkeypatch, wrapper)
+    rows, after = seen['rows'], seen['after']
+
+    conditions, resets = rows.condition_rows.tolist(), rows.reset_rows.tolist()
+    assert len(set(resets)) == 6 and len(set(conditions)) == 8
+    assert set(resets[:4]) == set(range(12)) - set(conditions), 'first every row besides the conditions'
+    assert resets[4:] == conditions[:2], 'then round the permutation, onto its first condition rows'
+    assert torch.equal(after[rows.condition_rows].long(), seen['generated']), 'the generated rows win'
+    assert torch.equal(after[rows.reset_rows[:4]], noise[0][:4])
+
+
+def record_paper_step(monkeypatch, wrapper):
+    noise = []
+    real_noise = wrapper.random_sequences_fn
+    monkeypatch.setattr(wrapper, 'random_sequences_fn', lambda *a, **k: noise.append(real_noise(*a, **k)) or noise[-1])
+    seen = record_step(monkeypatch, wrapper)
+    seen['noise'] = noise[0] if noise else None
+    return seen
+
+
+def test_one_step_of_the_author_algorithm_changes_exactly_the_intended_rows(monkeypatch, model):
+    # batch 4, generator batch 8, buffer 16, 8 resets: conditions and seeds read reset rows in most steps
+    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=16, num_reset=8,
+                                       seed_length=5, generation_batch_size=8, constant_init=True, reset_first=True,
+                                       distinct_seed_rows=True, shared_seed_offset=True)
+    initial = wrapper.synth_data_buffer.long()
+    assert (initial == initial[:, :1]).all(), 'the buffer starts as constant rows'
+    assert initial[:, 0].unique().numel() > 1, 'each with a token of its own'
+
+    read_a_reset_row = False
+    for step in range(1, 4):
+        seen = record_paper_step(monkeypatch, wrapper)
+        rows, before, after, noise = seen['rows'], seen['before'].long(), seen['after'].long(), seen['noise'].long()
+        assert rows.reset_first
+        resets, conditions, seeds = rows.reset_rows.tolist(), rows.condition_rows.tolist(), rows.seed_rows.tolist()
+        assert len(set(resets)) == 8 and len(set(conditions)) == 8 and len(set(seeds)) == 8, 'distinct rows each'
+        assert len(set(rows.batch_rows.tolist())) == 4
+
+        # noise: 4 uniform rows then 4 constant rows, written first
+        is_constant = (noise == noise[:, :1]).all(dim=-1)
+        assert is_constant.tolist() == [False] * 4 + [True] * 4
+        after_reset = before.clone()
+        after_reset[rows.reset_rows] = noise
+
+        # the generator read the conditions and the seeds as they are after the reset, seeds at one offset
+        seed, condition = seen['prefix']
+        assert torch.equal(condition.long(), after_reset[rows.condition_rows])
+        offset = int(rows.seed_offsets[0])
+        assert (rows.seed_offsets == offset).all() and 0 <= offset <= 16 - 5
+        assert torch.equal(seed.long(), after_reset[rows.seed_rows, offset:offset + 5])
+        read_a_reset_row |= bool(set(resets) & (set(conditions) | set(seeds)))
+
+        # write-back over the condition rows, reset rows elsewhere, nothing else changed
+        expected = after_reset.clone()
+        expected[rows.condition_rows] = seen['generated']
+        assert torch.equal(after, expected)
+        assert wrapper.num_steps == step and int(wrapper.step) == step
+
+    assert read_a_reset_row, 'in three steps some condition or seed row was a row just reset (1 - 1/12870 per step)'
+    generator = wrapper.data_generator
+    assert len(generator.calls) == 3 and all(len(call['args']) == 3 for call in generator.calls)
+    assert all(call['temperature'] == 0.5 for call in generator.calls), 'the generator decodes at its own default temperature'
+
+
+def test_the_reference_step_reads_rows_before_any_write(monkeypatch, model):
+    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=16, num_reset=8,
+                                       generation_batch_size=8)
+    seen = record_paper_step(monkeypatch, wrapper)
+    rows, before = seen['rows'], seen['before']
+    assert not rows.reset_first and not set(rows.reset_rows.tolist()) & set(rows.condition_rows.tolist())
+    assert torch.equal(seen['prefix'][1], before[rows.condition_rows])
+    for b in range(8):
+        offset = int(rows.seed_offsets[b])
+        assert torch.equal(seen['prefix'][0][b], before[rows.seed_rows[b], offset:offset + 5 + 3])
+    assert seen['generated'].shape == (8, 16) and seen['noise'].shape == (8, 16)
+
+
+def test_a_generator_batch_of_the_wrong_size_fails_before_any_write(model):
+    class Half(PlusOne):
+        def generate_unchecked(self, length, seed, condition, temperature=0.5, *, generator=None, uniform_noise=None):
+            return super().generate_unchecked(length, seed, condition)[:4]
+
+    wrapper = UniversalPretrainWrapper(model, data_generator=Half(), seq_len=16, batch_size=4, buffer_size=24, generation_batch_size=8)
+    before = wrapper.synth_data_buffer.clone()
+    with pytest.raises(ValueError, match=r'returned shape \(4, 16\).*generation_batch_size, seq_len\) = \(8, 16\)'):
+        wrapper()
+    assert torch.equal(wrapper.synth_data_buffer, before) and wrapper.num_steps == 0
+
+
+def test_a_failed_step_of_the_author_algorithm_changes_nothing(monkeypatch, model):
+    wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=16, num_reset=8, reset_first=True)
+    before = {k: v.clone() for k, v in wrapper.state_dict().items()}
+    monkeypatch.setattr(wrapper.data_generator, 'generate_unchecked', lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        wrapper()
+    assert all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items()) and wrapper.num_steps == 0
+
+
+def test_paper_sets_the_author_values(model):
+    generator = PlusOne(max_seq_len=32)
+    wrapper = UniversalPretrainWrapper.paper(model, batch_size=3, seq_len=32, data_generator=generator)
+    assert wrapper.data_generator is generator
+    assert (wrapper.batch_size, wrapper.generation_batch_size, wrapper.buffer_size) == (3, 6, 120)
+    assert (wrapper.num_reset, wrapper.seed_length, wrapper.reset_turing_machine_every) == (100, 8, 1)
+    assert wrapper.step_options == dict(generation_batch_size=6, reset_first=True, distinct_seed_rows=True, shared_seed_offset=True)
+    buffer = wrapper.synth_data_buffer
+    assert (buffer == buffer[:, :1]).all()
+
+    wrapper()
+    assert len(generator.calls) == 1 and generator.calls[0]['args'][2].shape == (6, 32)
+    assert len(generator.resets) == 1 and isinstance(generator.resets[0], torch.Generator), \
+        'a given generator is re-drawn after every step, from the stream (and kept as given when built)'
+    seeded = PlusOne(max_seq_len=32)
+    UniversalPretrainWrapper.paper(model, batch_size=3, seq_len=32, data_generator=seeded, rng_seed=5)
+    assert len(seeded.resets) == 1, 'with rng_seed drawn from the stream when built'
+
+    overridden = UniversalPretrainWrapper.paper(model, batch_size=3, seq_len=32, data_generator=PlusOne(max_seq_len=32),
+                                                generation_batch_size=10, num_reset=4)
+    assert (overridden.generation_batch_size, overridden.buffer_size, overridden.num_reset) == (10, 200, 4)
+
+
+def test_paper_builds_the_paper_generator():
+    paper = pytest.importorskip('up_fast.paper')
+    model = tiny_model(max_seq_len=64)
+    wrapper = UniversalPretrainWrapper.paper(model, batch_size=2, seq_len=64, num_reset=10)
+    generator = wrapper.data_generator
+    assert isinstance(generator, paper.PaperDataGenerator)
+    assert generator.max_seq_len == 64 and generator.embed.embedding_dim == 128
+    batch = wrapper.data_step_()
+    assert batch.shape == (2, 64)
 
 
 @pytest.mark.parametrize('use_gru', [False, True], ids=['lstm', 'gru'])
@@ -175,10 +346,14 @@ def test_data_step_never_reads_back_from_the_device(monkeypatch, model):
     def forbidden(*args, **kwargs):
         raise AssertionError('a training step read a tensor value back to the host')
 
-    for name in ('item', 'tolist', '__bool__', '__int__', '__float__'):
+    author = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=1,
+                                      reset_first=True, distinct_seed_rows=True, shared_seed_offset=True, generation_batch_size=8)
+
+    for name in ('item', 'tolist', '__bool__', '__int__', '__float__', '__index__'):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    wrapper.data_step_()
-    wrapper.data_step_()
+    for w in (wrapper, author):
+        w.data_step_()
+        w.data_step_()
 
 
 class TwoLayerLSTM(nn.LSTM):
@@ -254,6 +429,88 @@ def test_redraws_need_a_generator_with_reset(model):
     UniversalPretrainWrapper(model, data_generator=NoReset(), seq_len=16)
 
 
-def test_rng_seed_with_a_foreign_generator_warns(model):
-    with pytest.warns(UserWarning, match='samples from torch.s global generator'):
+def test_rng_seed_with_a_foreign_generator_warns_and_says_what_to_do(model):
+    with pytest.warns(UserWarning, match=r'draws from torch.s global generators.*torch.manual_seed\(seed \+ rank\).*get_rng_state'):
         UniversalPretrainWrapper(model, data_generator=NoReset(), seq_len=16, rng_seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, rng_seed=0)      # up_fast's form: no warning
+
+
+def test_rng_seed_with_the_buffer_on_the_cpu_says_resume_is_not_exact(model):
+    with pytest.warns(UserWarning, match='keep_buffer_on_cpu=True keeps the buffer out of the state_dict.*save wrapper.synth_data_buffer'):
+        UniversalPretrainWrapper(model, seq_len=16, keep_buffer_on_cpu=True, rng_seed=0)
+
+
+def test_up_fast_generators_are_recognised_by_their_form():
+    from up_fast.rng import follows_generator
+
+    assert follows_generator(SyntheticDataGenerator(dim=8, num_tokens=20, use_gru=True))
+    assert follows_generator(PlusOne())
+    assert not follows_generator(reference.SyntheticDataGenerator(dim=8, num_tokens=20))
+    assert not follows_generator(NoReset())
+
+
+def build_on_rank(monkeypatch, rank, global_seed=0, **kwargs):
+    monkeypatch.setattr(fast, 'distributed_rank', lambda: rank)
+    torch.manual_seed(0)
+    model = tiny_model()
+    torch.manual_seed(global_seed)
+    return UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, **kwargs)
+
+
+def test_ranks_draw_differently_without_rng_seed_and_repeat_from_the_manual_seed(monkeypatch):
+    def buffer_after_a_step(rank, global_seed=0):
+        wrapper = build_on_rank(monkeypatch, rank, global_seed)
+        wrapper.data_step_()
+        return wrapper.synth_data_buffer.clone(), wrapper.data_generator.state_dict()
+
+    (rank0, weights0), (rank0_again, weights0_again) = buffer_after_a_step(0), buffer_after_a_step(0)
+    (rank1, weights1), (other_seed, _) = buffer_after_a_step(1), buffer_after_a_step(0, global_seed=1)
+    assert torch.equal(rank0, rank0_again) and all(torch.equal(weights0[k], weights0_again[k]) for k in weights0)
+    assert not torch.equal(rank0, rank1), 'each rank its own data'
+    assert not torch.equal(weights0['net.weight_hh_l0'], weights1['net.weight_hh_l0']), 'and its own Turing machine'
+    assert not torch.equal(rank0, other_seed)
+
+
+@pytest.mark.parametrize('make_generator', [
+    lambda: SyntheticDataGenerator(dim=16, num_tokens=256, max_seq_len=16, use_gru=True),
+    lambda: SyntheticDataGenerator(dim=16, num_tokens=256, max_seq_len=16, hidden_size=24),
+], ids=['gru', 'hidden-24'])
+def test_under_rng_seed_any_up_fast_generator_follows_the_rank_stream(monkeypatch, make_generator):
+    def weights(rank, global_seed):
+        torch.manual_seed(global_seed)
+        wrapper = build_on_rank(monkeypatch, rank, global_seed, data_generator=make_generator(), rng_seed=3)
+        return wrapper.data_generator.net.weight_hh_l0.clone()
+
+    assert torch.equal(weights(0, global_seed=0), weights(0, global_seed=1)), 'rng_seed decides, not the global seed'
+    assert not torch.equal(weights(0, 0), weights(1, 0)), 'a machine of its own on each rank'
+
+
+def test_a_generator_in_up_fast_form_draws_from_the_wrapper_stream(monkeypatch):
+    generator = PlusOne()
+    wrapper = build_on_rank(monkeypatch, 0, data_generator=generator, rng_seed=3, reset_turing_machine_every=1)
+    assert len(generator.resets) == 1 and isinstance(generator.resets[0], torch.Generator), 'drawn when built'
+    wrapper.data_step_()
+    call = generator.calls[0]
+    assert isinstance(call['generator'], torch.Generator) and call['temperature'] == 0.5
+    assert len(generator.resets) == 2 and isinstance(generator.resets[1], torch.Generator), 're-drawn from the stream'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA: torch.cuda.set_sync_debug_mode')
+@pytest.mark.parametrize('options', [{}, dict(reset_first=True, distinct_seed_rows=True, shared_seed_offset=True, generation_batch_size=8, constant_init=True)],
+                         ids=['reference', 'author'])
+@pytest.mark.parametrize('rng_seed', [None, 5], ids=['default-stream', 'rng_seed'])
+def test_data_step_never_syncs_on_cuda(options, rng_seed):
+    torch.manual_seed(0)
+    wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4,
+                                       reset_turing_machine_every=1, rng_seed=rng_seed, **options).cuda()
+    wrapper.data_step_()                # the first step may set things up (lazy CUDA init, caches)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for _ in range(3):
+            batch = wrapper.data_step_()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert batch.device.type == 'cuda' and wrapper.num_steps == 4 and int(wrapper.step) == 4

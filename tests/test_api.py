@@ -23,6 +23,7 @@ def test_both_import_paths_work():
     ('SyntheticDataGenerator', '__init__'),
     ('SyntheticDataGenerator', 'generate'),
     ('random_sequences', None),
+    ('UniversalPretrainWrapper', 'get_rand_sequences_from_buffer'),
 ], ids=lambda v: str(v))
 def test_signature_matches_reference(name, attr):
     ref_obj, fast_obj = getattr(reference, name), getattr(fast, name)
@@ -39,7 +40,7 @@ def test_signature_matches_reference(name, attr):
     # anything added is keyword-only with a default that keeps the drop-in behaviour
     for extra in fast_params[len(ref_params):]:
         assert extra.kind is inspect.Parameter.KEYWORD_ONLY, extra.name
-        assert extra.default is None or extra.default is torch.long, extra.name
+        assert extra.default is None or extra.default is False or extra.default is torch.long, extra.name
 
 
 def test_generator_submodules_and_attributes():
@@ -60,7 +61,8 @@ def test_wrapper_attributes_and_state_dict_keys(keep_buffer_on_cpu):
     for attr in ('embed', 'net', 'to_logits'):
         assert hasattr(wrapper.data_generator, attr)
     for attr in ('model', 'ar_wrapped', 'data_generator', 'synth_data_buffer', 'step', 'seq_len', 'batch_size',
-                 'seed_length', 'buffer_size', 'num_reset', 'reset_turing_machine_every', 'random_sequences_fn', 'device'):
+                 'seed_length', 'buffer_size', 'num_reset', 'reset_turing_machine_every', 'random_sequences_fn', 'device',
+                 'get_rand_sequences_from_buffer'):
         assert hasattr(wrapper, attr), attr
 
     assert set(wrapper.state_dict()) == set(ref.state_dict())
@@ -96,3 +98,38 @@ def test_buffer_uses_the_narrowest_dtype(num_tokens, dtype):
     assert int(wrapper.synth_data_buffer.max()) < num_tokens and int(wrapper.synth_data_buffer.min()) >= 0
     batch = wrapper.data_step_()
     assert batch.dtype == torch.long and batch.shape == (2, 4)
+
+
+def test_get_rand_sequences_from_buffer_as_the_reference():
+    torch.manual_seed(0)
+    wrapper = fast.UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+    rows = {tuple(r) for r in wrapper.synth_data_buffer.long().tolist()}
+
+    for size, expected in ((None, 4), (24, 24), (0, 0)):
+        sampled = wrapper.get_rand_sequences_from_buffer(size)
+        assert sampled.shape == (expected, 16) and sampled.dtype == torch.long and sampled.device == wrapper.synth_data_buffer.device
+        assert all(tuple(r) in rows for r in sampled.tolist())
+    assert len({tuple(r) for r in wrapper.get_rand_sequences_from_buffer(24).tolist()}) == len(rows), 'distinct rows'
+
+    with pytest.raises(ValueError, match=r'size must be an int in \[0, buffer_size = 24\].*got 25'):
+        wrapper.get_rand_sequences_from_buffer(25)
+
+
+def test_get_rand_sequences_from_buffer_does_not_shift_the_training_stream():
+    def buffer_after(extra_draw):
+        torch.manual_seed(0)
+        wrapper = fast.UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+        wrapper.data_step_()
+        if extra_draw:
+            wrapper.get_rand_sequences_from_buffer()
+        wrapper.data_step_()
+        return wrapper.synth_data_buffer
+
+    assert torch.equal(buffer_after(False), buffer_after(True))
+
+
+def test_no_state_is_stored_beside_its_live_copy():
+    with pytest.warns(UserWarning, match='keep_buffer_on_cpu'):
+        wrapper = fast.UniversalPretrainWrapper(tiny_model(), seq_len=16, keep_buffer_on_cpu=True, rng_seed=0)
+    for attr in ('generator', 'rng_seed', 'keep_buffer_on_cpu', 'num_tokens'):
+        assert not hasattr(wrapper, attr), f'{attr}: the live copy is elsewhere (randomness, synth_data_buffer, model)'

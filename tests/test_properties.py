@@ -35,7 +35,7 @@ def problem(batch_size, seq_len, seed_length, buffer_size, num_reset):
     if buffer_size is not None and buffer_size <= batch_size:
         return 'buffer_size'
     size = batch_size * 20 if buffer_size is None else buffer_size
-    if num_reset < 0 or num_reset % 2 or num_reset > size - batch_size:
+    if num_reset < 0 or num_reset % 2 or num_reset > size:      # beyond size - batch_size, resets wrap onto condition rows
         return 'num_reset'
     return None
 
@@ -47,8 +47,9 @@ def wrapper_arguments(draw):
     seq_len = draw(st.sampled_from([0, 1, 2, 3, 16, MODEL_MAX_SEQ_LEN, MODEL_MAX_SEQ_LEN + 1]))
     seed_length = seq_len + draw(st.integers(-3, 1)) if draw(st.booleans()) else draw(st.integers(-1, 2))
     buffer_size = draw(st.one_of(st.none(), st.integers(-1, 12).map(lambda d: batch_size + d)))
-    room = (batch_size * 20 if buffer_size is None else buffer_size) - batch_size
-    num_reset = room + draw(st.integers(-5, 3)) if draw(st.booleans()) else draw(st.integers(-3, 6))
+    size = batch_size * 20 if buffer_size is None else buffer_size
+    near = draw(st.sampled_from([size - batch_size, size, None]))     # the wrap-round point, the bound, or small
+    num_reset = near + draw(st.integers(-5, 3)) if near is not None else draw(st.integers(-3, 6))
     return dict(batch_size=batch_size, seq_len=seq_len, seed_length=seed_length, buffer_size=buffer_size, num_reset=num_reset)
 
 
@@ -134,3 +135,71 @@ def test_generate_inputs(use_gru, length, batch, seed_len, condition_len, low, h
         assert 0 <= int(out.min()) and int(out.max()) < NUM_TOKENS
 
     assert all(torch.equal(before[k], v) for k, v in gen.state_dict().items())
+
+
+class Shift(torch.nn.Module):
+    """A generator in up_fast's form: its rows are the condition rows shifted by one token id."""
+
+    max_seq_len = 12
+    num_tokens = NUM_TOKENS
+
+    def reset_(self, *, generator=None):
+        pass
+
+    def generate(self, length, seed=None, condition=None):
+        return self.generate_unchecked(length, seed, condition)
+
+    def generate_unchecked(self, length, seed, condition, temperature=0., *, generator=None, uniform_noise=None):
+        self.seen = (seed.long().clone(), condition.long().clone())
+        return (condition.long() + 1) % NUM_TOKENS
+
+
+@settings(SETTINGS, max_examples=60)
+@given(
+    batch_size=st.integers(1, 5),
+    extra_rows=st.integers(1, 12),
+    generation=st.integers(1, 17),
+    reset_share=st.floats(0, 1),
+    reset_first=st.booleans(),
+    distinct_seed_rows=st.booleans(),
+    shared_seed_offset=st.booleans(),
+    constant_init=st.booleans(),
+)
+def test_any_step_option_combination_keeps_the_row_accounting(batch_size, extra_rows, generation, reset_share, reset_first,
+                                                              distinct_seed_rows, shared_seed_offset, constant_init):
+    buffer_size = batch_size + extra_rows
+    generation = min(generation, buffer_size)
+    num_reset = int(reset_share * buffer_size) // 2 * 2
+    wrapper = UniversalPretrainWrapper(shared_model(), data_generator=Shift(), seq_len=12, seed_length=3, batch_size=batch_size,
+                                       buffer_size=buffer_size, num_reset=num_reset, generation_batch_size=generation,
+                                       reset_first=reset_first, distinct_seed_rows=distinct_seed_rows,
+                                       shared_seed_offset=shared_seed_offset, constant_init=constant_init)
+    before = wrapper.synth_data_buffer.long().clone()
+    if constant_init:
+        assert (before == before[:, :1]).all()
+
+    batch = wrapper.data_step_()
+    after, rows = wrapper.synth_data_buffer.long(), wrapper.last_step_rows
+    conditions, resets = rows.condition_rows.tolist(), rows.reset_rows.tolist()
+    assert len(set(conditions)) == generation and len(resets) == len(set(resets)) == num_reset
+    assert len(set(rows.batch_rows.tolist())) == batch_size and torch.equal(batch, after[rows.batch_rows])
+    if distinct_seed_rows:
+        assert len(set(rows.seed_rows.tolist())) == generation
+    if shared_seed_offset:
+        assert (rows.seed_offsets == rows.seed_offsets[0]).all()
+    if not reset_first:
+        overlap = set(conditions) & set(resets)
+        assert len(overlap) == max(0, num_reset - (buffer_size - generation)), 'overlap only where there is no room'
+
+    seed, condition = wrapper.data_generator.seen
+    assert torch.equal(after[rows.condition_rows], (condition + 1) % NUM_TOKENS), 'condition rows hold the generated rows'
+    if not reset_first:
+        assert torch.equal(condition, before[rows.condition_rows]), 'read before any write'
+    for i, r in enumerate(resets):
+        if r not in conditions:     # noise: uniform rows first, then constant rows (a uniform row of 12 is constant with p = 50**-11)
+            assert bool((after[r] == after[r, 0]).all()) == (i >= num_reset // 2)
+    untouched = torch.ones(buffer_size, dtype=torch.bool)
+    untouched[rows.condition_rows] = False
+    untouched[rows.reset_rows] = False
+    assert torch.equal(after[untouched], before[untouched])
+    assert wrapper.num_steps == 1

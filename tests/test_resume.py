@@ -76,3 +76,72 @@ def test_rng_seed_streams_differ_by_seed_and_rank():
     assert torch.equal(a, b)
     assert not torch.equal(a, buffer_after_a_step(6))
     assert not torch.equal(a, buffer_after_a_step(5, rank=1))
+
+
+def build_small(**kwargs):
+    from conftest import tiny_model
+    from up_fast import UniversalPretrainWrapper
+
+    torch.manual_seed(0)
+    return UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4,
+                                    reset_turing_machine_every=2, rng_seed=1234, **kwargs)
+
+
+def run_data_steps(wrapper, steps):
+    for _ in range(steps):
+        wrapper.data_step_()
+    return wrapper
+
+
+def assert_same_state(a, b):
+    for key, value in a.state_dict().items():
+        assert torch.equal(b.state_dict()[key], value), key
+
+
+def test_dcp_load_in_place_resumes_exactly(tmp_path):
+    import warnings
+    import torch.distributed.checkpoint as dcp
+
+    whole = run_data_steps(build_small(), 5)
+
+    wrapper = run_data_steps(build_small(), 3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'torch.distributed is disabled')     # one process, no process group
+        dcp.save(wrapper.state_dict(), checkpoint_id=tmp_path / 'checkpoint')
+        run_data_steps(wrapper, 1)                      # moves on: the load must take it back to step 3
+
+        fresh = build_small()
+        for target in (wrapper, fresh):
+            state = target.state_dict()
+            dcp.load(state, checkpoint_id=tmp_path / 'checkpoint')       # in place: no load_state_dict
+
+    for target in (wrapper, fresh):
+        assert target.num_steps == 3
+        run_data_steps(target, 2)
+        assert target.num_steps == 5
+        assert_same_state(whole, target)
+
+
+def test_step_copied_in_from_outside_is_noticed():
+    whole = run_data_steps(build_small(), 5)
+    done = run_data_steps(build_small(), 3)
+
+    fresh = build_small()
+    with torch.no_grad():
+        fresh.synth_data_buffer.copy_(done.synth_data_buffer)
+        fresh.data_generator.load_state_dict(done.data_generator.state_dict())
+        fresh.step.copy_(done.step)
+    run_data_steps(fresh, 2)
+    assert_same_state(whole, fresh)
+
+
+def test_num_steps_is_read_only_and_is_the_step_buffer():
+    wrapper = run_data_steps(build_small(), 2)
+    assert wrapper.num_steps == 2
+    with pytest.raises(AttributeError):
+        wrapper.num_steps = 7
+    wrapper.step.fill_(9)
+    assert wrapper.num_steps == 9
+    wrapper.to(torch.float64)           # a move makes a new `step` tensor: the count carries over
+    assert wrapper.num_steps == 9 and int(wrapper.step) == 9
+

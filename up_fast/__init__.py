@@ -5,6 +5,8 @@ from up_fast.up_wrapper import (
     UniversalPretrainWrapper,
     random_sequences,
 )
+from up_fast.paper import PaperDataGenerator
 
-__all__ = ['SyntheticDataGenerator', 'UniversalPretrainWrapper', 'random_sequences']
+
+__all__ = ['PaperDataGenerator', 'SyntheticDataGenerator', 'UniversalPretrainWrapper', 'random_sequences']
 __version__ = '0.1.0'

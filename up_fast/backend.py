@@ -1,13 +1,18 @@
 """Which implementation samples: the fused Triton kernel or its PyTorch twin.
 
 backend='torch' always takes the PyTorch path; 'triton' takes the kernel and fails clearly where it
-cannot run; 'auto' takes the kernel for CUDA tensors when Triton imports and the kernels have been
-validated on a GPU (up_fast.kernels.VALIDATED_ON_GPU), else the PyTorch path, warning once on a
-CUDA device with the reason. The default comes from the environment variable UP_FAST_BACKEND.
+cannot run (without Triton installed, already when the backend is chosen, saying what to install);
+'auto' takes the kernel for CUDA tensors when Triton imports and the kernels have been validated on
+a GPU (up_fast.kernels.VALIDATED_ON_GPU), else the PyTorch path, warning once on a CUDA device with
+the reason. The default comes from the environment variable UP_FAST_BACKEND.
+
+Triton is an optional dependency (`up-fast[triton]`; CUDA builds of torch bring their own): nothing
+here imports it before a backend other than 'torch' is asked to sample.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from functools import lru_cache
@@ -15,6 +20,9 @@ from functools import lru_cache
 import torch
 
 BACKENDS = ('auto', 'triton', 'torch')
+
+INSTALL_TRITON = ('install it with `python3 -m pip install triton` (Linux; or `python3 -m pip install "up-fast[triton]"`), '
+                  'or install a CUDA build of torch, which brings its own Triton')
 
 
 def check_backend(backend: str | None) -> str:
@@ -25,12 +33,25 @@ def check_backend(backend: str | None) -> str:
         source = 'backend'
     if backend not in BACKENDS:
         raise ValueError(f'{source} must be one of {BACKENDS}, got {backend!r}')
+    if backend == 'triton' and triton_missing():
+        raise ValueError(f"{source} asks for the Triton backend ({backend!r}), but Triton is not installed: {INSTALL_TRITON}. "
+                         "backend='torch' or 'auto' samples without it")
     return backend
+
+
+def triton_missing() -> bool:
+    """Whether the triton package cannot be found (not whether it works: see triton_problem)."""
+    try:
+        return importlib.util.find_spec('triton') is None
+    except (ImportError, ValueError):      # a broken parent entry in sys.modules
+        return True
 
 
 @lru_cache(maxsize=None)
 def triton_problem() -> str | None:
     """Why the Triton kernels cannot be imported here, or None."""
+    if triton_missing():
+        return f'Triton is not installed ({INSTALL_TRITON})'
     try:
         import triton  # noqa: F401
         import up_fast.kernels.recurrent_sample  # noqa: F401
@@ -56,8 +77,12 @@ def use_triton(backend: str, device: torch.device) -> bool:
     if backend == 'torch':
         return False
 
+    runs_here = device.type == 'cuda' or (backend == 'triton' and interpreted())
+    if backend == 'auto' and not runs_here:
+        return False        # off CUDA 'auto' is the PyTorch path: no need to import Triton to know that
+
     problem = triton_problem()
-    if device.type != 'cuda' and not (backend == 'triton' and interpreted()):
+    if not runs_here:
         problem = problem or f'the tensors are on {device}, and the Triton kernels need CUDA'
 
     if backend == 'triton':

@@ -1,8 +1,9 @@
-"""The synthetic-data buffer: its dtype, fresh noise rows, and the row draws of one training step.
+"""The synthetic-data buffer: its dtype, fresh noise rows, and which rows one training step reads and writes.
 
-Everything here draws from torch's random number generators (the global ones, or an explicit
-torch.Generator), so `torch.manual_seed` makes a run repeatable, and nothing reads a value back
-to the host, so a step on a GPU never waits for it.
+The wrapper keeps the buffer and runs the step; this module holds the row accounting, so that the two
+step orders (the reference's Algorithm 1 and the paper author's) are stated, drawn and tested in one
+place. Every draw comes from torch's random number generators (an explicit torch.Generator when
+given), and nothing reads a value back to the host, so a step on a GPU never waits for it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from up_fast.helpers import default, exists
 
 
 def token_dtype(num_tokens: int) -> torch.dtype:
@@ -44,19 +47,32 @@ def noise_rows(
 
 @dataclass
 class StepRows:
-    """The buffer rows one training step touches, all (n,) int64 on the buffer's device.
+    """The buffer rows one training step touches, all int64 on the buffer's device.
 
-    condition_rows and reset_rows come from one permutation, so they never overlap: a row is either
-    regenerated or reset in a step, never both. Seeds are read before anything is written, so they
-    may come from any row. The training batch is drawn after the writes, so it can see this step's
-    generated and reset rows.
+    A step writes in one order whatever `reset_first` says: first the reset rows get fresh noise
+    (half uniform random, half constant rows), then the generated rows replace the condition rows, so
+    a row that is both ends up holding its generated row. The training batch is drawn after both.
+
+    reset_first=False, Algorithm 1 as the reference means it: condition rows and reset rows come from
+    one permutation, so they do not overlap while num_reset <= buffer_size - generator batch; beyond
+    that the reset rows continue round the permutation onto condition rows, whose generated rows then
+    win. Seeds and conditions are read as they were before the step; seed rows are any rows (with
+    replacement), each cropped at an offset of its own.
+
+    reset_first=True, the paper author's order: the reset rows are distinct random rows, reset before
+    anything is read, so conditions and seeds may read fresh noise; the condition rows are distinct
+    rows drawn independently of them.
+
+    With distinct_seed_rows the seed rows are distinct; with shared_seed_offset every seed is
+    cropped at one offset (seed_offsets then holds that offset in every entry).
     """
 
-    condition_rows: Tensor    # (batch,) rows whose generated continuation replaces them
+    condition_rows: Tensor    # (generator batch,) rows whose generated continuation replaces them
     reset_rows: Tensor        # (num_reset,) rows that become fresh noise
-    seed_rows: Tensor         # (batch,) rows the seeds are cropped from
-    seed_offsets: Tensor      # (batch,) start of each seed crop, in [0, seq_len - seed_length]
-    batch_rows: Tensor        # (batch,) rows of the training batch
+    seed_rows: Tensor         # (generator batch,) rows the seeds are cropped from
+    seed_offsets: Tensor      # (generator batch,) start of each seed crop, in [0, seq_len - seed_length]
+    batch_rows: Tensor        # (batch,) distinct rows of the training batch
+    reset_first: bool = False
 
 
 def draw_step_rows(
@@ -66,24 +82,74 @@ def draw_step_rows(
     seq_len: int,
     seed_length: int,
     *,
+    generation_batch_size: int | None = None,
+    reset_first: bool = False,
+    distinct_seed_rows: bool = False,
+    shared_seed_offset: bool = False,
     device=None,
     generator: torch.Generator | None = None,
 ) -> StepRows:
-    perm = torch.randperm(buffer_size, device=device, generator=generator)
-    batch_rows = torch.randperm(buffer_size, device=device, generator=generator)[:batch_size]
-    seed_rows = torch.randint(0, buffer_size, (batch_size,), device=device, generator=generator)
-    seed_offsets = torch.randint(0, seq_len - seed_length + 1, (batch_size,), device=device, generator=generator)
+    """The rows of one step (see StepRows). Needs generator batch <= buffer_size, batch_size <= buffer_size
+    and num_reset <= buffer_size; the wrapper checks these once, at construction."""
+    source_batch = default(generation_batch_size, batch_size)
+
+    def distinct(count):
+        return torch.randperm(buffer_size, device=device, generator=generator)[:count]
+
+    if reset_first:
+        reset_rows = distinct(num_reset)
+        condition_rows = distinct(source_batch)
+        batch_rows = distinct(batch_size)
+    else:
+        perm = torch.randperm(buffer_size, device=device, generator=generator)
+        condition_rows = perm[:source_batch]
+        reset_rows = perm[source_batch:source_batch + num_reset]
+        wrapped = num_reset - (buffer_size - source_batch)
+        if wrapped > 0:     # more resets than rows besides the conditions: continue round onto them
+            reset_rows = torch.cat((reset_rows, perm[:wrapped]))
+        batch_rows = distinct(batch_size)
+
+    if distinct_seed_rows:
+        seed_rows = distinct(source_batch)
+    else:
+        seed_rows = torch.randint(0, buffer_size, (source_batch,), device=device, generator=generator)
+
+    num_offsets = 1 if shared_seed_offset else source_batch
+    seed_offsets = torch.randint(0, seq_len - seed_length + 1, (num_offsets,), device=device, generator=generator)
 
     return StepRows(
-        condition_rows=perm[:batch_size],
-        reset_rows=perm[batch_size:batch_size + num_reset],
+        condition_rows=condition_rows,
+        reset_rows=reset_rows,
         seed_rows=seed_rows,
-        seed_offsets=seed_offsets,
+        seed_offsets=seed_offsets.expand(source_batch),
         batch_rows=batch_rows,
+        reset_first=reset_first,
     )
+
+
+def read_rows(buffer: Tensor, rows: Tensor, columns: Tensor | None = None, *, pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """buffer[rows] (or buffer[rows[b], columns[b]] with columns (n, width)), as the buffer reads once
+    `pending` = (reset_rows, noise) is written into it, without writing it: so that a step that fails
+    later leaves the buffer as it was."""
+    out = buffer[rows] if not exists(columns) else buffer[rows[:, None], columns]
+
+    if not exists(pending) or pending[0].numel() == 0:
+        return out
+
+    reset_rows, noise = pending
+    slot = torch.full((buffer.shape[0],), -1, dtype=torch.long, device=buffer.device)      # (buffer_size,) noise row of each reset row
+    slot[reset_rows] = torch.arange(reset_rows.shape[0], device=buffer.device)
+    row_slot = slot[rows]                                                                  # (n,)
+    noise_index = row_slot.clamp(min=0)
+    from_noise = noise[noise_index] if not exists(columns) else noise[noise_index[:, None], columns]
+    return torch.where((row_slot >= 0)[:, None], from_noise.to(out.dtype), out)
+
+
+def seed_columns(offsets: Tensor, seed_length: int) -> Tensor:
+    """(batch, seed_length) positions of each seed crop."""
+    return offsets[:, None] + torch.arange(seed_length, device=offsets.device)
 
 
 def gather_seeds(buffer: Tensor, rows: Tensor, offsets: Tensor, seed_length: int) -> Tensor:
     """Crops buffer[rows[b], offsets[b] : offsets[b] + seed_length] -> (batch, seed_length)."""
-    positions = offsets[:, None] + torch.arange(seed_length, device=offsets.device)    # (batch, seed_length)
-    return buffer[rows[:, None], positions]
+    return read_rows(buffer, rows, seed_columns(offsets, seed_length))

@@ -1,4 +1,6 @@
-"""Argument checks that name the argument, the value and what is allowed."""
+"""Argument checks in one style: each names the argument, the value and what is allowed, and raises
+TypeError for a wrong kind of value, ValueError for a value out of range. Checks live here, not inline,
+so that every public entry point words its errors the same way."""
 
 from __future__ import annotations
 
@@ -69,3 +71,26 @@ def check_uniform_noise(uniform_noise, shape: tuple[int, int, int]):
         raise ValueError(f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}')
     if not uniform_noise.is_floating_point():
         raise TypeError(f'uniform_noise must be a floating point tensor of U[0, 1) draws, got dtype {uniform_noise.dtype}')
+
+
+def check_torch_generator(name: str, value) -> torch.Generator | None:
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f'{name} must be a torch.Generator or None, got {type(value).__name__}')
+    return value
+
+
+def check_causal_transformer(name: str, model):
+    """model must be a causal x-transformers TransformerWrapper (duck-typed: attn_layers, num_tokens, causal)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f'{name} must be a causal x_transformers TransformerWrapper, got {type(model).__name__}')
+    if getattr(model, 'attn_layers', None) is None or not hasattr(model, 'num_tokens'):
+        raise TypeError(f'{name} must be a causal x_transformers TransformerWrapper (with attn_layers and num_tokens), got {type(model).__name__}')
+    if not getattr(model.attn_layers, 'causal', False):
+        raise ValueError(f'{name} must be causal (attn_layers=Decoder(...)), got attn_layers of type {type(model.attn_layers).__name__} with causal=False')
+    return model
+
+
+def check_data_generator(name: str, data_generator):
+    if not isinstance(data_generator, torch.nn.Module) or not callable(getattr(data_generator, 'generate', None)):
+        raise TypeError(f'{name} must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}')
+    return data_generator

@@ -1,21 +1,26 @@
-"""Where the random draws of a training step come from.
+"""Where the random draws of a training step come from, and which data generators can follow them.
 
-Three modes, chosen by the wrapper's keyword-only arguments:
+The wrapper's draws (buffer rows, noise, sampling, re-drawn Turing machines) come from one of:
 
 - `generator=torch.Generator(...)`: every draw on that generator's device type comes from it (a
   stream the caller owns and may save with `get_state()`);
-- `rng_seed=int`: each step draws from fresh generators seeded by (rng_seed, rank, step, device
-  type). A step's draws depend on nothing else, so a run restored from its state_dict (whose `step`
-  says where it stopped) continues exactly, and under torch.distributed each rank has its own
-  stream while the whole run follows from one seed;
-- neither: torch's global generators, so `torch.manual_seed` makes a run repeatable.
+- per-step generators seeded by (seed, rank, step, device type), where the seed is `rng_seed=int`
+  or, without it, one number drawn from torch's global CPU generator when the wrapper is built.
+  A step's draws depend on nothing else: a run is repeatable from `torch.manual_seed` (or from
+  `rng_seed` alone), a run restored from its state_dict (whose `step` says where it stopped)
+  continues exactly, and under torch.distributed each rank has a stream of its own, even when
+  every rank called the same `torch.manual_seed`.
+
+This module exists so that the one rule for "which generator does this draw use" lives in one place.
 """
 
 from __future__ import annotations
 
+import inspect
 from zlib import crc32
 
 import torch
+from torch.nn import Module
 
 from up_fast.helpers import exists
 
@@ -37,45 +42,63 @@ def mix_seed(*parts: int) -> int:
     return state >> 1
 
 
+def seed_from_torch() -> int:
+    """One seed drawn from torch's global CPU generator: `torch.manual_seed` decides it."""
+    return int(torch.randint(0, 2 ** 63 - 1, (), device='cpu'))
+
+
 def distributed_rank() -> int:
     import torch.distributed as dist
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def accepts_keyword(fn, name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def follows_generator(data_generator: Module) -> bool:
+    """Whether a data generator draws from a torch.Generator it is handed, as up_fast's do: it has
+    `reset_(*, generator=...)` and `generate_unchecked(length, seed, condition, *, generator=...)`.
+    The wrapper then re-draws and samples it from its own stream; any other generator draws from
+    torch's global generators."""
+    reset_ = getattr(data_generator, 'reset_', None)
+    generate = getattr(data_generator, 'generate_unchecked', None)
+    return callable(reset_) and callable(generate) and accepts_keyword(reset_, 'generator') and accepts_keyword(generate, 'generator')
+
+
 class StepRandomness:
-    def __init__(self, generator: torch.Generator | None = None, rng_seed: int | None = None, rank: int = 0):
+    """The generators of the current step: `begin(step)`, then `on(device)` for each draw."""
+
+    def __init__(self, generator: torch.Generator | None = None, seed: int | None = None, rank: int = 0):
+        assert exists(generator) != exists(seed), 'one of generator and seed'
         self.generator = generator
-        self.rng_seed = rng_seed
+        self.seed = seed
         self.rank = rank
         self.step = None
         self.per_device = {}
-
-    @property
-    def is_seeded(self) -> bool:
-        return exists(self.generator) or exists(self.rng_seed)
 
     def begin(self, step: int):
         """Start the draws of `step` (0: construction, n: the n-th training step)."""
         self.step = step
         self.per_device = {}
 
-    def on(self, device) -> torch.Generator | None:
-        """The generator for draws on `device` in the current step; None means torch's global one."""
+    def on(self, device) -> torch.Generator:
+        """The generator for draws on `device` in the current step."""
         device = torch.device(device)
 
         if exists(self.generator):
             if self.generator.device.type != device.type:
                 raise ValueError(f'generator lives on {self.generator.device} but this draw happens on {device}; '
-                                 'pass a generator on that device, rng_seed=int (per-device generators), '
-                                 'or neither (torch.manual_seed then seeds every device)')
+                                 'pass a generator on that device, or rng_seed=int (per-device generators), or neither')
             return self.generator
-
-        if not exists(self.rng_seed):
-            return None
 
         if device.type not in self.per_device:
             generator = torch.Generator(device=device)
-            generator.manual_seed(mix_seed(self.rng_seed, self.rank, self.step, crc32(device.type.encode())))   # crc32, not hash(): hash is salted per process
+            generator.manual_seed(mix_seed(self.seed, self.rank, self.step, crc32(device.type.encode())))   # crc32, not hash(): hash is salted per process
             self.per_device[device.type] = generator
 
         return self.per_device[device.type]

@@ -1,21 +1,26 @@
-"""Universal pre-training (Bloem 2025, arXiv 2506.20057), a drop-in for x_transformers.up_wrapper.
+"""Universal pre-training (Bloem 2025, arXiv 2506.20057): a drop-in for x_transformers.up_wrapper.
 
-Same classes, constructor arguments, attributes and state_dict keys as the reference, with
-Algorithm 1 done as intended (see ../README.md, "How up_fast differs"):
+This module is what users import: the same classes, constructor arguments, attributes and state_dict
+keys as the reference (tests/test_api.py holds it to the installed x-transformers), with Algorithm 1
+done as intended (see ../README.md, "How up_fast differs"):
 
 - generated rows really replace the condition rows in the buffer, and reset rows really reset;
-- every draw comes from torch's generators, so `torch.manual_seed` makes a run repeatable;
-- no host-device sync in a training step; the buffer keeps the narrowest integer dtype.
+- every draw comes from torch's generators, so `torch.manual_seed` makes a run repeatable, and each
+  torch.distributed rank draws a stream of its own (up_fast/rng.py);
+- no host-device sync in a training step; the buffer keeps the narrowest integer dtype;
+- the paper author's own step order is a set of keyword-only options (UniversalPretrainWrapper.paper).
+
+The generator's fast paths live in up_fast/sampling.py and kernels/, the buffer's row accounting in
+up_fast/buffer.py, argument checks in up_fast/checks.py.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from functools import partial
 from math import sqrt
-
-import weakref
 
 import torch
 from torch import Tensor, nn
@@ -23,11 +28,14 @@ from torch.nn import GRU, LSTM, Module
 
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
-from up_fast.buffer import draw_step_rows, gather_seeds, noise_rows, token_dtype
+from up_fast.buffer import draw_step_rows, noise_rows, read_rows, seed_columns, token_dtype
 from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
-from up_fast.checks import check_bool, check_int, check_temperature, check_token_tensor, check_uniform_noise
-from up_fast.rng import StepRandomness, distributed_rank
+from up_fast.checks import (
+    check_bool, check_causal_transformer, check_data_generator, check_int, check_temperature,
+    check_token_tensor, check_torch_generator, check_uniform_noise,
+)
+from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
 from up_fast.helpers import default, divisible_by, exists
 from up_fast.sampling import FoldedRecurrentNet, gumbel_max, noise_steps
 
@@ -216,7 +224,7 @@ class SyntheticDataGenerator(Module):
         return self.generate_unchecked(length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise)
 
     @torch.no_grad()
-    def generate_unchecked(self, length, seed, condition, temperature, *, generator=None, uniform_noise=None):
+    def generate_unchecked(self, length, seed, condition, temperature=1e-4, *, generator=None, uniform_noise=None):
         """`generate` without the argument checks, which read values back from the device.
         The training step calls this with tokens from the buffer, in range by construction."""
         device = self.embed.weight.device
@@ -294,27 +302,53 @@ def model_num_tokens(module: Module) -> int | None:
     return embed.num_embeddings if isinstance(embed, nn.Embedding) else None
 
 
+def module_device(module: Module, fallback) -> torch.device:
+    """Where a module's weights live (fallback for a module without any)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device(fallback)
+
+
 class UniversalPretrainWrapper(Module):
     """Pre-trains a causal TransformerWrapper on synthetic data (Algorithm 1 of the paper).
 
-    Each `forward()`:
-      1. draws `batch_size` condition rows and, from the same permutation, `num_reset` other rows
-         to reset; draws `batch_size` seed rows (any rows) cropped to `seed_length` at random offsets;
+    Each `forward()`, with the defaults (the reference's algorithm, done as intended):
+      1. draws `generation_batch_size` (default: batch_size) condition rows and, from the same
+         permutation, `num_reset` other rows to reset; draws as many seed rows (any rows) cropped to
+         `seed_length` at random offsets;
       2. generates `seq_len` tokens from each (seed, condition) prefix;
       3. increments `step`, re-drawing the generator's weights every `reset_turing_machine_every` steps;
       4. resets the reset rows to fresh noise (half uniform random, half constant);
       5. writes the generated rows in place of the condition rows;
-      6. draws a fresh training batch from the updated buffer and returns its autoregressive loss.
-    Condition rows and reset rows never overlap; seeds are read before anything is written.
+      6. draws a fresh training batch (distinct rows) from the updated buffer and returns its
+         autoregressive loss.
+    Seeds and conditions are read before anything is written. num_reset may be up to buffer_size:
+    beyond buffer_size - generation_batch_size the reset rows continue onto condition rows, which
+    then hold their generated rows (up_fast.buffer.StepRows states this and the author's order);
+    `last_step_rows` holds the rows of the latest step.
 
-    Keyword-only additions: `generator` (a torch.Generator every draw comes from) or `rng_seed`
-    (per-step generators seeded by (rng_seed, rank, step): exact resume from a state_dict, and a
-    stream of its own for each torch.distributed rank); with neither, torch's global generators.
-    Either also re-draws the default data generator's weights from that stream, so that the whole
-    run follows from it. `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX
-    range for Nsight (up_fast/profiling.py). `backend` ('auto', 'triton', 'torch') is handed to the
-    data generator (see SyntheticDataGenerator). The data generator's weights are frozen (requires_grad=False): they are
-    never trained, and DDP must neither all-reduce nor broadcast them, nor the buffer.
+    Keyword-only additions (the defaults keep the reference's behaviour):
+
+    - where the draws come from (up_fast/rng.py): `generator` (a torch.Generator every draw comes
+      from), or `rng_seed` (per-step generators seeded by (rng_seed, rank, step): exact resume from a
+      state_dict). With neither, the seed of those per-step generators is drawn from torch's global
+      generator when the wrapper is built: `torch.manual_seed` makes a run repeatable, and under
+      torch.distributed each rank draws its own data even when all called the same manual seed.
+      The default data generator is drawn from that stream; with `generator` or `rng_seed`, so is any
+      data generator that takes a torch.Generator (`reset_(*, generator=)` and
+      `generate_unchecked(..., generator=)`, as up_fast's do); another kind gets a warning.
+    - the paper author's step (UniversalPretrainWrapper.paper sets them all): `generation_batch_size`
+      (rows generated per step, default batch_size), `constant_init` (the buffer starts as constant
+      rows), `reset_first` (reset random distinct rows before anything is read), `distinct_seed_rows`,
+      `shared_seed_offset` (all seeds cropped at one random offset).
+    - `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX range for Nsight
+      (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator
+      (see SyntheticDataGenerator).
+
+    With `keep_buffer_on_cpu=True` the buffer is a plain attribute, not in the state_dict (as in the
+    reference): to resume exactly, save `synth_data_buffer` beside the state_dict and copy it back.
+    The data generator's weights are frozen (requires_grad=False): they are never trained, and DDP
+    must neither all-reduce nor broadcast them, nor the buffer.
     """
 
     def __init__(
@@ -333,16 +367,15 @@ class UniversalPretrainWrapper(Module):
         rng_seed: int | None = None,
         nvtx: bool | None = None,
         backend: str | None = None,
+        generation_batch_size: int | None = None,
+        constant_init: bool = False,
+        reset_first: bool = False,
+        distinct_seed_rows: bool = False,
+        shared_seed_offset: bool = False,
     ):
         super().__init__()
 
-        if not isinstance(model, Module):
-            raise TypeError(f'model must be a causal x_transformers TransformerWrapper, got {type(model).__name__}')
-        if not exists(getattr(model, 'attn_layers', None)) or not hasattr(model, 'num_tokens'):
-            raise TypeError(f'model must be a causal x_transformers TransformerWrapper (with attn_layers and num_tokens), got {type(model).__name__}')
-        if not getattr(model.attn_layers, 'causal', False):
-            raise ValueError(f'model must be causal (attn_layers=Decoder(...)), got attn_layers of type {type(model.attn_layers).__name__} with causal=False')
-
+        check_causal_transformer('model', model)
         batch_size = check_int('batch_size', batch_size, low=1)
         seq_len = check_int('seq_len', seq_len, low=2)
         max_seq_len = getattr(model, 'max_seq_len', 0) or 0
@@ -350,16 +383,20 @@ class UniversalPretrainWrapper(Module):
             raise ValueError(f'seq_len must be at most the model\'s max_seq_len ({max_seq_len}), got {seq_len}')
         seed_length = check_int('seed_length', seed_length, low=1, high=seq_len - 1, allowed=f'an int in (0, seq_len={seq_len})')
         buffer_size = check_int('buffer_size', default(buffer_size, batch_size * 20), low=batch_size + 1, allowed=f'an int > batch_size ({batch_size})')
-        num_reset = check_int('num_reset', num_reset, low=0, high=buffer_size - batch_size, allowed=f'an even int in [0, buffer_size - batch_size = {buffer_size - batch_size}]')
+        generation_batch_size = check_int('generation_batch_size', default(generation_batch_size, batch_size), low=1, high=buffer_size,
+                                          allowed=f'an int in [1, buffer_size = {buffer_size}]')
+        num_reset = check_int('num_reset', num_reset, low=0, high=buffer_size, allowed=f'an even int in [0, buffer_size = {buffer_size}]')
         if not divisible_by(num_reset, 2):
             raise ValueError(f'num_reset must be even (half the reset rows are uniform noise, half constant), got {num_reset}')
         reset_turing_machine_every = check_int('reset_turing_machine_every', reset_turing_machine_every, low=0)
         check_bool('keep_buffer_on_cpu', keep_buffer_on_cpu)
+        for name, flag in (('constant_init', constant_init), ('reset_first', reset_first),
+                           ('distinct_seed_rows', distinct_seed_rows), ('shared_seed_offset', shared_seed_offset)):
+            check_bool(name, flag)
         nvtx = check_bool('nvtx', nvtx) if exists(nvtx) else nvtx_from_env()
         if exists(backend):
             backend = check_backend(backend)
-        if exists(generator) and not isinstance(generator, torch.Generator):
-            raise TypeError(f'generator must be a torch.Generator or None, got {type(generator).__name__}')
+        check_torch_generator('generator', generator)
         if exists(rng_seed):
             rng_seed = check_int('rng_seed', rng_seed, low=0)
             if exists(generator):
@@ -371,8 +408,7 @@ class UniversalPretrainWrapper(Module):
         default_data_generator = not exists(data_generator)
         if default_data_generator:
             data_generator = SyntheticDataGenerator(num_tokens=num_tokens, dim=dim, max_seq_len=seq_len, backend=backend)
-        elif not isinstance(data_generator, Module) or not callable(getattr(data_generator, 'generate', None)):
-            raise TypeError(f'data_generator must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}')
+        check_data_generator('data_generator', data_generator)
 
         generator_num_tokens = model_num_tokens(data_generator)
         if exists(generator_num_tokens) and generator_num_tokens != num_tokens:
@@ -380,47 +416,61 @@ class UniversalPretrainWrapper(Module):
         if reset_turing_machine_every > 0 and not callable(getattr(data_generator, 'reset_', None)):
             raise ValueError(f'reset_turing_machine_every={reset_turing_machine_every} re-draws the generator with reset_(), '
                              f'which data_generator of type {type(data_generator).__name__} lacks; pass 0 or a generator with reset_()')
-        if exists(rng_seed) and not isinstance(data_generator, SyntheticDataGenerator):
-            warnings.warn(f'rng_seed governs the wrapper\'s draws, but data_generator of type {type(data_generator).__name__} samples '
-                          'from torch\'s global generator: the run repeats only under the same torch.manual_seed, and does not resume exactly', stacklevel=2)
         generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
         if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
             raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
+        if exists(backend) and not isinstance(data_generator, SyntheticDataGenerator):
+            raise ValueError(f'backend={backend!r} needs an up_fast SyntheticDataGenerator, got data_generator of type {type(data_generator).__name__}')
+
+        # all checked: from here on nothing fails, so a refused call changed nothing
 
         if exists(backend):
-            if not isinstance(data_generator, SyntheticDataGenerator):
-                raise ValueError(f'backend={backend!r} needs an up_fast SyntheticDataGenerator, got data_generator of type {type(data_generator).__name__}')
             data_generator.backend = backend
+
+        self.takes_generator = follows_generator(data_generator)
+        if exists(rng_seed) and not self.takes_generator:
+            warnings.warn(f'rng_seed governs the wrapper\'s draws, but data_generator of type {type(data_generator).__name__} draws from '
+                          'torch\'s global generators (it lacks reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=)): '
+                          'its machines and samples are the same on every rank with the same torch.manual_seed, and a resumed run does not '
+                          'repeat them. Seed torch per rank yourself (torch.manual_seed(seed + rank)) and save torch.get_rng_state() with '
+                          'each checkpoint, or use an up_fast generator', stacklevel=2)
+        if exists(rng_seed) and keep_buffer_on_cpu:
+            warnings.warn('keep_buffer_on_cpu=True keeps the buffer out of the state_dict (as in the reference), so rng_seed alone '
+                          'does not resume a run exactly: save wrapper.synth_data_buffer beside the state_dict and copy it back '
+                          'into wrapper.synth_data_buffer after loading', stacklevel=2)
 
         self.model = model
         self.ar_wrapped = AutoregressiveWrapper(model)
         self.data_generator = data_generator
 
-        self.num_tokens = num_tokens
         self.reset_turing_machine_every = reset_turing_machine_every
         self.seq_len = seq_len
         self.seed_length = seed_length
         self.batch_size = batch_size
         self.num_reset = num_reset
         self.buffer_size = buffer_size
-        self.keep_buffer_on_cpu = keep_buffer_on_cpu
-        self.generator = generator
-        self.rng_seed = rng_seed
+        self.generation_batch_size = generation_batch_size
+        self.step_options = dict(generation_batch_size=generation_batch_size, reset_first=reset_first,
+                                 distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
         self.nvtx = nvtx
-        self.randomness = StepRandomness(generator, rng_seed, rank=distributed_rank())
-        if exists(rng_seed) and int(os.environ.get('WORLD_SIZE', 1)) > 1 and self.randomness.rank == 0 and os.environ.get('RANK', '0') != '0':
-            warnings.warn('rng_seed reads the rank from torch.distributed, which is not initialised yet: this rank would draw '
-                          'rank 0\'s data stream. Build the wrapper after dist.init_process_group()', stacklevel=2)
+
+        self.randomness = self.make_randomness(generator, rng_seed)
 
         self.random_sequences_fn = partial(random_sequences, num_tokens, seq_len, dtype=token_dtype(num_tokens))
 
+        # the weights of the data generator follow the run's stream: always the default one (built
+        # here), a given one that takes a generator when the caller asked for a stream of their own
         self.randomness.begin(0)
-        init_generator = self.randomness.on('cpu') if not exists(generator) else generator
-        if default_data_generator and self.randomness.is_seeded:
-            data_generator.reset_(generator=init_generator)
+        if self.takes_generator and (default_data_generator or exists(generator) or exists(rng_seed)):
+            data_generator.reset_(generator=default(generator, self.randomness.on(module_device(data_generator, 'cpu'))))
 
-        # odd buffer sizes get one more random row than constant rows (the reference drops a row)
-        init_data_buffer = self.random_sequences_fn(buffer_size - buffer_size // 2, buffer_size // 2, device=getattr(init_generator, 'device', None), generator=init_generator)   # (buffer_size, seq_len)
+        init_generator = default(generator, self.randomness.on('cpu'))
+        init_device = getattr(init_generator, 'device', None)
+        if constant_init:
+            init_data_buffer = self.random_sequences_fn(0, buffer_size, shuffle=False, device=init_device, generator=init_generator)    # (buffer_size, seq_len)
+        else:
+            # odd buffer sizes get one more random row than constant rows (the reference drops a row)
+            init_data_buffer = self.random_sequences_fn(buffer_size - buffer_size // 2, buffer_size // 2, device=init_device, generator=init_generator)
         init_data_buffer = init_data_buffer.cpu()
 
         if keep_buffer_on_cpu:
@@ -429,7 +479,7 @@ class UniversalPretrainWrapper(Module):
             self.register_buffer('synth_data_buffer', init_data_buffer)
 
         self.register_buffer('step', torch.tensor(0))
-        self.num_steps = 0      # host-side twin of `step`, so that a step never reads `step` back
+        self.saw_step_(0)
         self.last_step_rows = None      # StepRows of the latest step: which rows it read and wrote
 
         # the generator is never trained: no gradients, and DDP (wrapping this module) leaves its
@@ -441,13 +491,101 @@ class UniversalPretrainWrapper(Module):
             *(f'data_generator.{name}' for name, _ in data_generator.named_buffers()),
         ]
 
+    @classmethod
+    def paper(cls, model: TransformerWrapper, *, batch_size=32, seq_len=512, **overrides) -> 'UniversalPretrainWrapper':
+        """The paper author's algorithm and generator (pbloem/up, experiments/gpt-mup.py, source 'lstm').
+
+        The buffer starts as constant rows; each step first resets 100 random distinct rows (50
+        constant, 50 uniform noise), then draws distinct condition rows and distinct seed rows (all
+        seeds cropped at one random offset), generates, writes back over the condition rows and draws
+        the training batch from distinct rows. The generator batch is twice the training batch, the
+        buffer twenty generator batches, and the generator is re-drawn every step (the machine of
+        step n's generation is never used again). The data generator is
+        up_fast.paper.PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len).
+        Any constructor argument in `overrides` replaces the author's value (buffer_size follows a
+        given generation_batch_size unless given too).
+        """
+        check_causal_transformer('model', model)
+        generation_batch_size = overrides.pop('generation_batch_size', 2 * check_int('batch_size', batch_size, low=1))
+        settings = dict(
+            generation_batch_size=generation_batch_size,
+            buffer_size=20 * generation_batch_size if isinstance(generation_batch_size, int) else None,
+            num_reset=100,
+            seed_length=8,
+            reset_turing_machine_every=1,
+            constant_init=True,
+            reset_first=True,
+            distinct_seed_rows=True,
+            shared_seed_offset=True,
+        )
+        settings.update(overrides)
+        built_here = 'data_generator' not in settings
+        if built_here:
+            from up_fast.paper import PaperDataGenerator      # imported here: only this preset needs it
+            settings['data_generator'] = PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len)
+
+        wrapper = cls(model, batch_size=batch_size, seq_len=seq_len, **settings)
+
+        # built here like the default generator, so drawn from the run's stream like it (with
+        # generator= or rng_seed= the constructor has done so already)
+        if built_here and not (exists(settings.get('generator')) or exists(settings.get('rng_seed'))):
+            wrapper.redraw_data_generator_()
+        return wrapper
+
+    @staticmethod
+    def make_randomness(generator: torch.Generator | None, rng_seed: int | None) -> StepRandomness:
+        rank = distributed_rank()
+        world_size = int(os.environ.get('WORLD_SIZE', 1))
+        if world_size > 1 and rank == 0 and os.environ.get('RANK', '0') != '0' and not exists(generator):
+            warnings.warn('the wrapper mixes the rank from torch.distributed into its draws, but torch.distributed is not '
+                          'initialised yet: this rank would draw rank 0\'s data stream. Build the wrapper after '
+                          'dist.init_process_group()', stacklevel=3)
+        if exists(generator):
+            if world_size > 1:
+                warnings.warn('every draw comes from the generator you passed, so ranks that seed it alike draw alike data: '
+                              'seed it per rank (for example generator.manual_seed(seed + rank)), or pass rng_seed instead', stacklevel=3)
+            return StepRandomness(generator=generator)
+        seed = rng_seed if exists(rng_seed) else seed_from_torch()
+        return StepRandomness(seed=seed, rank=rank)
+
     @property
     def device(self):
         return self.step.device
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.num_steps = int(self.step)
+    # the step count: `step` (registered, in the state_dict) is the one truth; the host keeps the value
+    # it last wrote, with the tensor's version counter, and reads `step` back only after a write from
+    # outside (load_state_dict, DCP load in place, step.copy_()): so a training step never syncs
+
+    @property
+    def num_steps(self) -> int:
+        """Training steps done: the value of `step`."""
+        seen_step, version, value = self._step_seen
+        step = self.step
+        try:
+            current = step._version
+        except RuntimeError:        # an inference tensor has no version counter: always read
+            return int(step)
+        if seen_step is not step or version != current:
+            value = int(step)
+            self._step_seen = (step, current, value)
+        return value
+
+    def saw_step_(self, value: int):
+        """Record that `step` holds `value` (written by the wrapper itself)."""
+        try:
+            version = self.step._version
+        except RuntimeError:
+            version = None
+        self._step_seen = (self.step, version, value)     # the tensor itself (not a weakref: the wrapper stays picklable)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() make a new `step` tensor with the same value: carry the host copy over
+        # (read before the move, only if something outside wrote `step`), instead of reading it
+        # back in the next training step
+        value = self.num_steps
+        module = super()._apply(fn, *args, **kwargs)
+        self.saw_step_(value)
+        return module
 
     def to_device(self, tokens: Tensor) -> Tensor:
         # rows from a CPU buffer cross to the GPU from pinned memory, without blocking the host
@@ -458,58 +596,80 @@ class UniversalPretrainWrapper(Module):
         return tokens.to(self.device)
 
     @torch.no_grad()
+    def get_rand_sequences_from_buffer(self, size=None) -> Tensor:
+        """`size` (default batch_size) distinct random rows of the buffer, (size, seq_len) int64 on the
+        buffer's device, as the reference's method returns them. The row indices are drawn where the
+        buffer lives (the reference draws them on the model's device, which fails with
+        keep_buffer_on_cpu=True on a GPU), from the wrapper's stream: a training step after it draws
+        the same as without it, unless an explicit `generator=` was passed, whose stream it advances."""
+        size = check_int('size', default(size, self.batch_size), low=0, high=self.buffer_size,
+                         allowed=f'an int in [0, buffer_size = {self.buffer_size}] (the rows are distinct)')
+        buffer = self.synth_data_buffer
+        rows = torch.randperm(self.buffer_size, device=buffer.device, generator=self.randomness.on(buffer.device))[:size]
+        return buffer[rows].long()
+
+    def redraw_data_generator_(self):
+        """Re-draw the data generator's weights (its reset_()), from the wrapper's stream when it takes a generator."""
+        if self.takes_generator:
+            self.data_generator.reset_(generator=self.randomness.on(module_device(self.data_generator, self.device)))
+        else:
+            self.data_generator.reset_()
+
+    @torch.no_grad()
     def data_step_(self) -> Tensor:
-        """Steps 1 to 6 of Algorithm 1 but the loss: updates the buffer and returns the training
-        batch, (batch_size, seq_len) int64 on the model's device."""
+        """Algorithm 1 but the loss: updates the buffer and returns the training batch,
+        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing."""
         buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
-        self.randomness.begin(self.num_steps + 1)
+        step = self.num_steps + 1
+        self.randomness.begin(step)
         generator = self.randomness.on(buffer.device)
 
         with phase('index draw', self.nvtx):
             rows = draw_step_rows(
                 self.buffer_size, self.batch_size, self.num_reset, self.seq_len, self.seed_length,
-                device=buffer.device, generator=generator,
+                **self.step_options, device=buffer.device, generator=generator,
             )
+            noise = None
+            if self.num_reset > 0:
+                noise = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)   # (num_reset, seq_len)
         self.last_step_rows = rows
 
-        # 1, 2. generate from (seed, condition)
+        # read seeds and conditions, as they are after the reset when it comes first: the buffer is
+        # written only once the generator has succeeded
+
+        pending = (rows.reset_rows, noise) if rows.reset_first and exists(noise) else None
 
         with phase('gather', self.nvtx):
-            seeds = gather_seeds(buffer, rows.seed_rows, rows.seed_offsets, self.seed_length)   # (batch, seed_length)
-            conditions = buffer[rows.condition_rows]                                             # (batch, seq_len)
+            seeds = read_rows(buffer, rows.seed_rows, seed_columns(rows.seed_offsets, self.seed_length), pending=pending)   # (generation batch, seed_length)
+            conditions = read_rows(buffer, rows.condition_rows, pending=pending)                                            # (generation batch, seq_len)
             seed, condition = self.to_device(seeds), self.to_device(conditions)
 
         with phase('generate', self.nvtx):
-            generate = getattr(self.data_generator, 'generate_unchecked', None)
-            if exists(generate):
-                generated = generate(self.seq_len, seed, condition, 1e-4, generator=self.randomness.on(self.device))
+            if self.takes_generator:        # the generator's own default temperature
+                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=self.randomness.on(self.device))
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
-        # checked before any write, so that a failing step changes nothing (shapes are host-side)
-        if tuple(generated.shape) != (self.batch_size, self.seq_len):
+        expected_shape = (self.generation_batch_size, self.seq_len)
+        if tuple(generated.shape) != expected_shape:      # host-side shapes: checked before any write
             raise ValueError(f'data_generator.generate returned shape {tuple(generated.shape)}, but the buffer needs '
-                             f'(batch_size, seq_len) = ({self.batch_size}, {self.seq_len}) rows')
-
-        # 4. reset rows to fresh noise, 5. write the generated rows back in place of the conditions
+                             f'(generation_batch_size, seq_len) = {expected_shape} rows')
 
         with phase('write-back and reset', self.nvtx):
-            if self.num_reset > 0:
-                buffer[rows.reset_rows] = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)
+            if exists(noise):
+                buffer[rows.reset_rows] = noise
+            buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)     # after the reset: generated rows win
 
-            buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)
-
-        # 3. count the step, maybe re-draw the turing machine. After the writes, so that a step that
-        # fails counts nothing; the re-drawn weights only act from the next step's generation on
+        # count the step, maybe re-draw the turing machine. After the writes, so that a step that
+        # fails counts nothing; the re-drawn weights act from the next step's generation on
 
         self.step.add_(1)
-        self.num_steps += 1
+        self.saw_step_(step)
 
-        if self.reset_turing_machine_every > 0 and divisible_by(self.num_steps, self.reset_turing_machine_every):
-            reset_ = self.data_generator.reset_
-            reset_(generator=self.randomness.on(self.data_generator.embed.weight.device)) if isinstance(self.data_generator, SyntheticDataGenerator) else reset_()
+        if self.reset_turing_machine_every > 0 and divisible_by(step, self.reset_turing_machine_every):
+            self.redraw_data_generator_()
 
-        # 6. a fresh training batch, widened to int64 only now
+        # a fresh training batch, widened to int64 only now
 
         with phase('training-batch gather', self.nvtx):
             return self.to_device(buffer[rows.batch_rows]).long()

@@ -1,0 +1,190 @@
+"""The ahead-of-time compile gate: every kernel configuration the launcher can choose compiles for
+sm_90 and sm_80, with no register spill and shared memory within the SM's limit. No GPU needed:
+`triton.compile` with an explicit target and the ptxas inside Triton (up_fast/kernels/aot.py).
+
+Runs under the installed Triton and under Triton 3.6 (what the GPU machines run), the latter from
+a side environment pip-installed on first use into ~/.cache/up_fast/triton-3.6.0 (188 MB wheel,
+about 12 s here from the package index mirror). Both compile in a subprocess without
+TRITON_INTERPRET, which this suite sets when there is no GPU.
+"""
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import triton
+import triton.language as tl
+
+from up_fast.kernels import aot
+from up_fast.kernels.aot import AotConfig, CompileResult
+
+KERNEL_MODULE = 'up_fast.kernels.recurrent_sample'
+TRITONS = ('installed', aot.SIDE_TRITON_VERSION)
+
+
+def gate_configurations():
+    """(arch, name) of every configuration, or the reason there are none."""
+    module = importlib.import_module(KERNEL_MODULE)
+    if not hasattr(module, 'aot_configurations'):
+        return [], f'{KERNEL_MODULE} has no aot_configurations() yet'
+    return [(arch, cfg.name) for arch in aot.GATE_ARCHS for cfg in aot.configurations(KERNEL_MODULE, arch)], None
+
+
+CONFIGS, NO_CONFIGS = gate_configurations()
+CASES = [pytest.param(version, arch, name, id=f'triton-{version}-sm{arch}-{name}')
+         for version in TRITONS for arch, name in CONFIGS]
+
+
+_compiled: dict = {}
+
+
+def compiled(version: str, module: str = KERNEL_MODULE) -> dict:
+    """{(arch, name): CompileResult} of `module` under Triton `version`, compiled once per session
+    (a skip or an error too is kept, so that 64 cases do not retry a failing install)."""
+    key = (version, module)
+    if key not in _compiled:
+        try:
+            _compiled[key] = compile_now(version, module)
+        except BaseException as e:          # pytest's Skipped is a BaseException
+            _compiled[key] = e
+    if isinstance(_compiled[key], BaseException):
+        raise _compiled[key]
+    return _compiled[key]
+
+
+def compile_now(version: str, module: str) -> dict:
+    if version != 'installed':
+        if triton.__version__.split('+')[0] == version:
+            pytest.skip(f'the installed Triton is {version} already')
+        if os.environ.get('UP_FAST_TRITON_SIDE', '1') == '0':
+            pytest.skip(f'UP_FAST_TRITON_SIDE=0: no Triton {version} side environment')
+        try:
+            aot.side_environment(version)
+        except RuntimeError as e:
+            pytest.skip(f'no Triton {version} side environment (pip failed, offline?): {str(e)[-300:]}')
+    results = aot.compile_all(version, module=module, pythonpath=[Path(__file__).parent])
+    return {(r.arch, r.name): r for r in results}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(NO_CONFIGS), reason=NO_CONFIGS or '')
+@pytest.mark.parametrize('version, arch, name', CASES or [pytest.param(None, None, None, id='none')])
+def test_configuration_compiles_without_spills_within_shared_memory(version, arch, name):
+    result = compiled(version)[(arch, name)]
+    if version != 'installed':
+        assert result.triton_version == version
+    assert result.problems() == [], f'{name} on sm_{arch}, Triton {result.triton_version}: {result.problems()}'
+
+
+# the gate itself: kernels built to fail it, so that a pass means something
+
+
+@triton.jit
+def spill_canary(x_ptr, y_ptr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    rows = tl.arange(0, ROWS)
+    cols = tl.arange(0, COLS)
+    x = tl.load(x_ptr + rows[:, None] * COLS + cols[None, :])      # (ROWS, COLS), all live across both reductions
+    y = x * tl.max(x, axis=0)[None, :] + tl.sum(x, axis=1)[:, None]
+    tl.store(y_ptr + rows[:, None] * COLS + cols[None, :], y)
+
+
+@triton.jit
+def dot_canary(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
+    m = tl.arange(0, M)
+    n = tl.arange(0, N)
+    k = tl.arange(0, K)
+    a = tl.load(a_ptr + m[:, None] * K + k[None, :])                # (M, K) staged in shared memory
+    b = tl.load(b_ptr + k[:, None] * N + n[None, :])                # (K, N)
+    tl.store(c_ptr + m[:, None] * N + n[None, :], tl.dot(a, b))
+
+
+def aot_configurations():
+    """The canaries, in the kernel modules' format (compiled in a subprocess that imports this file)."""
+    spill = dict(x_ptr='*fp32', y_ptr='*fp32')
+    dot = dict(a_ptr='*bf16', b_ptr='*bf16', c_ptr='*fp32')
+    return [
+        AotConfig('spill-small', spill_canary, spill, dict(ROWS=16, COLS=16), num_warps=1, num_stages=1, programs=1),
+        AotConfig('spill-large', spill_canary, spill, dict(ROWS=64, COLS=128), num_warps=1, num_stages=1, programs=1),
+        # (128 x 256 + 256 x 256) bf16 = 192 KiB of operands: within sm_90's 227 KiB, over sm_80's 163 KiB
+        AotConfig('shared-192k', dot_canary, dot, dict(M=128, N=256, K=256), num_warps=8, num_stages=1, programs=1),
+        AotConfig('dot-k8', dot_canary, dot, dict(M=16, N=16, K=8), num_warps=4, num_stages=1, programs=1),
+    ]
+
+
+@pytest.mark.slow
+def test_gate_catches_spills_shared_memory_and_compile_errors():
+    results = compiled('installed', module=Path(__file__).stem)
+
+    assert results[(90, 'spill-small')].problems() == []
+    for arch in aot.GATE_ARCHS:
+        large = results[(arch, 'spill-large')]
+        assert large.compiled and large.spill_stores > 0, large
+        assert any('spill' in p for p in large.problems())
+
+        error = results[(arch, 'dot-k8')]
+        assert not error.compiled and error.error
+        assert error.problems()[0].startswith('compile error')
+
+    shared_90, shared_80 = results[(90, 'shared-192k')], results[(80, 'shared-192k')]
+    assert 192 * 1024 <= shared_90.dynamic_shared == shared_80.dynamic_shared
+    assert shared_90.problems() == []
+    assert any('shared memory' in p for p in shared_80.problems())
+
+
+def test_shared_memory_limits_and_problems():
+    assert aot.SHARED_MEMORY_LIMITS == {90: 232448, 80: 166912}
+    ok = CompileResult(name='x', arch=80, triton_version='t', compiled=True, registers=100, spill_stores=0,
+                       spill_loads=0, stack_bytes=0, local_bytes=0, dynamic_shared=166912 - 1024,
+                       static_shared=1024, shared_limit=166912)
+    assert ok.problems() == []
+    over = CompileResult(**{**ok.to_json(), 'static_shared': 1025})
+    assert over.problems() == ['shared memory 166913 B > sm_80 limit 166912 B']
+    local = CompileResult(**{**ok.to_json(), 'local_bytes': 8})
+    assert 'register spills' in local.problems()[0]
+    assert CompileResult.from_json(ok.to_json()) == ok
+
+
+def test_config_must_name_every_argument_once():
+    fn = triton.runtime.jit.JITFunction(spill_canary.fn)     # a compilable kernel even under TRITON_INTERPRET
+    spill = dict(x_ptr='*fp32', y_ptr='*fp32')
+    aot.check_config(AotConfig('c', fn, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
+    with pytest.raises(ValueError, match=r"missing: \['COLS'\]"):
+        aot.check_config(AotConfig('c', fn, spill, dict(ROWS=16), 1, 1, 1))
+    with pytest.raises(ValueError, match='not arguments'):
+        aot.check_config(AotConfig('c', fn, {**spill, 'z_ptr': '*fp32'}, dict(ROWS=16, COLS=16), 1, 1, 1))
+    with pytest.raises(ValueError, match='given a type'):
+        aot.check_config(AotConfig('c', fn, {**spill, 'ROWS': 'i32'}, dict(COLS=16), 1, 1, 1))
+    with pytest.raises(ValueError, match='not tl.constexpr'):
+        aot.check_config(AotConfig('c', fn, dict(x_ptr='*fp32'), dict(y_ptr=0, ROWS=16, COLS=16), 1, 1, 1))
+    if not hasattr(spill_canary, 'params'):     # the interpreter's wrapper cannot be compiled: say so
+        with pytest.raises(TypeError, match='TRITON_INTERPRET'):
+            aot.check_config(AotConfig('c', spill_canary, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
+
+
+def test_compile_report_table():
+    path = Path(__file__).parents[1] / 'benchmarks' / 'compile_report.py'
+    spec = importlib.util.spec_from_file_location('compile_report', path)
+    compile_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compile_report)
+
+    base = dict(triton_version='3.6.0', compiled=True, registers=120, spill_stores=0, spill_loads=0, stack_bytes=0,
+                local_bytes=0, dynamic_shared=10240, static_shared=1024, num_warps=4, num_stages=2, programs=132,
+                floor=dict(barriers_per_step=2, bytes_per_program_per_phase=dict(gates=12288, logits=2048)))
+    results = [
+        CompileResult(name='lstm-fp32-sample-example', arch=90, shared_limit=232448, **base),
+        CompileResult(name='lstm-fp32-sample-example', arch=80, shared_limit=166912, **{**base, 'spill_stores': 8, 'spill_loads': 8}),
+        CompileResult(name='gru-bf16-greedy-example', arch=80, shared_limit=166912, **{**base, 'dynamic_shared': 200000}),
+        CompileResult(name='broken', arch=90, triton_version='3.6.0', compiled=False, error='CompilationError: boom'),
+    ]
+    text = compile_report.report(results)
+    lines = text.splitlines()
+    row = lambda name, arch: next(l for l in lines if l.startswith(name) and f'sm_{arch}' in l and 'KiB' not in l)
+    assert row('lstm-fp32-sample-example', 90).split()[-1] == 'ok'
+    assert '8/8' in row('lstm-fp32-sample-example', 80) and 'register spills' in row('lstm-fp32-sample-example', 80)
+    assert 'shared > limit' in row('gru-bf16-greedy-example', 80)
+    assert 'compile error' in row('broken', 90)
+    assert 'bytes_per_program_per_phase.gates=12,288' in text and 'barriers_per_step=2' in text
+    assert 'broken sm_90: CompilationError: boom' in text
+    assert '3 fail the gate' in text
