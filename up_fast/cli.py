@@ -51,7 +51,7 @@ DEFAULT_CONFIG = dict(
     seed_length = 8,
     reset_turing_machine_every = 1,     # re-draw the turing machine's weights every n steps (0: never), as the paper does
     seed = 0,
-    source = 'xt',                      # the synthetic data: 'paper' (the author's generator and buffer) or 'xt' (x-transformers')
+    source = 'paper',                   # the synthetic data: 'paper' (the author's generator and buffer) or 'xt' (x-transformers')
 )
 
 SOURCES = ('paper', 'xt')
