@@ -72,7 +72,7 @@ examples:
   up-fast pretrain                            train the default model (a few minutes on 2 CPU cores)
   up-fast pretrain --steps 2000 --dim 256     longer, wider
   up-fast sample                              statistics and rows of the buffer just trained on
-  up-fast sample --fresh --plot buffer.png    watch a fresh buffer of noise turn into structure
+  up-fast sample --fresh --plot buffer.png    watch what the generator makes of a fresh buffer, plotted
   up-fast eval                                bits per byte: trained vs untrained vs in-context counting
   up-fast eval --text README.md --max-bytes 0 --json
 
@@ -942,7 +942,8 @@ def build_parser() -> argparse.ArgumentParser:
                       '(bytes outside printable ASCII are escaped: a newline shows as \\n, byte 0 as \\x00). '
                       f'After `up-fast pretrain` this is the buffer of its checkpoint ({DEFAULT_CHECKPOINT}) as saved; otherwise, '
                       'or with --fresh, a new wrapper with the default configuration, run for --steps data steps so that you can '
-                      'see noise turn into structure.'),
+                      'see what the generator makes of it (the paper source starts from constant rows, the xt source from half '
+                      'noise, half constant rows).'),
         epilog = textwrap.dedent(f"""\
             examples:
               up-fast sample                                the checkpoint of `up-fast pretrain` if there is one, else a fresh wrapper
