@@ -718,3 +718,10 @@ def test_resume_with_a_damaged_optimizer_state_is_a_clean_error(tmp_path, capsys
     capsys.readouterr()
     err = one_line_error(capsys, ['pretrain', '--resume', str(path)])
     assert 'cannot be resumed: its optimizer state does not fit' in err
+
+
+def test_sample_of_a_checkpoint_continues_its_stream_unless_seeded(tiny_checkpoint, capsys):
+    options = ['--checkpoint', str(tiny_checkpoint), '--steps', '1', '--rows', '4']
+    own = sample_rows_and_stats(capsys, *options)
+    assert own == sample_rows_and_stats(capsys, *options)
+    assert own != sample_rows_and_stats(capsys, *options, '--seed', '5')
