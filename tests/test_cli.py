@@ -1,9 +1,12 @@
 """The `up-fast` console script: help, pretrain, sample, eval, and its errors. Tiny configs, a few seconds in all."""
 
+import csv
+import json
 import math
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +14,8 @@ import torch
 from up_fast import cli
 from up_fast.cli import main
 
-TINY = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-len', '32', '--batch-size', '4']
+# the xt source and no zero-shot evaluations unless a test asks: the fastest run there is
+TINY = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-len', '32', '--batch-size', '4', '--source', 'xt', '--eval-every', '0']
 
 
 def pretrain_tiny(path, *extra):
@@ -28,7 +32,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def bits(output, label):
     # the number printed on the line that starts with `label`
-    match = re.search(rf'^\s*{re.escape(label)}.*?(-?\d+\.\d+)\s*$', output, re.MULTILINE)
+    match = re.search(rf'^\s*{re.escape(label)}.*?(-?\d+\.\d+)\s*(<- best)?$', output, re.MULTILINE)
     assert match, f'no line for {label!r} in:\n{output}'
     return float(match.group(1))
 
@@ -46,9 +50,10 @@ def test_top_level_help_teaches(capsys):
 
 
 @pytest.mark.parametrize('command, options', [
-    ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device', 'checkpoints/up_fast.pt']),
-    ('sample', ['--checkpoint', '--steps', '--rows', '--width', '--seed']),
-    ('eval', ['--checkpoint', '--text', '--max-bytes', '--seed', '65536']),
+    ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device',
+                  'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384']),
+    ('sample', ['--checkpoint', '--fresh', '--source', '--steps', '--every', '--max-period', '--plot', '--rows', '--width', '--seed']),
+    ('eval', ['--checkpoint', '--text', '--max-bytes', '--seed', '--json', '65536', 'Markov', 'pseudo-counts']),
 ])
 def test_command_help_lists_options_with_defaults(capsys, command, options):
     with pytest.raises(SystemExit) as exit:
@@ -108,8 +113,9 @@ def test_pretrain_trains_and_reports(tmp_path, capsys):
     assert f'saved checkpoint to {path}' in out
     assert 'final loss' in out and 'synthetic tokens/s' in out
     assert checkpoint['config']['reset_turing_machine_every'] == 0
-    # well below the loss of a uniform guess, ln 256 = 5.55 nats
-    assert checkpoint['smoothed_loss'] < math.log(256) - 1.
+    # well below the loss of a uniform guess, ln 256 = 5.55 nats (seeds 0 to 2 give 4.3 to 4.9 with the
+    # wrapper of issue 12, whose per-rank streams draw other data than before)
+    assert checkpoint['smoothed_loss'] < math.log(256) - 0.5
 
 
 def test_pretrain_gru(tmp_path):
@@ -136,7 +142,7 @@ def row_lines(output):
 
 
 def test_sample_fresh_shows_rows_before_and_after(capsys):
-    main(['sample', '--steps', '2', '--rows', '3', '--width', '600'])
+    main(['sample', '--fresh', '--steps', '2', '--rows', '3', '--width', '600'])
     out = capsys.readouterr().out
     lines = row_lines(out)
     assert len(lines) == 6                      # 3 rows at step 0, the same 3 rows at step 2
@@ -266,7 +272,9 @@ def test_unreadable_checkpoint_and_missing_text_are_clean_errors(tmp_path, tiny_
     with pytest.raises(SystemExit) as exit:
         main(['eval', '--checkpoint', str(junk)])
     assert exit.value.code != 0
-    assert 'cannot read checkpoint' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f'{junk} is not a PyTorch checkpoint file (' in err and 'up-fast pretrain' in err
+    assert err.count('\n') == 1 and 'Traceback' not in err
 
     with pytest.raises(SystemExit) as exit:
         main(['eval', '--checkpoint', str(tiny_checkpoint), '--text', str(tmp_path / 'missing.txt')])
@@ -318,3 +326,402 @@ def test_resume_of_a_finished_run_is_a_clean_error(tiny_checkpoint, capsys):
         main(['pretrain', '--resume', str(tiny_checkpoint)])
     assert exc_info.value.code == 1
     assert 'nothing to resume' in capsys.readouterr().err
+
+
+def test_resume_prints_the_smoothed_loss_of_the_whole_run(tmp_path, capsys):
+    six = ['--steps', '6', *TINY[2:]]
+    main(['pretrain', *six, '--out', str(tmp_path / 'whole.pt')])
+    whole_out = capsys.readouterr().out
+    main(['pretrain', *six, '--stop-after', '4', '--out', str(tmp_path / 'part.pt')])
+    main(['pretrain', '--resume', str(tmp_path / 'part.pt')])          # in place: the run's own checkpoint
+    resumed_out = capsys.readouterr().out
+
+    whole = torch.load(tmp_path / 'whole.pt', weights_only = True)
+    resumed = torch.load(tmp_path / 'part.pt', weights_only = True)
+    assert resumed['smoothed_loss'] == whole['smoothed_loss']
+
+    def printed_smoothed(output):
+        return re.findall(r'smoothed (\d+\.\d+) nats', output)[-1]
+    assert printed_smoothed(resumed_out) == printed_smoothed(whole_out)
+
+
+# pretrain --out, checked before training
+
+
+def test_out_that_is_a_directory_is_refused_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(['pretrain', *TINY, '--out', str(tmp_path)])
+    assert exit.value.code == 1
+    captured = capsys.readouterr()
+    assert f'--out {tmp_path} is a directory' in captured.err and 'Traceback' not in captured.err
+    assert 'pre-training' not in captured.out
+
+
+def test_out_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('not a folder')
+    out = blocker / 'sub' / 'up.pt'                 # its folder cannot be made, even by root
+    with pytest.raises(SystemExit) as exit:
+        main(['pretrain', *TINY, '--out', str(out)])
+    assert exit.value.code == 1
+    captured = capsys.readouterr()
+    assert f'cannot write the checkpoint {out}' in captured.err and captured.err.count('\n') == 1
+    assert 'pre-training' not in captured.out
+
+
+def test_existing_checkpoint_of_another_run_needs_force(tmp_path, capsys):
+    out = tmp_path / 'up.pt'
+    first = pretrain_tiny(out, '--seed', '1')
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(['pretrain', *TINY, '--seed', '2', '--out', str(out)])
+    assert exit.value.code == 1
+    captured = capsys.readouterr()
+    assert f'{out} already exists' in captured.err and '--force' in captured.err and '--resume' in captured.err
+    assert 'pre-training' not in captured.out
+    assert torch.equal(torch.load(out, weights_only = True)['wrapper']['synth_data_buffer'], first['wrapper']['synth_data_buffer'])
+
+    second = pretrain_tiny(out, '--seed', '2', '--force')
+    assert not torch.equal(second['wrapper']['synth_data_buffer'], first['wrapper']['synth_data_buffer'])
+
+
+# checkpoint errors keep their detail
+
+
+def one_line_error(capsys, argv):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'Traceback' not in err, err
+    return err
+
+
+def test_random_bytes_are_not_a_pytorch_checkpoint(tmp_path, capsys):
+    junk = tmp_path / 'random.pt'
+    junk.write_bytes(bytes(torch.randint(0, 256, (4096,), generator = torch.Generator().manual_seed(0), dtype = torch.uint8).tolist()))
+    err = one_line_error(capsys, ['eval', '--checkpoint', str(junk)])
+    assert f'{junk} is not a PyTorch checkpoint file (4,096 bytes beginning' in err and 'up-fast pretrain' in err
+
+    empty = tmp_path / 'empty.pt'
+    empty.write_bytes(b'')
+    err = one_line_error(capsys, ['sample', '--checkpoint', str(empty)])
+    assert 'not a PyTorch checkpoint file (the file is empty)' in err
+
+
+def test_pytorch_file_that_is_not_an_up_fast_checkpoint(tmp_path, capsys):
+    other = tmp_path / 'other.pt'
+    torch.save({'weights': torch.zeros(3)}, other)
+    err = one_line_error(capsys, ['eval', '--checkpoint', str(other)])
+    assert 'not an up-fast checkpoint' in err and 'config, model, wrapper' in err
+
+
+def test_state_dict_mismatch_is_fully_described(tiny_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(tiny_checkpoint, weights_only = True)
+    model = checkpoint['model']
+    model['extra.weight'] = torch.zeros(2)                               # unexpected
+    del model['to_logits.weight']                                        # missing
+    model['token_emb.emb.weight'] = torch.zeros(256, 8)                  # wrong shape: dim 16 in the config
+    edited = tmp_path / 'edited.pt'
+    torch.save(checkpoint, edited)
+
+    err = one_line_error(capsys, ['eval', '--checkpoint', str(edited)])
+    assert 'does not fit the model built from its own config' in err
+    assert '1 missing key(s): to_logits.weight' in err
+    assert '1 unexpected key(s): extra.weight' in err
+    assert 'token_emb.emb.weight is (256, 8) in the file, (256, 16) in the model' in err
+    assert 'up-fast pretrain' in err
+
+
+# --device
+
+
+@pytest.mark.parametrize('device, words', [('meta', 'no values'), ('mps', 'Apple silicon')])
+def test_devices_that_cannot_run_give_one_short_line(capsys, device, words):
+    if device == 'mps' and torch.backends.mps.is_available():
+        pytest.skip('this machine has MPS')
+    err = one_line_error(capsys, ['sample', '--fresh', '--steps', '1', '--device', device])
+    assert f'--device {device}' in err and words in err and '--device cpu' in err
+    assert len(err) < 200
+
+
+# sample: --seed, the default checkpoint, statistics
+
+
+def sample_rows_and_stats(capsys, *argv):
+    main(['sample', *argv])
+    out = capsys.readouterr().out
+    return [line for line in out.splitlines() if re.match(r'\s+row\s+\d+\s+zlib', line) or re.match(r'\s*\d+\s+\d+\.\d+ /', line)]
+
+
+def test_sample_seed_changes_the_output_and_repeats(capsys):
+    options = ['--fresh', '--steps', '2', '--rows', '3']
+    one = sample_rows_and_stats(capsys, *options, '--seed', '1')
+    again = sample_rows_and_stats(capsys, *options, '--seed', '1')
+    other = sample_rows_and_stats(capsys, *options, '--seed', '2')
+    assert len(one) == 3 + 6            # statistics at steps 0, 1, 2; 3 rows before and after
+    assert one == again
+    assert one != other
+    row_text = lambda lines: [line.split('|', 1)[1] for line in lines if '|' in line]
+    assert row_text(one) != row_text(other)
+
+    # the buffer itself starts from the seed, not only the draws after it
+    start = ['--fresh', '--steps', '0', '--rows', '6']
+    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) == row_text(sample_rows_and_stats(capsys, *start, '--seed', '1'))
+    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) != row_text(sample_rows_and_stats(capsys, *start, '--seed', '2'))
+
+
+def test_sample_uses_the_checkpoint_pretrain_just_wrote(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(['pretrain', *TINY])               # to the default path
+    assert (tmp_path / cli.DEFAULT_CHECKPOINT).is_file()
+    capsys.readouterr()
+
+    main(['sample', '--rows', '2'])
+    out = capsys.readouterr().out
+    assert f'checkpoint {cli.DEFAULT_CHECKPOINT}' in out and '--fresh' in out
+    assert 'dim 16' in out and re.search(r'^\s+3\s', out, re.MULTILINE)     # its config, its step
+
+    main(['sample', '--fresh', '--steps', '1', '--rows', '2'])
+    out = capsys.readouterr().out
+    assert 'fresh wrapper' in out and 'dim 128' in out
+
+    one_line_error(capsys, ['sample', '--fresh', '--checkpoint', cli.DEFAULT_CHECKPOINT])
+    one_line_error(capsys, ['sample', '--source', 'xt', '--checkpoint', cli.DEFAULT_CHECKPOINT])
+
+
+def test_sample_statistics_every_few_steps_and_plot(tmp_path, capsys):
+    plot = tmp_path / 'stats.png'
+    steps, stats = cli.sample(cli.build_parser().parse_args(['sample', '--source', 'xt', '--steps', '4', '--every', '2', '--rows', '1', '--plot', str(plot)]))
+    out = capsys.readouterr().out
+    assert cli.STATS_HEADER in out
+    printed = [int(line.split()[0]) for line in out.splitlines() if re.match(r'\s*\d+\s+\d+\.\d+ /', line)]
+    assert printed == [0, 2, 4]
+    assert steps == [0, 1, 2, 3, 4] and len(stats) == 5
+    # a fresh buffer: half uniform noise, half constant rows
+    assert stats[0].constant == 0.5 and stats[0].zlib[2] > 1.0
+    assert plot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and f'plot of the statistics over steps: {plot}' in out
+
+
+def test_sample_plot_without_matplotlib_says_how(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)        # import matplotlib raises ImportError
+    main(['sample', '--fresh', '--steps', '1', '--rows', '1', '--plot', str(tmp_path / 'p.png')])
+    out = capsys.readouterr().out
+    assert 'matplotlib is missing' in out and 'pip install' in out
+    assert not (tmp_path / 'p.png').exists()
+
+
+# eval: baselines, --json
+
+
+class MarkovModel(torch.nn.Module):
+    """The in-context Markov model of order 2 as a 'transformer': log-probabilities as logits."""
+
+    def forward(self, x):
+        from up_fast.baselines import InContextMarkov
+        logits = torch.empty(*x.shape, 256, dtype = torch.float64)          # (batch, length, num_tokens)
+        for row, tokens in enumerate(x.tolist()):
+            model = InContextMarkov(2)
+            for position, token in enumerate(tokens):
+                model.update(token)         # the logits at `position` predict the next byte
+                logits[row, position] = torch.tensor(model.distribution(2), dtype = torch.float64).log()
+        return logits
+
+
+def test_baselines_are_scored_on_the_models_positions():
+    data = b'the cat sat on the mat; the hat sat on the cat. ' * 3
+    as_model = cli.bits_per_byte(MarkovModel(), data, 32, 2, torch.device('cpu'))
+    assert as_model == pytest.approx(cli.baseline_bits(data, 32)['markov_2'], rel = 1e-6)
+
+
+def test_eval_reports_baselines_and_names_the_best(tiny_checkpoint, capsys):
+    main(['eval', '--checkpoint', str(tiny_checkpoint), '--max-bytes', '2048'])
+    out = capsys.readouterr().out
+    figures = {label: bits(out, label) for label in ('pre-trained', 'untrained', 'in-context Markov, order 0', 'in-context Markov, order 1',
+                                                      'in-context Markov, order 2', 'in-context Markov, order 3', 'uniform')}
+    best_line = [line for line in out.splitlines() if line.endswith('<- best')]
+    assert len(best_line) == 1 and float(best_line[0].split()[-3]) == min(figures.values())
+    # 3 steps of a 16-wide model: above in-context counting, and the output says so
+    markov = min(v for k, v in figures.items() if 'Markov' in k)
+    assert figures['pre-trained'] > markov
+    assert f'above in-context counting: {figures["pre-trained"] - markov:.2f} bits per byte worse' in out
+
+
+def test_eval_json_holds_every_figure(tiny_checkpoint, tmp_path, capsys):
+    text = tmp_path / 'text.txt'
+    text.write_bytes(b'import os\nimport sys\n\ndef main():\n    return os.path.join(sys.argv[0])\n' * 10)
+    main(['eval', '--checkpoint', str(tiny_checkpoint), '--text', str(text), '--json'])
+    report = json.loads(capsys.readouterr().out)
+
+    figures = report['bits_per_byte']
+    assert set(figures) == {'pretrained', 'untrained', 'markov_0', 'markov_1', 'markov_2', 'markov_3', 'uniform'}
+    assert figures['uniform'] == 8.0
+    data = text.read_bytes()
+    assert report['predicted_bytes'] == sum(min(32, len(data) - start) - 1 for start in range(0, len(data), 32))
+    assert report['seq_len'] == 32 and report['bytes'] == len(data) and report['text'] == str(text) and report['source'] == 'xt'
+    assert report['best'] == min(figures, key = figures.get)
+    assert report['best_in_context_markov'] == min(('markov_0', 'markov_1', 'markov_2', 'markov_3'), key = figures.get)
+    counting = figures[report['best_in_context_markov']]
+    assert report['pretrained_vs_counting'] == {'side': 'below' if figures['pretrained'] < counting else 'above',
+                                                'margin': pytest.approx(abs(figures['pretrained'] - counting))}
+
+
+# pretrain --eval-every
+
+
+EVAL = ['--eval-every', '2', '--eval-bytes', '512']
+
+
+def read_csv(path):
+    with open(path, newline = '') as file:
+        return list(csv.DictReader(file))
+
+
+def test_pretrain_eval_every_prints_writes_csv_and_png(tmp_path, capsys):
+    out = tmp_path / 'up.pt'
+    checkpoint = pretrain_tiny(out, '--steps', '4', *EVAL)
+    printed = capsys.readouterr()
+    csv_path, png_path = tmp_path / 'up.eval.csv', tmp_path / 'up.eval.png'
+
+    rows = read_csv(csv_path)
+    assert [int(row['step']) for row in rows] == [0, 2, 4]
+    assert [int(row['synthetic_tokens']) for row in rows] == [0, 2 * 4 * 32, 4 * 4 * 32]
+    assert rows[0]['train_loss'] == '' and float(rows[2]['train_loss']) > 0
+    assert set(rows[0]) >= {'markov_0', 'markov_3', 'uniform'} and float(rows[0]['uniform']) == 8.0
+    for row in rows:
+        assert f"step {row['step']}: {float(row['bits_per_byte']):.3f} bits/byte zero-shot" in printed.out + printed.err
+    assert png_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert [record['step'] for record in checkpoint['eval_history']] == [0, 2, 4]
+
+    # step 0 is the untrained model that `up-fast eval` shows beside the trained one, on the same bytes
+    main(['eval', '--checkpoint', str(out), '--max-bytes', '512', '--json'])
+    report = json.loads(capsys.readouterr().out)
+    assert float(rows[0]['bits_per_byte']) == pytest.approx(report['bits_per_byte']['untrained'], abs = 1e-5)
+    assert float(rows[-1]['bits_per_byte']) == pytest.approx(report['bits_per_byte']['pretrained'], abs = 1e-5)
+    assert float(rows[0]['markov_1']) == pytest.approx(report['bits_per_byte']['markov_1'], abs = 1e-5)
+
+
+def test_evaluations_do_not_change_the_run(tmp_path):
+    plain = pretrain_tiny(tmp_path / 'plain.pt', '--steps', '4')
+    evaluated = pretrain_tiny(tmp_path / 'evaluated.pt', '--steps', '4', *EVAL)
+    assert evaluated['final_loss'] == plain['final_loss']
+    assert torch.equal(evaluated['model']['to_logits.weight'], plain['model']['to_logits.weight'])
+
+
+def test_resumed_run_continues_the_evaluations(tmp_path):
+    pretrain_tiny(tmp_path / 'whole.pt', '--steps', '4', *EVAL)
+    pretrain_tiny(tmp_path / 'part.pt', '--steps', '4', '--stop-after', '2', *EVAL)
+    assert [int(row['step']) for row in read_csv(tmp_path / 'part.eval.csv')] == [0, 2]
+    main(['pretrain', '--resume', str(tmp_path / 'part.pt')])
+    assert read_csv(tmp_path / 'part.eval.csv') == read_csv(tmp_path / 'whole.eval.csv')
+
+
+def test_eval_csv_without_matplotlib_says_how_to_get_the_png(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)
+    pretrain_tiny(tmp_path / 'up.pt', '--steps', '2', *EVAL)
+    out = capsys.readouterr().out
+    assert (tmp_path / 'up.eval.csv').is_file() and not (tmp_path / 'up.eval.png').exists()
+    lines = [line for line in out.splitlines() if 'matplotlib' in line]
+    assert len(lines) == 1 and 'pip install' in lines[0] and 'up.eval.csv' in lines[0]
+
+
+def test_missing_eval_text_is_refused_before_training(tmp_path, capsys):
+    err = one_line_error(capsys, ['pretrain', *TINY, '--eval-every', '2', '--eval-text', str(tmp_path / 'nope.txt'), '--out', str(tmp_path / 'x.pt')])
+    assert 'text file not found' in err
+
+
+# pretrain --source paper|xt
+
+
+def paper_source_available():
+    import importlib.util
+    return hasattr(cli.UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
+
+
+needs_paper = pytest.mark.skipif(not paper_source_available(), reason = 'UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator '
+                                                                       '(issue 11) are not in this up_fast yet')
+PAPER_TINY = [*TINY[:-4], '--source', 'paper', '--eval-every', '0']
+
+
+def test_source_is_in_the_help_and_the_config(tiny_checkpoint):
+    assert torch.load(tiny_checkpoint, weights_only = True)['config']['source'] == 'xt'
+    assert cli.build_parser().parse_args(['pretrain']).source == cli.DEFAULT_CONFIG['source']
+
+
+def test_checkpoint_without_a_source_is_read_as_xt(tiny_checkpoint, tmp_path, capsys):
+    # written before the option existed: the x-transformers generator
+    checkpoint = torch.load(tiny_checkpoint, weights_only = True)
+    del checkpoint['config']['source']
+    old = tmp_path / 'old.pt'
+    torch.save(checkpoint, old)
+    main(['sample', '--checkpoint', str(old), '--rows', '1'])
+    assert 'xt source' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('option', [['--gru'], ['--reset-every', '5']])
+def test_xt_only_options_are_refused_with_the_paper_source(tmp_path, capsys, option):
+    err = one_line_error(capsys, ['pretrain', *PAPER_TINY, *option, '--out', str(tmp_path / 'x.pt')])
+    assert option[0] in err and '--source xt' in err
+
+
+@needs_paper
+def test_paper_source_trains_saves_and_restores(tmp_path, capsys):
+    from up_fast.paper import PaperDataGenerator
+
+    out = tmp_path / 'paper.pt'
+    main(['pretrain', *PAPER_TINY, '--out', str(out)])
+    checkpoint = torch.load(out, weights_only = True)
+    assert checkpoint['config']['source'] == 'paper'
+    assert math.isfinite(checkpoint['final_loss'])
+
+    wrapper = cli.build(checkpoint['config'], torch.device('cpu'))
+    assert isinstance(wrapper.data_generator, PaperDataGenerator)
+    assert wrapper.batch_size == 4 and wrapper.buffer_size == 20 * 2 * 4          # the author's sizes: generator batch 2x, buffer 20 generator batches
+    wrapper.load_state_dict(checkpoint['wrapper'])
+    assert torch.equal(wrapper.synth_data_buffer, checkpoint['wrapper']['synth_data_buffer'])
+    capsys.readouterr()
+
+    main(['sample', '--checkpoint', str(out), '--rows', '2', '--steps', '1'])
+    assert 'paper source' in capsys.readouterr().out
+    main(['eval', '--checkpoint', str(out), '--max-bytes', '512', '--json'])
+    assert math.isfinite(json.loads(capsys.readouterr().out)['bits_per_byte']['pretrained'])
+
+
+@needs_paper
+def test_paper_source_resumes_exactly(tmp_path):
+    four = [*PAPER_TINY[2:], '--steps', '4']
+    main(['pretrain', *four, '--out', str(tmp_path / 'whole.pt')])
+    main(['pretrain', *four, '--stop-after', '2', '--out', str(tmp_path / 'part.pt')])
+    main(['pretrain', '--resume', str(tmp_path / 'part.pt')])
+    whole = torch.load(tmp_path / 'whole.pt', weights_only = True)
+    resumed = torch.load(tmp_path / 'part.pt', weights_only = True)
+    assert resumed['config']['source'] == 'paper'
+    assert resumed['final_loss'] == whole['final_loss'] and resumed['smoothed_loss'] == whole['smoothed_loss']
+    for key, value in whole['wrapper'].items():
+        assert torch.equal(resumed['wrapper'][key], value), key
+
+
+@needs_paper
+def test_sample_fresh_paper_buffer_starts_constant(capsys):
+    steps, stats = cli.sample(cli.build_parser().parse_args(['sample', '--source', 'paper', '--steps', '1', '--rows', '1']))
+    assert 'paper source' in capsys.readouterr().out
+    # the author's buffer starts as constant rows; a step resets 50 rows to uniform noise and writes generated rows
+    assert stats[0].constant == 1.0 and stats[1].constant < 1.0
+
+
+def test_resume_with_a_damaged_optimizer_state_is_a_clean_error(tmp_path, capsys):
+    path = tmp_path / 'part.pt'
+    pretrain_tiny(path, '--stop-after', '1')
+    checkpoint = torch.load(path, weights_only = True)
+    checkpoint['optimizer']['param_groups'] = checkpoint['optimizer']['param_groups'] * 2       # two groups for one
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    err = one_line_error(capsys, ['pretrain', '--resume', str(path)])
+    assert 'cannot be resumed: its optimizer state does not fit' in err
+
+
+def test_sample_of_a_checkpoint_continues_its_stream_unless_seeded(tiny_checkpoint, capsys):
+    options = ['--checkpoint', str(tiny_checkpoint), '--steps', '1', '--rows', '4']
+    own = sample_rows_and_stats(capsys, *options)
+    assert own == sample_rows_and_stats(capsys, *options)
+    assert own != sample_rows_and_stats(capsys, *options, '--seed', '5')
