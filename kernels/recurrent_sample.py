@@ -168,7 +168,6 @@ NOISE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MAX_COUNTERS_PER_ROW = 1 << 32
 # ~0.5 us an atomic round trip: about 10 s before a barrier gives up
 DEFAULT_MAX_SPINS = 1 << 24
-RESIDENT_BYTES = 96 * 1024
 CHECK_ENV = 'UP_FAST_KERNEL_CHECK'
 
 
@@ -217,7 +216,7 @@ def load_gate_weights(weight_hh_ptr, unit_start, k_start, hidden,
     ks = k_start + tl.arange(0, BLOCK_K)
     w_rows = (gate * hidden + unit).to(tl.int64) * hidden
     mask = ((gate < GATES) & (unit < hidden))[None, :] & (ks < hidden)[:, None]
-    return tl.load(weight_hh_ptr + w_rows[None, :] + ks[:, None], mask=mask, other=0.)
+    return tl.load(weight_hh_ptr + w_rows[None, :] + ks[:, None], mask=mask, other=0., eviction_policy='evict_last')
 
 
 @triton.jit
@@ -227,7 +226,8 @@ def load_out_weights(weight_out_ptr, token_start, k_start, hidden, num_tokens,
     tokens = token_start + tl.arange(0, BLOCK_V)
     ks = k_start + tl.arange(0, BLOCK_K)
     mask = (tokens < num_tokens)[None, :] & (ks < hidden)[:, None]
-    return tl.load(weight_out_ptr + tokens.to(tl.int64)[None, :] * hidden + ks[:, None], mask=mask, other=0.)
+    return tl.load(weight_out_ptr + tokens.to(tl.int64)[None, :] * hidden + ks[:, None], mask=mask, other=0.,
+                   eviction_policy='evict_last')
 
 
 @triton.jit
@@ -266,9 +266,9 @@ def cell_update(acc, x, c_old, h_old, bias_hn, IS_LSTM: tl.constexpr, BLOCK_B: t
 def gates_phase(
     p, token, rows, row_mask, s,
     h_read_ptr, h_write_ptr, c_ptr,
-    input_table_ptr, weight_hh_ptr, bias_hn_ptr, w_hh_slice,
+    input_table_ptr, weight_hh_ptr, bias_hn_ptr,
     hidden,
-    IS_LSTM: tl.constexpr, GATES: tl.constexpr, RESIDENT: tl.constexpr,
+    IS_LSTM: tl.constexpr, GATES: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, UNIT_TILES: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -278,18 +278,13 @@ def gates_phase(
     gate = cols % 4
     has_state = (tl.zeros((BLOCK_B,), dtype=tl.int32) + s) > 0             # (BLOCK_B,): zero state before feed 0
     table_rows = token.to(tl.int64) * (GATES * hidden)                       # (BLOCK_B,)
-    if RESIDENT:
-        h_full = load_h(h_read_ptr, rows, row_mask, 0, hidden, has_state, BLOCK_K)      # (BLOCK_B, BLOCK_K)
     for j in range(UNIT_TILES):
         unit_start = (p * UNIT_TILES + j) * BLOCK_U
         acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
-        if RESIDENT:
-            acc = tl.dot(h_full, w_hh_slice.to(tl.float32), acc, input_precision=PRECISION)
-        else:
-            for k in range(0, hidden, BLOCK_K):
-                h_k = load_h(h_read_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)
-                w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)
-                acc = tl.dot(h_k, w_k.to(tl.float32), acc, input_precision=PRECISION)
+        for k in range(0, hidden, BLOCK_K):
+            h_k = load_h(h_read_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)                 # (BLOCK_B, BLOCK_K)
+            w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)   # (BLOCK_K, 4 * BLOCK_U)
+            acc = tl.dot(h_k, w_k.to(tl.float32), acc, input_precision=PRECISION)
 
         # the gathered input-table row (x @ W_ih^T + folded biases) of each gate
         unit_col = unit_start + cols // 4
@@ -355,10 +350,10 @@ def tile_scores(
 @triton.jit
 def slice_best(
     p, rows, row_mask, t, band_on, h_ptr,
-    weight_out_ptr, bias_out_ptr, w_out_slice, b_out_slice,
+    weight_out_ptr, bias_out_ptr,
     hidden, num_tokens, temperature, g_hi, g_lo,
     seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-    HAS_BIAS_OUT: tl.constexpr, SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr, RESIDENT: tl.constexpr,
+    HAS_BIAS_OUT: tl.constexpr, SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, VOCAB_TILES: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -367,24 +362,18 @@ def slice_best(
     best_token = tl.zeros((BLOCK_B,), dtype=tl.int32)
     running_max = tl.full((BLOCK_B,), float('-inf'), dtype=tl.float32)
     has_state = rows >= 0                                              # h is always there in this phase
-    if RESIDENT:
-        h_full = load_h(h_ptr, rows, row_mask, 0, hidden, has_state, BLOCK_K)
     for j in range(VOCAB_TILES):
         token_start = (p * VOCAB_TILES + j) * BLOCK_V
         tokens = token_start + tl.arange(0, BLOCK_V)
         token_mask = tokens < num_tokens
         logits = tl.zeros((BLOCK_B, BLOCK_V), dtype=tl.float32)
-        if RESIDENT:
-            logits = tl.dot(h_full, w_out_slice.to(tl.float32), logits, input_precision=PRECISION)
-            if HAS_BIAS_OUT:
-                logits = logits + b_out_slice[None, :]
-        else:
-            for k in range(0, hidden, BLOCK_K):
-                h_k = load_h(h_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)
-                w_k = load_out_weights(weight_out_ptr, token_start, k, hidden, num_tokens, BLOCK_V, BLOCK_K)
-                logits = tl.dot(h_k, w_k.to(tl.float32), logits, input_precision=PRECISION)
-            if HAS_BIAS_OUT:
-                logits = logits + tl.load(bias_out_ptr + tokens, mask=token_mask, other=0.).to(tl.float32)[None, :]
+        for k in range(0, hidden, BLOCK_K):
+            h_k = load_h(h_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)                       # (BLOCK_B, BLOCK_K)
+            w_k = load_out_weights(weight_out_ptr, token_start, k, hidden, num_tokens, BLOCK_V, BLOCK_K)  # (BLOCK_K, BLOCK_V)
+            logits = tl.dot(h_k, w_k.to(tl.float32), logits, input_precision=PRECISION)
+        if HAS_BIAS_OUT:
+            logits = logits + tl.load(bias_out_ptr + tokens, mask=token_mask, other=0.,
+                                      eviction_policy='evict_last').to(tl.float32)[None, :]
 
         scores, running_max = tile_scores(
             logits, tokens, token_mask, rows, row_mask, t, running_max, band_on,
@@ -404,21 +393,21 @@ def slice_best(
 @triton.jit
 def logits_phase(
     p, rows, row_mask, t, h_ptr,
-    weight_out_ptr, bias_out_ptr, w_out_slice, b_out_slice,
+    weight_out_ptr, bias_out_ptr,
     partial_score_ptr, partial_token_ptr, num_slices,
     hidden, num_tokens, temperature, g_hi, g_lo,
     seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-    HAS_BIAS_OUT: tl.constexpr, SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr, RESIDENT: tl.constexpr,
+    HAS_BIAS_OUT: tl.constexpr, SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, VOCAB_TILES: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """Sample step t on the program's vocabulary slice: its (score, token) per row into the partials."""
     if p < num_slices:
         best_score, best_token, running_max = slice_best(
-            p, rows, row_mask, t, 1, h_ptr, weight_out_ptr, bias_out_ptr, w_out_slice, b_out_slice,
+            p, rows, row_mask, t, 1, h_ptr, weight_out_ptr, bias_out_ptr,
             hidden, num_tokens, temperature, g_hi, g_lo,
             seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-            HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, RESIDENT, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
+            HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
         if SAMPLE:
             # the holder of the slice's largest logit drew u == 0: the band is not proven, redo without it
             span = temperature * (g_hi - g_lo)
@@ -426,10 +415,10 @@ def logits_phase(
             unproven = row_mask & (best_score < floor)
             if tl.max(unproven.to(tl.int32)) > 0:
                 best_score, best_token, running_max = slice_best(
-                    p, rows, row_mask, t, 0, h_ptr, weight_out_ptr, bias_out_ptr, w_out_slice, b_out_slice,
+                    p, rows, row_mask, t, 0, h_ptr, weight_out_ptr, bias_out_ptr,
                     hidden, num_tokens, temperature, g_hi, g_lo,
                     seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-                    HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, RESIDENT, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
+                    HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
         offs = rows * num_slices + p
         tl.store(partial_score_ptr + offs, best_score, mask=row_mask)
         tl.store(partial_token_ptr + offs, best_token, mask=row_mask)
@@ -463,30 +452,6 @@ def next_token(
         tl.store(tokens_ptr + rows.to(tl.int64) * stride_tokens_b + tl.cast(t, tl.int64) * stride_tokens_t, token,
                  mask=row_mask & ((tl.zeros((BLOCK_B,), dtype=tl.int32) + p) == 0))
     return token
-
-
-@triton.jit
-def load_slices(
-    p, weight_hh_ptr, weight_out_ptr, bias_out_ptr, hidden, num_tokens, num_slices,
-    GATES: tl.constexpr, HAS_BIAS_OUT: tl.constexpr, RESIDENT: tl.constexpr,
-    BLOCK_U: tl.constexpr, UNIT_TILES: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """The program's resident weights: W_hh^T of its units, W_out^T and bias of its vocabulary slice
-    (zero for a program without one). Placeholders when not RESIDENT."""
-    if RESIDENT:
-        w_hh_slice = load_gate_weights(weight_hh_ptr, p * UNIT_TILES * BLOCK_U, 0, hidden, GATES, BLOCK_U, BLOCK_K)
-        vocab_start = tl.where(p < num_slices, p * BLOCK_V, num_tokens)   # past the end: all masked
-        w_out_slice = load_out_weights(weight_out_ptr, vocab_start, 0, hidden, num_tokens, BLOCK_V, BLOCK_K)
-        tokens = vocab_start + tl.arange(0, BLOCK_V)
-        if HAS_BIAS_OUT:
-            b_out_slice = tl.load(bias_out_ptr + tokens, mask=tokens < num_tokens, other=0.).to(tl.float32)
-        else:
-            b_out_slice = tl.zeros((BLOCK_V,), dtype=tl.float32)
-    else:
-        w_hh_slice = 0.
-        w_out_slice = 0.
-        b_out_slice = 0.
-    return w_hh_slice, w_out_slice, b_out_slice
 
 
 @triton.jit
@@ -524,7 +489,7 @@ def recurrent_sample_kernel(
     batch, prefix_len, length, hidden, num_tokens, programs, num_slices, groups,
     temperature, g_hi, g_lo, max_spins,
     IS_LSTM: tl.constexpr, GATES: tl.constexpr, HAS_BIAS_OUT: tl.constexpr,
-    SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr, RESIDENT: tl.constexpr,
+    SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, UNIT_TILES: tl.constexpr,
     BLOCK_V: tl.constexpr, VOCAB_TILES: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -539,9 +504,6 @@ def recurrent_sample_kernel(
     abort_ptr = sync_ptr + groups
     slot = batch * hidden
 
-    w_hh_slice, w_out_slice, b_out_slice = load_slices(
-        p, weight_hh_ptr, weight_out_ptr, bias_out_ptr, hidden, num_tokens, num_slices,
-        GATES, HAS_BIAS_OUT, RESIDENT, BLOCK_U, UNIT_TILES, BLOCK_V, BLOCK_K)
     seed, offset_lo, offset_hi = philox_key(seed_ptr, offset_ptr, SAMPLE, INJECTED_NOISE)
 
     num_feeds = prefix_len + length - 1
@@ -553,17 +515,17 @@ def recurrent_sample_kernel(
                            partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
                            BLOCK_B, BLOCK_P)
         gates_phase(p, token, rows, row_mask, s, h_ptr + (s % 2) * slot, h_ptr + ((s + 1) % 2) * slot, c_ptr,
-                    input_table_ptr, weight_hh_ptr, bias_hn_ptr, w_hh_slice, hidden,
-                    IS_LSTM, GATES, RESIDENT, BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_K, PRECISION)
+                    input_table_ptr, weight_hh_ptr, bias_hn_ptr, hidden,
+                    IS_LSTM, GATES, BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_K, PRECISION)
         target += programs
         passed = grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins)
         if (s >= prefix_len - 1) & (passed != 0):
             logits_phase(p, rows, row_mask, s - prefix_len + 1, h_ptr + ((s + 1) % 2) * slot,
-                         weight_out_ptr, bias_out_ptr, w_out_slice, b_out_slice,
+                         weight_out_ptr, bias_out_ptr,
                          partial_score_ptr, partial_token_ptr, num_slices,
                          hidden, num_tokens, temperature, g_hi, g_lo,
                          seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-                         HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, RESIDENT, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
+                         HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
             target += programs
             passed = grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins)
         s += 1
@@ -588,7 +550,7 @@ def recurrent_phase_kernel(
     s,                                                # the feed this launch belongs to
     PHASE: tl.constexpr,                              # 0: feed s, 1: sample after feed s, 2: store the last sample
     IS_LSTM: tl.constexpr, GATES: tl.constexpr, HAS_BIAS_OUT: tl.constexpr,
-    SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr, RESIDENT: tl.constexpr,
+    SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, UNIT_TILES: tl.constexpr,
     BLOCK_V: tl.constexpr, VOCAB_TILES: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -601,24 +563,21 @@ def recurrent_phase_kernel(
     rows = group * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < batch
     slot = batch * hidden
-    w_hh_slice, w_out_slice, b_out_slice = load_slices(
-        p, weight_hh_ptr, weight_out_ptr, bias_out_ptr, hidden, num_tokens, num_slices,
-        GATES, HAS_BIAS_OUT, RESIDENT, BLOCK_U, UNIT_TILES, BLOCK_V, BLOCK_K)
     if PHASE == 0:
         token = next_token(p, s, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
                            partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
                            BLOCK_B, BLOCK_P)
         gates_phase(p, token, rows, row_mask, s, h_ptr + (s % 2) * slot, h_ptr + ((s + 1) % 2) * slot, c_ptr,
-                    input_table_ptr, weight_hh_ptr, bias_hn_ptr, w_hh_slice, hidden,
-                    IS_LSTM, GATES, RESIDENT, BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_K, PRECISION)
+                    input_table_ptr, weight_hh_ptr, bias_hn_ptr, hidden,
+                    IS_LSTM, GATES, BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_K, PRECISION)
     elif PHASE == 1:
         seed, offset_lo, offset_hi = philox_key(seed_ptr, offset_ptr, SAMPLE, INJECTED_NOISE)
         logits_phase(p, rows, row_mask, s - prefix_len + 1, h_ptr + ((s + 1) % 2) * slot,
-                     weight_out_ptr, bias_out_ptr, w_out_slice, b_out_slice,
+                     weight_out_ptr, bias_out_ptr,
                      partial_score_ptr, partial_token_ptr, num_slices,
                      hidden, num_tokens, temperature, g_hi, g_lo,
                      seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-                     HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, RESIDENT, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
+                     HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION)
     else:
         next_token(p, s, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
                    partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
@@ -660,9 +619,8 @@ class LaunchPlan:
     block_v: int          # tokens of a vocabulary tile
     vocab_tiles: int      # vocabulary tiles per program
     num_slices: int       # programs of a group with a vocabulary slice
-    block_k: int          # hidden (reduction) tile; the whole hidden size when resident
+    block_k: int          # hidden (reduction) tile
     block_p: int          # next_pow2(num_slices)
-    resident: bool        # slices held in registers across the loop
     num_warps: int
 
     @property
@@ -673,8 +631,9 @@ class LaunchPlan:
     def cooperative(self) -> bool:
         return self.programs > 1
 
-    def resident_bytes(self, weight_bytes: int = 4) -> int:
-        return self.block_k * (4 * self.block_u + self.block_v) * weight_bytes + self.block_b * self.block_k * 4
+    def slice_bytes(self, hidden: int, weight_bytes: int = 4) -> int:
+        """Weight bytes a program reads each step (W_hh^T of its units padded to 4 gates, W_out^T of its slice)."""
+        return hidden * (4 * self.block_u * self.unit_tiles + self.block_v * self.vocab_tiles) * weight_bytes
 
 
 def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_bytes: int = 4,
@@ -699,16 +658,10 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
     vocab_tiles = cdiv(tokens, block_v)
     num_slices = cdiv(num_tokens, block_v * vocab_tiles)
 
-    full_k = max(16, next_power_of_2(hidden))
-    resident = unit_tiles == 1 and vocab_tiles == 1
-    if resident:
-        probe = LaunchPlan(block_b, groups, programs, block_u, 1, block_v, 1, num_slices, full_k,
-                           max(2, next_power_of_2(num_slices)), True, 8)
-        resident = probe.resident_bytes(weight_bytes) <= RESIDENT_BYTES
-    block_k = full_k if resident else min(full_k, 64 if block_b <= 32 else 32)
-    num_warps = 8 if resident else 4
+    block_k = min(max(16, next_power_of_2(hidden)), 32)
+    num_warps = 4
     return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
-                      max(2, next_power_of_2(num_slices)), resident, num_warps)
+                      max(2, next_power_of_2(num_slices)), num_warps)
 
 
 def gumbel_bounds(smallest_positive: float, largest_below_one: float) -> tuple[float, float]:
@@ -775,7 +728,7 @@ def wants_check() -> bool:
 def kernel_constexprs(plan: LaunchPlan, is_lstm: bool, has_bias_out: bool, sample: bool, injected: bool, precision: str) -> dict:
     return dict(
         IS_LSTM=is_lstm, GATES=4 if is_lstm else 3, HAS_BIAS_OUT=has_bias_out,
-        SAMPLE=sample, INJECTED_NOISE=injected, RESIDENT=plan.resident,
+        SAMPLE=sample, INJECTED_NOISE=injected,
         BLOCK_B=plan.block_b, BLOCK_U=plan.block_u, UNIT_TILES=plan.unit_tiles,
         BLOCK_V=plan.block_v, VOCAB_TILES=plan.vocab_tiles, BLOCK_K=plan.block_k, BLOCK_P=plan.block_p,
         PRECISION=precision,
@@ -1027,3 +980,134 @@ def fused_recurrent_sample(
     if check and mode == 'persistent':
         check_kernel_errors(device, grid=plan.grid, plan=plan)
     return out, state
+
+
+# ahead-of-time configurations (the compile gate: benchmarks/aot.py, tests/test_compile_gate.py)
+
+try:
+    from benchmarks.aot import AotConfig
+except ImportError:          # until benchmarks/aot.py lands: the same fields
+    @dataclass
+    class AotConfig:
+        name: str
+        fn: object
+        signature: dict
+        constexprs: dict
+        num_warps: int
+        num_stages: int
+        programs: int
+        floor: dict = field(default_factory=dict)
+        cooperative: bool = False
+
+
+# leads for an H200 SM (HOPPER.md / H200.md, vendor figures), for the design floor only: not measured
+SM_CLOCK_GHZ = 1.75
+L2_LATENCY_US = 0.5              # one dependent L2 round trip (~700-900 cycles)
+L2_BYTES_PER_CLOCK_PER_SM = 64
+L1_BYTES_PER_CLOCK_PER_SM = 128
+FMA_FLOPS_PER_CLOCK_PER_SM = 256                  # 128 fp32 FMA lanes
+TF32_FLOPS_PER_CLOCK_PER_SM = 495e12 / 132 / 1.75e9 / 1  # dense tf32 tensor cores, split over the SMs
+
+
+def design_floor(plan: LaunchPlan, hidden: int, num_tokens: int, gates: int, weight_bytes: int, precision: str,
+                 sample: bool) -> dict:
+    """Bytes and FLOPs per program per phase, barriers per step and the per-step floor they imply."""
+    units = plan.unit_tiles * plan.block_u
+    slice_tokens = plan.vocab_tiles * plan.block_v
+    exchange = plan.block_b * hidden * 4                                  # the full h a phase reads from L2
+    gates_weights = 4 * units * hidden * weight_bytes                     # from L1 (padded to 4 gates)
+    logits_weights = slice_tokens * hidden * weight_bytes
+    gates_flops = 2 * plan.block_b * hidden * 4 * units
+    logits_flops = 2 * plan.block_b * hidden * slice_tokens
+    clock = SM_CLOCK_GHZ * 1e3                                            # cycles per us
+    rate = FMA_FLOPS_PER_CLOCK_PER_SM if precision == 'ieee' else TF32_FLOPS_PER_CLOCK_PER_SM / 3
+    phase_us = lambda weights, flops: L2_LATENCY_US + max(
+        exchange / L2_BYTES_PER_CLOCK_PER_SM, weights / L1_BYTES_PER_CLOCK_PER_SM, flops / rate) / clock
+    barrier_us = 2 * L2_LATENCY_US if plan.programs > 1 else L2_LATENCY_US
+    gates_us = phase_us(gates_weights, gates_flops)
+    logits_us = phase_us(logits_weights, logits_flops) + L2_LATENCY_US    # + the partials' dependent read
+    return dict(
+        programs_per_group=plan.programs,
+        groups=plan.groups,
+        l1_weight_bytes_per_program=plan.slice_bytes(hidden, weight_bytes),
+        gates_l2_bytes_per_program=exchange,
+        gates_l1_bytes_per_program=gates_weights,
+        gates_flops_per_program=gates_flops,
+        logits_l2_bytes_per_program=exchange,
+        logits_l1_bytes_per_program=logits_weights,
+        logits_flops_per_program=logits_flops,
+        barriers_per_sampling_step=2,
+        barriers_per_prefix_step=1,
+        floor_us_per_sampling_step=round(gates_us + logits_us + 2 * barrier_us, 2),
+        floor_us_per_prefix_step=round(gates_us + barrier_us, 2),
+    )
+
+
+AOT_SHAPES = {                  # name: (batch, hidden, num_tokens)
+    'example': (32, 256, 256),
+    'vocab32768': (32, 256, 32768),
+    'hidden1024': (32, 1024, 256),
+    'batch4096': (4096, 256, 256),
+}
+H200_SMS = 132
+
+
+def kernel_signature(fn, weight_type: str, constexprs: dict) -> dict:
+    """Every non-constexpr argument of `fn` -> its Triton type, as the launcher passes them."""
+    types = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            continue
+        if name in ('input_table_ptr', 'weight_hh_ptr', 'bias_hn_ptr', 'weight_out_ptr', 'bias_out_ptr'):
+            types[name] = '*' + weight_type
+        elif name in ('prefix_ptr', 'tokens_ptr', 'seed_ptr', 'offset_ptr'):
+            types[name] = '*i64'
+        elif name in ('noise_ptr', 'h_ptr', 'c_ptr', 'partial_score_ptr'):
+            types[name] = '*fp32'
+        elif name in ('partial_token_ptr', 'sync_ptr', 'error_ptr'):
+            types[name] = '*i32'
+        elif name in ('temperature', 'g_hi', 'g_lo'):
+            types[name] = 'fp32'
+        else:
+            types[name] = 'i32'
+    return types
+
+
+def aot_configurations(sms: int = H200_SMS) -> list:
+    """Every kernel configuration the launcher chooses for the gate's shapes on a device of `sms`
+    SMs: LSTM and GRU, fp32 and bf16 weights, sampling and greedy, the persistent kernel and the
+    three per-phase kernels; plus injected noise and 'ieee' at the example size (the GPU tests)."""
+    configs, seen = [], set()
+
+    def add(name, fn, constexprs, plan, floor):
+        weight_type = constexprs.pop('_weight_type')
+        signature = kernel_signature(fn, weight_type, constexprs)
+        key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), plan.num_warps)
+        if key in seen:
+            return
+        seen.add(key)
+        configs.append(AotConfig(name=name, fn=fn, signature=signature, constexprs=constexprs,
+                                 num_warps=plan.num_warps, num_stages=1, programs=plan.grid, floor=floor,
+                                 cooperative=fn is recurrent_sample_kernel and plan.cooperative))
+
+    variants = []
+    for shape in AOT_SHAPES:
+        for cell in ('lstm', 'gru'):
+            for weights in ('fp32', 'bf16'):
+                for sample in (True, False):
+                    variants.append((shape, cell, weights, sample, False, 'tf32x3'))
+    variants += [('example', cell, 'fp32', True, True, 'tf32x3') for cell in ('lstm', 'gru')]
+    variants += [('example', cell, 'fp32', sample, False, 'ieee') for cell in ('lstm', 'gru') for sample in (True, False)]
+
+    for shape, cell, weights, sample, injected, precision in variants:
+        batch, hidden, num_tokens = AOT_SHAPES[shape]
+        weight_bytes = 2 if weights == 'bf16' else 4
+        plan = plan_launch(batch, hidden, num_tokens, sms, weight_bytes=weight_bytes)
+        gates = 4 if cell == 'lstm' else 3
+        base = kernel_constexprs(plan, cell == 'lstm', True, sample, injected, precision)
+        floor = design_floor(plan, hidden, num_tokens, gates, weight_bytes, precision, sample)
+        stem = f'{shape}-{cell}-{weights}-{"sample" if sample else "greedy"}{"-injected" if injected else ""}-{precision}'
+        add(f'persistent-{stem}', recurrent_sample_kernel, dict(base, _weight_type=weights), plan, floor)
+        for phase in (0, 1, 2):
+            add(f'phase{phase}-{stem}', recurrent_phase_kernel, dict(base, PHASE=phase, _weight_type=weights), plan, floor)
+    return configs
