@@ -311,6 +311,43 @@ def gates_phase(
 
 
 @triton.jit
+def philox_uniform(seed, t, tokens, rows, num_tokens, offset_lo, offset_hi):
+    """(rows, tokens) uniforms of sampling step t from the counter words (t * num_tokens + token,
+    row, offset_lo, offset_hi): the top 24 bits, exactly representable, on {0, 2^-24, ..., 1 - 2^-24}."""
+    step_token = (tl.cast(t, tl.int64) * num_tokens + tokens).to(tl.uint32)          # (BLOCK_V,)
+    zeros = tl.zeros((rows.shape[0], tokens.shape[0]), dtype=tl.uint32)
+    bits, _, _, _ = tl.philox(seed, zeros + step_token[None, :], zeros + rows.to(tl.uint32)[:, None],
+                              zeros + offset_lo, zeros + offset_hi)
+    return (bits >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def philox_uniform_kernel(seed_ptr, offset_ptr, out_ptr, batch, length, num_tokens,
+                          BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Every (batch, length, num_tokens) uniform the sampler could draw, for the tests: the band
+    sampler must pick what full Gumbel-max picks from these."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    t = tl.program_id(1)
+    seed = tl.load(seed_ptr)
+    offset = tl.load(offset_ptr)
+    offset_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
+    offset_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    for v in range(0, num_tokens, BLOCK_V):
+        tokens = v + tl.arange(0, BLOCK_V)
+        uniform = philox_uniform(seed, t, tokens, rows, num_tokens, offset_lo, offset_hi)
+        offs = (rows.to(tl.int64)[:, None] * length + t) * num_tokens + tokens[None, :]
+        tl.store(out_ptr + offs, uniform, mask=(rows < batch)[:, None] & (tokens < num_tokens)[None, :])
+
+
+def philox_uniforms(seed: Tensor, offset: Tensor, batch: int, length: int, num_tokens: int) -> Tensor:
+    """(batch, length, num_tokens) fp32: the uniforms the kernel's Philox noise is made of, at `offset`."""
+    out = torch.empty((batch, length, num_tokens), dtype=torch.float32, device=seed.device)
+    philox_uniform_kernel[(cdiv(batch, 16), length)](seed.reshape(1), offset.reshape(1), out, batch, length, num_tokens,
+                                                     BLOCK_B=16, BLOCK_V=64)
+    return out
+
+
+@triton.jit
 def tile_scores(
     logits, tokens, token_mask, rows, row_mask, t, running_max, band_on,
     temperature, g_hi, g_lo, num_tokens,
@@ -333,13 +370,7 @@ def tile_scores(
                 # only candidates are read; the others get 0.5 (never used: log(0) would warn)
                 uniform = tl.load(noise_ptrs, mask=candidate, other=0.5).to(tl.float32)
             else:
-                # counter words (step * num_tokens + token, row, offset_lo, offset_hi)
-                step_token = (tl.cast(t, tl.int64) * num_tokens + tokens).to(tl.uint32)   # (BLOCK_V,)
-                zeros = tl.zeros(logits.shape, dtype=tl.uint32)
-                bits, _, _, _ = tl.philox(seed, zeros + step_token[None, :], zeros + rows.to(tl.uint32)[:, None],
-                                          zeros + offset_lo, zeros + offset_hi)
-                # top 24 bits: exactly representable, uniform on {0, 2^-24, ..., 1 - 2^-24}
-                uniform = (bits >> 8).to(tl.float32) * (1.0 / 16777216.0)
+                uniform = philox_uniform(seed, t, tokens, rows, num_tokens, offset_lo, offset_hi)
             gumbel = -tl.log(-tl.log(uniform))                 # u == 0 gives -inf: never drawn
             scores = tl.where(candidate, logits + temperature * gumbel, float('-inf'))
     else:
@@ -815,6 +846,29 @@ def recurrent_sample_launch(
 # public function
 
 
+def check_plan(plan, batch: int, hidden: int, num_tokens: int):
+    """A hand-made plan must cover the shapes with tiles tl.dot accepts."""
+    if not isinstance(plan, LaunchPlan):
+        raise TypeError(f'plan must be a LaunchPlan, got {type(plan).__name__}')
+    pow2 = lambda n, low: n >= low and n & (n - 1) == 0
+    for name, low in (('block_b', 16), ('block_u', 4), ('block_v', 16), ('block_k', 16), ('block_p', 2)):
+        if not pow2(getattr(plan, name), low):
+            raise ValueError(f'plan.{name} must be a power of two >= {low}, got {getattr(plan, name)}')
+    slice_tokens = plan.vocab_tiles * plan.block_v
+    problems = [
+        (plan.groups * plan.block_b < batch, f'groups * block_b = {plan.groups * plan.block_b} < batch {batch}'),
+        (plan.programs * plan.unit_tiles * plan.block_u < hidden, f'programs * unit_tiles * block_u < hidden {hidden}'),
+        (plan.num_slices * slice_tokens < num_tokens, f'num_slices * vocab_tiles * block_v < num_tokens {num_tokens}'),
+        ((plan.num_slices - 1) * slice_tokens >= num_tokens, f'slice {plan.num_slices - 1} of {plan.num_slices} is empty'),
+        (plan.num_slices > plan.programs, f'num_slices {plan.num_slices} > programs {plan.programs}'),
+        (plan.block_p < plan.num_slices, f'block_p {plan.block_p} < num_slices {plan.num_slices}'),
+        (plan.num_warps not in (1, 2, 4, 8, 16), f'num_warps {plan.num_warps} is not a power of two <= 16'),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise ValueError(f'plan {plan} does not fit batch {batch}, hidden {hidden}, num_tokens {num_tokens}: {what}')
+
+
 def check_device_tensor(name: str, t, device: torch.device, dtypes, shape=None) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
@@ -845,6 +899,7 @@ def fused_recurrent_sample(
     programs: int | None = None,
     check: bool | None = None,
     max_spins: int = DEFAULT_MAX_SPINS,
+    plan: LaunchPlan | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """`FoldedRecurrentNet.sample` in one persistent kernel launch: same arguments, same return.
 
@@ -869,7 +924,7 @@ def fused_recurrent_sample(
     mode: 'persistent' (one launch, grid barriers), 'phases' (one launch per phase, the host stepping:
     what the interpreter checks with P > 1 programs), 'auto' (persistent; phases under the
     interpreter when the plan has more than one program a group). `programs` forces the programs
-    per group. `check` (default: env UP_FAST_KERNEL_CHECK) synchronises after the launch and raises
+    per group; `plan` replaces the whole launch plan (tests, tuning). `check` (default: env UP_FAST_KERNEL_CHECK) synchronises after the launch and raises
     KernelBarrierError if a grid barrier gave up; a training step leaves it off (no host sync).
     """
     if not isinstance(folded, FoldedRecurrentNet):
@@ -957,7 +1012,10 @@ def fused_recurrent_sample(
         raise ValueError('state_scratch must be contiguous')
 
     weight_bytes = max(t.element_size() for t in (weight_hh, folded.weight_out))
-    plan = plan_launch(batch, hidden, num_tokens, num_sms(device), weight_bytes=weight_bytes, programs=programs)
+    if plan is None:
+        plan = plan_launch(batch, hidden, num_tokens, num_sms(device), weight_bytes=weight_bytes, programs=programs)
+    else:
+        check_plan(plan, batch, hidden, num_tokens)
     if mode == 'auto':
         mode = 'phases' if INTERPRETED and plan.programs > 1 else 'persistent'
     if plan.grid > 65535:
