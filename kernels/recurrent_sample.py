@@ -53,40 +53,45 @@ only where asked (`check=True`, or UP_FAST_KERNEL_CHECK=1): `check_kernel_errors
 naming the grid and the SM count. A grid of more than one program per group is launched with
 Triton's cooperative-grid option (a grid that cannot be co-resident fails at launch).
 
-Weights on chip: with RESIDENT, a program loads its slices once before the step loop into
-registers, (BLOCK_K, 4 * BLOCK_U) of W_hh^T and (BLOCK_K, BLOCK_V) of W_out^T, BLOCK_K = the
-whole hidden size rounded up to a power of two, and never reads weights again. Triton has no
-explicit shared-memory allocation (that is Gluon's), so registers are the store: 64K 32-bit
-registers an SM, 255 a thread. The launcher takes RESIDENT when one unit tile and one vocabulary
-tile cover the slices and BLOCK_K * (4 * BLOCK_U + BLOCK_V) * 4 B + BLOCK_B * BLOCK_K * 4 B (the
-weights plus the h tile of a phase) is at most RESIDENT_BYTES (96 KiB, 8 warps: 96 registers a
-thread). Otherwise (large hidden or vocabulary, large batch) the same phases stream their slices
-from L2 in (BLOCK_K, tile) pieces every step: still split over the SMs, so each SM reads
-1/programs of the weights a step (at hidden 1024, batch 32: 128 programs of 192 KiB a step, about
-3000 cycles of one SM's ~64 B/clock L2 bandwidth, ~1.7 us).
+Weights on chip: each program re-reads only its own slices, every step, in (BLOCK_K, tile) pieces
+with the L1 'evict_last' policy; they are read-only for the launch, so after the first step they
+are served by the SM's L1 (256 KB with shared memory; a slice is 32 KiB at the example, 48 KiB at
+hidden 1024 with fp32), not by L2 or HBM. The exchange loads ('.cg') bypass L1 and cannot evict
+them. Holding the slices in registers instead was tried and measured by compiling: a tl.dot
+operand of shape (K, N) is laid out so that every warp holds all of K, so the example's (256, 16)
+W_hh^T slice plus its h operand needed more than 255 registers a thread and ptxas spilled
+(7 KB of stack at 8 warps); Triton has no explicit shared-memory allocation to put them there
+instead (that is Gluon's). L1 residency is not guaranteed by the hardware: if a GPU profile
+shows L2 traffic for the weights, that is the place to look.
 
 Launcher rule (plan_launch; sms = the device's multiprocessor count, 132 on an H200)
     BLOCK_B   = next_pow2(batch) clamped to [16, 64]; groups = cdiv(batch, BLOCK_B)
     per_group = sms // groups; 1 or less: one program per group (no other program to wait for:
                 the barrier passes at once), any number of groups, ordinary launch
     BLOCK_U   = next_pow2(cdiv(hidden, per_group)), at least 4 (4 gates * 4 units = 16, the
-                smallest tl.dot side), at most 4096 / (4 * BLOCK_B) (the gate accumulator
-                (BLOCK_B, 4 * BLOCK_U) in at most 32 registers a thread); UNIT_TILES covers
+                smallest tl.dot side), at most ACCUMULATOR_ELEMENTS / (4 * BLOCK_B) (the gate
+                accumulator (BLOCK_B, 4 * BLOCK_U) at 16 registers a thread); UNIT_TILES covers
                 cdiv(hidden, per_group) units with it
     programs  = max(cdiv(hidden, UNITS), min(per_group, cdiv(num_tokens, 128))), at most per_group
-    BLOCK_V   = next_pow2(cdiv(num_tokens, programs)) clamped to [16, 8192 / BLOCK_B];
+    BLOCK_V   = next_pow2(cdiv(num_tokens, programs)) clamped to [16, ACCUMULATOR_ELEMENTS / BLOCK_B];
                 VOCAB_TILES covers cdiv(num_tokens, programs); num_slices = cdiv(num_tokens, SLICE)
-    example (32, 256, 256, LSTM): BLOCK_B 32, 1 group, BLOCK_U 4 (one 16-row gate tile), 64
-    programs, BLOCK_V 16, 16 vocabulary slices, BLOCK_K 256, resident: 16 KiB of W_hh^T + 16 KiB
-    of W_out^T + 32 KiB h tile a program. Per step and program: gates 2 * 32 * 256 * 16 = 262
-    KFLOP, logits 262 KFLOP (16 programs), exchange reads 32 KiB of h per phase from L2.
+    BLOCK_K   = 32 (16 below hidden 32), 8 warps: what compiled without spills for every
+                tf32x3 configuration (ptxas, sm_90: BLOCK_K 64 spilled, and 4 warps spilled at
+                vocabulary 32768 and hidden 1024); 8 warps of up to 255 registers is one program
+                an SM, which is what a persistent grid of at most `sms` programs wants anyway
+    example (32, 256, 256, LSTM): BLOCK_B 32, 1 group, BLOCK_U 4 (one 16-column gate tile), 64
+    programs, BLOCK_V 16, 16 vocabulary slices. Per step and program: gates 2 * 32 * 256 * 16 =
+    262 KFLOP over 16 KiB of W_hh^T (L1) and 32 KiB of h (L2); logits the same (16 programs).
 
 Floor this design implies (estimates, not timed: no GPU in the session that wrote this): a
 barrier is ~1 us (two L2 atomic round trips, ~0.5 us each at ~700 cycles / 1.75 GHz: arrive, then
 the read that sees the last arrival) and each phase is one dependent L2 read of the exchange
-buffer (~0.5 us) plus its arithmetic (262 KFLOP at the ~256 FLOP/clock of one SM's fp32 FMA:
-~0.6 us with 'ieee'; tf32x3 on tensor cores ~3x less). Sampling step: 2 barriers + 2 phases, about
-3-4 us; prefix step about half. `aot_configurations()` carries these numbers per configuration.
+buffer (~0.5 us; 32 KiB at ~64 B/clock is another ~0.3 us) plus its arithmetic (262 KFLOP at the
+~256 FLOP/clock of one SM's fp32 FMA: ~0.6 us with 'ieee'; tf32x3 on tensor cores less) plus, for
+the sample, the dependent read of the partials. Sampling step: 2 barriers + 2 phases, about 4 us;
+prefix step about half (design_floor; `aot_configurations()` carries it per configuration). That
+is above issue 10's 2 us a step: the barrier latency is the floor of any design with two
+all-to-all exchanges a step, and only a GPU run can say how far the atomics' real latency is.
 
 Exact band sampler
 ------------------
@@ -169,6 +174,9 @@ MAX_COUNTERS_PER_ROW = 1 << 32
 # ~0.5 us an atomic round trip: about 10 s before a barrier gives up
 DEFAULT_MAX_SPINS = 1 << 24
 CHECK_ENV = 'UP_FAST_KERNEL_CHECK'
+# the largest (BLOCK_B, columns) accumulator of a phase: 16 registers a thread at 4 warps, which
+# leaves room for the tf32x3 operand splits without spills (ptxas, sm_90)
+ACCUMULATOR_ELEMENTS = 2048
 
 
 # the phase helpers: the persistent kernel and the per-phase kernels call the same ones
@@ -214,7 +222,7 @@ def load_gate_weights(weight_hh_ptr, unit_start, k_start, hidden,
     gate = cols % 4
     unit = unit_start + cols // 4
     ks = k_start + tl.arange(0, BLOCK_K)
-    w_rows = (gate * hidden + unit).to(tl.int64) * hidden
+    w_rows = (gate * hidden + unit) * hidden                      # int32: the launcher checks the sizes
     mask = ((gate < GATES) & (unit < hidden))[None, :] & (ks < hidden)[:, None]
     return tl.load(weight_hh_ptr + w_rows[None, :] + ks[:, None], mask=mask, other=0., eviction_policy='evict_last')
 
@@ -226,7 +234,7 @@ def load_out_weights(weight_out_ptr, token_start, k_start, hidden, num_tokens,
     tokens = token_start + tl.arange(0, BLOCK_V)
     ks = k_start + tl.arange(0, BLOCK_K)
     mask = (tokens < num_tokens)[None, :] & (ks < hidden)[:, None]
-    return tl.load(weight_out_ptr + tokens.to(tl.int64)[None, :] * hidden + ks[:, None], mask=mask, other=0.,
+    return tl.load(weight_out_ptr + tokens[None, :] * hidden + ks[:, None], mask=mask, other=0.,
                    eviction_policy='evict_last')
 
 
@@ -277,7 +285,7 @@ def gates_phase(
     cols = tl.arange(0, 4 * BLOCK_U)
     gate = cols % 4
     has_state = (tl.zeros((BLOCK_B,), dtype=tl.int32) + s) > 0             # (BLOCK_B,): zero state before feed 0
-    table_rows = token.to(tl.int64) * (GATES * hidden)                       # (BLOCK_B,)
+    table_rows = token * (GATES * hidden)                                    # (BLOCK_B,)
     for j in range(UNIT_TILES):
         unit_start = (p * UNIT_TILES + j) * BLOCK_U
         acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
@@ -676,7 +684,7 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
     per_group = max(1, sms // groups) if programs is None else programs
 
     units = cdiv(hidden, per_group)                                   # hidden units a program should own
-    block_u = min(max(4, next_power_of_2(units)), max(4, 4096 // (4 * block_b)))
+    block_u = min(max(4, next_power_of_2(units)), max(4, ACCUMULATOR_ELEMENTS // (4 * block_b)))
     unit_tiles = cdiv(units, block_u)
     hidden_programs = cdiv(hidden, unit_tiles * block_u)
     if programs is None:
@@ -685,12 +693,12 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
         programs = per_group
 
     tokens = cdiv(num_tokens, programs)
-    block_v = min(max(16, next_power_of_2(tokens)), max(16, 8192 // block_b))
+    block_v = min(max(16, next_power_of_2(tokens)), max(16, ACCUMULATOR_ELEMENTS // block_b))
     vocab_tiles = cdiv(tokens, block_v)
     num_slices = cdiv(num_tokens, block_v * vocab_tiles)
 
     block_k = min(max(16, next_power_of_2(hidden)), 32)
-    num_warps = 4
+    num_warps = 8
     return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
                       max(2, next_power_of_2(num_slices)), num_warps)
 
@@ -975,8 +983,8 @@ def fused_recurrent_sample(
     batch, prefix_len = prefix.shape
     if batch < 1 or prefix_len < 1:
         raise ValueError(f'prefix must hold at least one token per row and one row, got shape {tuple(prefix.shape)}')
-    # in-kernel offsets into the state slots are int32
-    if 2 * batch * hidden >= 2**31 or batch * num_tokens >= 2**31:
+    # in-kernel offsets into the state slots and weights are int32
+    if 2 * batch * hidden >= 2**31 or batch * num_tokens >= 2**31 or (num_tokens + gates * hidden) * max(hidden, gates) >= 2**31:
         raise ValueError(f'batch {batch}, hidden {hidden}, num_tokens {num_tokens} overflow the kernel\'s int32 offsets')
     if length * num_tokens > MAX_COUNTERS_PER_ROW:
         raise ValueError(f'length * num_tokens must be <= 2**32 (Philox counter word), got {length} * {num_tokens}')
