@@ -286,7 +286,9 @@ def gates_phase(
     gate = cols % 4
     has_state = (tl.zeros((BLOCK_B,), dtype=tl.int32) + s) > 0             # (BLOCK_B,): zero state before feed 0
     table_rows = token * (GATES * hidden)                                    # (BLOCK_B,)
-    for j in range(UNIT_TILES):
+    # a program past the last unit (more programs than hidden slices, for the vocabulary's sake) has no tile
+    num_tiles = tl.minimum(tl.maximum(tl.cdiv(hidden - p * UNIT_TILES * BLOCK_U, BLOCK_U), 0), UNIT_TILES)
+    for j in range(num_tiles):
         unit_start = (p * UNIT_TILES + j) * BLOCK_U
         acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
         for k in range(0, hidden, BLOCK_K):
