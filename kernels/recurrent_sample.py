@@ -121,8 +121,8 @@ Every tanh is 2 * sigmoid(2x) - 1 with the doubling folded into the weights (Fol
 h and c are kept unscaled. 'tf32x3' (default) splits each fp32 operand into a tf32 high and low
 part and sums three tensor-core products: about fp32 accuracy (the dropped lo * lo term is
 ~2^-22 relative), so tokens equal the fp32 path's except at genuine near-ties. 'ieee' is the
-plain fp32 FMA dot. bf16 weights are storage: loaded (and kept resident) as bf16, widened to fp32
-at each use, fp32 arithmetic; so the kernel agrees with the fp32 oracle run on the bf16-rounded
+plain fp32 FMA dot. bf16 weights are storage (half the L1 footprint): read as bf16, widened to
+fp32 at each use, fp32 arithmetic; so the kernel agrees with the fp32 oracle run on the bf16-rounded
 weights to the fp32 tolerance (1e-5 on h and c; the rounding of the weights themselves, 2^-9
 relative, is the user's choice and is not an error of the kernel).
 
@@ -1073,6 +1073,7 @@ SM_CLOCK_GHZ = 1.75
 L2_LATENCY_US = 0.5              # one dependent L2 round trip (~700-900 cycles)
 L2_BYTES_PER_CLOCK_PER_SM = 64
 L1_BYTES_PER_CLOCK_PER_SM = 128
+L1_BYTES_PER_SM = 200 * 1024       # of the 256 KB L1/shared: what the slices may count on (Triton takes some shared memory)
 FMA_FLOPS_PER_CLOCK_PER_SM = 256                  # 128 fp32 FMA lanes
 TF32_FLOPS_PER_CLOCK_PER_SM = 495e12 / 132 / 1.75e9 / 1  # dense tf32 tensor cores, split over the SMs
 
@@ -1089,20 +1090,24 @@ def design_floor(plan: LaunchPlan, hidden: int, num_tokens: int, gates: int, wei
     logits_flops = 2 * plan.block_b * hidden * slice_tokens
     clock = SM_CLOCK_GHZ * 1e3                                            # cycles per us
     rate = FMA_FLOPS_PER_CLOCK_PER_SM if precision == 'ieee' else TF32_FLOPS_PER_CLOCK_PER_SM / 3
+    # slices larger than L1 stream from L2 every step
+    in_l1 = plan.slice_bytes(hidden, weight_bytes) <= L1_BYTES_PER_SM
+    weight_rate = L1_BYTES_PER_CLOCK_PER_SM if in_l1 else L2_BYTES_PER_CLOCK_PER_SM
     phase_us = lambda weights, flops: L2_LATENCY_US + max(
-        exchange / L2_BYTES_PER_CLOCK_PER_SM, weights / L1_BYTES_PER_CLOCK_PER_SM, flops / rate) / clock
+        exchange / L2_BYTES_PER_CLOCK_PER_SM, weights / weight_rate, flops / rate) / clock
     barrier_us = 2 * L2_LATENCY_US if plan.programs > 1 else L2_LATENCY_US
     gates_us = phase_us(gates_weights, gates_flops)
     logits_us = phase_us(logits_weights, logits_flops) + L2_LATENCY_US    # + the partials' dependent read
     return dict(
         programs_per_group=plan.programs,
         groups=plan.groups,
-        l1_weight_bytes_per_program=plan.slice_bytes(hidden, weight_bytes),
+        weight_bytes_per_program=plan.slice_bytes(hidden, weight_bytes),
+        weights_in_l1=in_l1,
         gates_l2_bytes_per_program=exchange,
-        gates_l1_bytes_per_program=gates_weights,
+        gates_weight_bytes_per_program=gates_weights,
         gates_flops_per_program=gates_flops,
         logits_l2_bytes_per_program=exchange,
-        logits_l1_bytes_per_program=logits_weights,
+        logits_weight_bytes_per_program=logits_weights,
         logits_flops_per_program=logits_flops,
         barriers_per_sampling_step=2,
         barriers_per_prefix_step=1,

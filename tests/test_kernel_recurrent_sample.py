@@ -147,11 +147,19 @@ def poisoned_out(batch, length, dtype=torch.int64):
     return torch.full((batch, length), -1, dtype=dtype, device=DEVICE)
 
 
+# a plan with every loop taken more than once: 2 groups, 3 unit tiles a program, 2 vocabulary
+# tiles a slice, 2 K tiles, a ragged last slice
+TILED_PLAN = LaunchPlan(block_b=16, groups=2, programs=2, block_u=4, unit_tiles=3, block_v=16, vocab_tiles=2,
+                        num_slices=2, block_k=16, block_p=2, num_warps=4)
+
+
 # the modes the interpreter can run: keyword arguments of fused_recurrent_sample
 MODES = {
     'single': dict(mode='persistent', programs=1),
     'phases3': dict(mode='phases', programs=3),
 }
+# the band across several vocabulary tiles of a slice (batch <= 32, hidden <= 24, vocabulary in (32, 64])
+TILED = {'phases_tiled': dict(mode='phases', plan=TILED_PLAN)}
 
 
 # parity with the oracle on injected noise
@@ -187,12 +195,6 @@ def test_matches_oracle_on_injected_noise(mode, cell, case):
     assert len(state) == (2 if cell == 'lstm' else 1) and all(s.shape == (batch, hidden) for s in state)
     assert_matches_oracle(net, prefix, length, temperature, noise, tokens, state)
     assert_matches_twin(net.folded, prefix, length, temperature, noise, tokens, state)
-
-
-# a plan with every loop taken more than once: 2 groups, 3 unit tiles a program, 2 vocabulary
-# tiles a slice, 2 K tiles, a ragged last slice and a program without one
-TILED_PLAN = LaunchPlan(block_b=16, groups=2, programs=2, block_u=4, unit_tiles=3, block_v=16, vocab_tiles=2,
-                        num_slices=2, block_k=16, block_p=2, num_warps=4)
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
@@ -321,7 +323,7 @@ def test_band_falls_back_when_the_best_logit_draws_zero(mode):
     assert_matches_oracle(net, prefix, length, temperature, noise, tokens, state)
 
 
-@pytest.mark.parametrize('mode', list(MODES))
+@pytest.mark.parametrize('mode', list(MODES) + list(TILED))
 def test_philox_band_is_full_gumbel_max_from_the_same_counters(mode):
     """The band sampler's tokens are bitwise those of full Gumbel-max on every uniform its Philox
     counters give (written out by philox_uniforms), at the reference's T = 1e-4 and at T = 1."""
@@ -332,9 +334,9 @@ def test_philox_band_is_full_gumbel_max_from_the_same_counters(mode):
     assert uniforms.min() >= 0 and uniforms.max() < 1 and uniforms.unique().numel() > 1000
     for temperature in (1e-4, 1.):
         drawn, _ = fused_recurrent_sample(to_device(net.folded), prefix, 6, temperature, seed=seed, offset=offset.clone(),
-                                          **MODES[mode])
+                                          **{**MODES, **TILED}[mode])
         full, full_state = fused_recurrent_sample(to_device(net.folded), prefix, 6, temperature, uniform_noise=uniforms,
-                                                  **MODES[mode])
+                                                  **{**MODES, **TILED}[mode])
         assert torch.equal(drawn, full)
         assert_matches_oracle(net, prefix, 6, temperature, uniforms, full, full_state)
 
