@@ -26,7 +26,7 @@ A feed step (one per prefix token and per sampled token but the last) and a samp
     feed s:   token = prefix[:, s], or the reduction of the P partials of the last sampling step
               (every program reduces them redundantly: cheaper than a third barrier);
               gates of the own units from the full h of slot s % 2 (an L2-resident exchange
-              buffer), the cell update (c of the own units never leaves the program's slice),
+              buffer), the cell update (c of the own units is read and written by its owner only),
               the own units of h written to slot (s + 1) % 2
     barrier
     sample t: logits of the own vocabulary slice from the full new h, band noise, a local
@@ -55,8 +55,9 @@ Triton's cooperative-grid option (a grid that cannot be co-resident fails at lau
 
 Weights on chip: each program re-reads only its own slices, every step, in (BLOCK_K, tile) pieces
 with the L1 'evict_last' policy; they are read-only for the launch, so after the first step they
-are served by the SM's L1 (256 KB with shared memory; a slice is 32 KiB at the example, 48 KiB at
-hidden 1024 with fp32), not by L2 or HBM. The exchange loads ('.cg') bypass L1 and cannot evict
+are served by the SM's L1 (256 KB with shared memory; a slice is 32 KiB at the example, 192 KiB
+at hidden 1024 with fp32 weights, 96 KiB with bf16), not by L2 or HBM; at vocabulary 32768 the
+272 KiB slice does not fit and streams from L2 (32 MiB of W_out, L2-resident on a 50 MB L2). The exchange loads ('.cg') bypass L1 and cannot evict
 them. Holding the slices in registers instead was tried and measured by compiling: a tl.dot
 operand of shape (K, N) is laid out so that every warp holds all of K, so the example's (256, 16)
 W_hh^T slice plus its h operand needed more than 255 registers a thread and ptxas spilled
