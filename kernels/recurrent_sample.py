@@ -178,6 +178,9 @@ CHECK_ENV = 'UP_FAST_KERNEL_CHECK'
 # the largest (BLOCK_B, columns) accumulator of a phase: 16 registers a thread at 4 warps, which
 # leaves room for the tf32x3 operand splits without spills (ptxas, sm_90)
 ACCUMULATOR_ELEMENTS = 2048
+# the per-phase kernels: at 8 warps ptxas capped some at 128 registers and spilled (sm_90); at 4,
+# none spilled. Warps split a tile's rows and columns, never K, so the arithmetic is the same
+PHASE_NUM_WARPS = 4
 
 
 # the phase helpers: the persistent kernel and the per-phase kernels call the same ones
@@ -736,6 +739,9 @@ _seed_offsets = WeakTensorKeyDictionary()
 
 def error_flag(device: torch.device) -> Tensor:
     """The sticky (1,) int32 flag that a barrier which gave up sets on `device`."""
+    device = torch.device(device)
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())      # 'cuda' and 'cuda:0' share one flag
     key = str(device)
     if key not in _error_flags:
         _error_flags[key] = torch.zeros(1, dtype=torch.int32, device=device)
@@ -842,7 +848,7 @@ def recurrent_sample_launch(
             **constexprs, **launch_options)
     else:
         phase = lambda s, which: recurrent_phase_kernel[(plan.grid,)](
-            *args, *sizes, *sampling, s, PHASE=which, **constexprs, num_warps=plan.num_warps, num_stages=1)
+            *args, *sizes, *sampling, s, PHASE=which, **constexprs, num_warps=PHASE_NUM_WARPS, num_stages=1)
         for s in range(num_feeds):
             phase(s, 0)
             if s >= prefix_len - 1:
@@ -1156,12 +1162,13 @@ def aot_configurations(sms: int = H200_SMS) -> list:
     def add(name, fn, constexprs, plan, floor):
         weight_type = constexprs.pop('_weight_type')
         signature = kernel_signature(fn, weight_type, constexprs)
-        key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), plan.num_warps)
+        num_warps = plan.num_warps if fn is recurrent_sample_kernel else PHASE_NUM_WARPS
+        key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), num_warps)
         if key in seen:
             return
         seen.add(key)
         configs.append(AotConfig(name=name, fn=fn, signature=signature, constexprs=constexprs,
-                                 num_warps=plan.num_warps, num_stages=1, programs=plan.grid, floor=floor,
+                                 num_warps=num_warps, num_stages=1, programs=plan.grid, floor=floor,
                                  cooperative=fn is recurrent_sample_kernel and plan.cooperative))
 
     variants = []

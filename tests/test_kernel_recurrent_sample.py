@@ -637,10 +637,12 @@ def test_persistent_kernel_matches_twin_on_gpu(cell, batch, num_tokens, hidden, 
                                            out=poisoned_out(batch, length), precision=precision, mode='persistent', check=True)
     assert (tokens >= 0).all()
     assert_matches_twin(folded, prefix, length, 1., noise, tokens, state)
-    # the phase-per-launch mode runs the same helpers with the same plan: bitwise equal
+    # the phase-per-launch mode runs the same helpers with the same plan (at 4 warps, not 8)
     again, again_state = fused_recurrent_sample(to_device(folded), prefix.to(DEVICE), length, 1., uniform_noise=noise.to(DEVICE),
                                                 precision=precision, mode='phases')
-    assert torch.equal(tokens, again) and all(torch.equal(a, b) for a, b in zip(state, again_state))
+    assert torch.equal(tokens, again)
+    for ours, theirs in zip(state, again_state):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
 @cuda_only
