@@ -294,18 +294,12 @@ def gates_phase(
     num_tiles = tl.minimum(tl.maximum(tl.cdiv(hidden - p * UNIT_TILES * BLOCK_U, BLOCK_U), 0), UNIT_TILES)
     for j in range(num_tiles):
         unit_start = (p * UNIT_TILES + j) * BLOCK_U
-        acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
-        for k in range(0, hidden, BLOCK_K):
-            h_k = load_h(h_read_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)                 # (BLOCK_B, BLOCK_K)
-            w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)   # (BLOCK_K, 4 * BLOCK_U)
-            acc = tl.dot(h_k, w_k.to(tl.float32), acc, input_precision=PRECISION)
-
-        # the gathered input-table row (x @ W_ih^T + folded biases) of each gate
+        # what does not depend on h first, so that its latency overlaps the products:
+        # the gathered input-table row (x @ W_ih^T + folded biases) of each gate, the old state
         unit_col = unit_start + cols // 4
         col_mask = (gate < GATES) & (unit_col < hidden)
         x = tl.load(input_table_ptr + table_rows[:, None] + (gate * hidden + unit_col)[None, :],
                     mask=row_mask[:, None] & col_mask[None, :], other=0.).to(tl.float32)   # (BLOCK_B, 4 * BLOCK_U)
-
         units = unit_start + tl.arange(0, BLOCK_U)
         unit_mask = units < hidden
         mask = row_mask[:, None] & unit_mask[None, :]
@@ -318,6 +312,12 @@ def gates_phase(
             h_old = tl.load(h_read_ptr + offs, mask=mask & has_state[:, None], other=0., cache_modifier='.cg')
             c_old = h_old                                                             # unused
             bias_hn = tl.load(bias_hn_ptr + units, mask=unit_mask, other=0.).to(tl.float32)
+
+        acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
+        for k in range(0, hidden, BLOCK_K):
+            h_k = load_h(h_read_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)                 # (BLOCK_B, BLOCK_K)
+            w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)   # (BLOCK_K, 4 * BLOCK_U)
+            acc = tl.dot(h_k, w_k.to(tl.float32), acc, input_precision=PRECISION)
         h, c = cell_update(acc, x, c_old, h_old, bias_hn, IS_LSTM, BLOCK_B, BLOCK_U)
         tl.store(h_write_ptr + offs, h, mask=mask)
         if IS_LSTM:
