@@ -471,15 +471,22 @@ def logits_phase(
 
 @triton.jit
 def reduce_partials(rows, row_mask, partial_score_ptr, partial_token_ptr, num_slices, BLOCK_P: tl.constexpr):
-    """The token of each row from the slices' (score, token): max score, lowest id on ties."""
-    slices = tl.arange(0, BLOCK_P)
-    mask = row_mask[:, None] & (slices < num_slices)[None, :]
-    offs = rows[:, None] * num_slices + slices[None, :]
-    scores = tl.load(partial_score_ptr + offs, mask=mask, other=float('-inf'), cache_modifier='.cg')
-    tokens = tl.load(partial_token_ptr + offs, mask=mask, other=2147483647, cache_modifier='.cg')
-    best = tl.max(scores, axis=1)
-    token = tl.min(tl.where(scores == best[:, None], tokens, 2147483647), axis=1)
-    return tl.where(row_mask, token, 0)
+    """The token of each row from the slices' (score, token), BLOCK_P slices at a time: max score,
+    lowest id on ties (slices are in token order, so an earlier chunk wins a tie)."""
+    best_score = tl.full(row_mask.shape, float('-inf'), dtype=tl.float32)
+    best_token = tl.full(row_mask.shape, 2147483647, dtype=tl.int32)
+    for start in range(0, num_slices, BLOCK_P):
+        slices = start + tl.arange(0, BLOCK_P)
+        mask = row_mask[:, None] & (slices < num_slices)[None, :]
+        offs = rows[:, None] * num_slices + slices[None, :]
+        scores = tl.load(partial_score_ptr + offs, mask=mask, other=float('-inf'), cache_modifier='.cg')
+        tokens = tl.load(partial_token_ptr + offs, mask=mask, other=2147483647, cache_modifier='.cg')
+        chunk_best = tl.max(scores, axis=1)
+        chunk_token = tl.min(tl.where(scores == chunk_best[:, None], tokens, 2147483647), axis=1)
+        better = (chunk_best > best_score) | (best_token == 2147483647)
+        best_score = tl.where(better, chunk_best, best_score)
+        best_token = tl.where(better, chunk_token, best_token)
+    return tl.where(row_mask, best_token, 0)
 
 
 @triton.jit
@@ -643,6 +650,14 @@ def cdiv(a: int, b: int) -> int:
 _num_sms_cache: dict = {}
 
 
+def capability(device: torch.device) -> int:
+    """Compute capability as 10 * major + minor (90 on an H200); 90 off CUDA (the interpreter)."""
+    if device.type != 'cuda':
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def num_sms(device: torch.device) -> int:
     """Multiprocessors of `device` (132 on an H200); 1 off CUDA (the interpreter)."""
     if device.type != 'cuda':
@@ -665,7 +680,7 @@ class LaunchPlan:
     vocab_tiles: int      # vocabulary tiles per program
     num_slices: int       # programs of a group with a vocabulary slice
     block_k: int          # hidden (reduction) tile
-    block_p: int          # next_pow2(num_slices)
+    block_p: int          # partials reduced at a time: next_pow2(num_slices), at most 32
     num_warps: int
 
     @property
@@ -682,15 +697,17 @@ class LaunchPlan:
 
 
 def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_bytes: int = 4,
-                programs: int | None = None) -> LaunchPlan:
+                programs: int | None = None, capability: int = 90) -> LaunchPlan:
     """The launcher rule. `programs` forces the programs per group (tests: P > 1 under the
-    interpreter, phase per launch); otherwise they follow from `sms`."""
+    interpreter, phase per launch); otherwise they follow from `sms`. `capability` (90: sm_90)
+    sizes the accumulators: sm_80's mma.sync operands need more registers (halved there)."""
+    accumulator = ACCUMULATOR_ELEMENTS if capability >= 90 else ACCUMULATOR_ELEMENTS // 2
     block_b = min(64, max(16, next_power_of_2(batch)))
     groups = cdiv(batch, block_b)
     per_group = max(1, sms // groups) if programs is None else programs
 
     units = cdiv(hidden, per_group)                                   # hidden units a program should own
-    block_u = min(max(4, next_power_of_2(units)), max(4, ACCUMULATOR_ELEMENTS // (4 * block_b)))
+    block_u = min(max(4, next_power_of_2(units)), max(4, accumulator // (4 * block_b)))
     unit_tiles = cdiv(units, block_u)
     hidden_programs = cdiv(hidden, unit_tiles * block_u)
     if programs is None:
@@ -699,14 +716,14 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
         programs = per_group
 
     tokens = cdiv(num_tokens, programs)
-    block_v = min(max(16, next_power_of_2(tokens)), max(16, ACCUMULATOR_ELEMENTS // block_b))
+    block_v = min(max(16, next_power_of_2(tokens)), max(16, accumulator // block_b))
     vocab_tiles = cdiv(tokens, block_v)
     num_slices = cdiv(num_tokens, block_v * vocab_tiles)
 
     block_k = min(max(16, next_power_of_2(hidden)), 32)
     num_warps = 8
     return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
-                      max(2, next_power_of_2(num_slices)), num_warps)
+                      min(32, max(2, next_power_of_2(num_slices))), num_warps)
 
 
 def gumbel_bounds(smallest_positive: float, largest_below_one: float) -> tuple[float, float]:
@@ -878,7 +895,6 @@ def check_plan(plan, batch: int, hidden: int, num_tokens: int):
         (plan.num_slices * slice_tokens < num_tokens, f'num_slices * vocab_tiles * block_v < num_tokens {num_tokens}'),
         ((plan.num_slices - 1) * slice_tokens >= num_tokens, f'slice {plan.num_slices - 1} of {plan.num_slices} is empty'),
         (plan.num_slices > plan.programs, f'num_slices {plan.num_slices} > programs {plan.programs}'),
-        (plan.block_p < plan.num_slices, f'block_p {plan.block_p} < num_slices {plan.num_slices}'),
         (plan.num_warps not in (1, 2, 4, 8, 16), f'num_warps {plan.num_warps} is not a power of two <= 16'),
     ]
     for bad, what in problems:
@@ -1030,7 +1046,8 @@ def fused_recurrent_sample(
 
     weight_bytes = max(t.element_size() for t in (weight_hh, folded.weight_out))
     if plan is None:
-        plan = plan_launch(batch, hidden, num_tokens, num_sms(device), weight_bytes=weight_bytes, programs=programs)
+        plan = plan_launch(batch, hidden, num_tokens, num_sms(device), weight_bytes=weight_bytes, programs=programs,
+                           capability=capability(device))
     else:
         check_plan(plan, batch, hidden, num_tokens)
     if mode == 'auto':
@@ -1153,9 +1170,9 @@ def kernel_signature(fn, weight_type: str, constexprs: dict) -> dict:
     return types
 
 
-def aot_configurations(sms: int = H200_SMS) -> list:
+def aot_configurations(sms: int = H200_SMS, capability: int = 90) -> list:
     """Every kernel configuration the launcher chooses for the gate's shapes on a device of `sms`
-    SMs: LSTM and GRU, fp32 and bf16 weights, sampling and greedy, the persistent kernel and the
+    SMs and compute `capability` (an H200 by default; an A100 is sms=108, capability=80): LSTM and GRU, fp32 and bf16 weights, sampling and greedy, the persistent kernel and the
     three per-phase kernels; plus injected noise and 'ieee' at the example size (the GPU tests)."""
     configs, seen = [], set()
 
@@ -1183,7 +1200,7 @@ def aot_configurations(sms: int = H200_SMS) -> list:
     for shape, cell, weights, sample, injected, precision in variants:
         batch, hidden, num_tokens = AOT_SHAPES[shape]
         weight_bytes = 2 if weights == 'bf16' else 4
-        plan = plan_launch(batch, hidden, num_tokens, sms, weight_bytes=weight_bytes)
+        plan = plan_launch(batch, hidden, num_tokens, sms, weight_bytes=weight_bytes, capability=capability)
         gates = 4 if cell == 'lstm' else 3
         base = kernel_constexprs(plan, cell == 'lstm', True, sample, injected, precision)
         floor = design_floor(plan, hidden, num_tokens, gates, weight_bytes, precision, sample)

@@ -201,7 +201,7 @@ def test_matches_oracle_on_injected_noise(mode, cell, case):
 @pytest.mark.parametrize('mode, plan', [
     ('phases', TILED_PLAN),
     ('persistent', dataclasses.replace(TILED_PLAN, programs=1, unit_tiles=6, vocab_tiles=3, num_slices=1, block_p=2)),
-    ('phases', dataclasses.replace(TILED_PLAN, programs=3, unit_tiles=2, vocab_tiles=1, num_slices=3, block_p=4)),
+    ('phases', dataclasses.replace(TILED_PLAN, programs=3, unit_tiles=2, vocab_tiles=1, num_slices=3, block_p=2)),   # 2 reduction chunks
 ], ids=['phases_P2_tiled', 'single_tiled', 'phases_P3_slice_per_program'])
 def test_tiled_plans_match_oracle(cell, mode, plan):
     net = make_net(cell, 41, 24, bias_out=True, seed=17)
