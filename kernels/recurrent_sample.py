@@ -76,6 +76,8 @@ Launcher rule (plan_launch; sms = the device's multiprocessor count, 132 on an H
     programs  = max(cdiv(hidden, UNITS), min(per_group, cdiv(num_tokens, 128))), at most per_group
     BLOCK_V   = next_pow2(cdiv(num_tokens, programs)) clamped to [16, ACCUMULATOR_ELEMENTS / BLOCK_B];
                 VOCAB_TILES covers cdiv(num_tokens, programs); num_slices = cdiv(num_tokens, SLICE)
+    ACCUMULATOR_ELEMENTS = 2048 on sm_90, 1024 below (sm_80's mma.sync operands take more registers)
+    BLOCK_P   = next_pow2(num_slices), at most 32: the partials are reduced 32 slices at a time
     BLOCK_K   = 32 (16 below hidden 32), 8 warps: what compiled without spills for every
                 tf32x3 configuration (ptxas, sm_90: BLOCK_K 64 spilled, and 4 warps spilled at
                 vocabulary 32768 and hidden 1024); 8 warps of up to 255 registers is one program
