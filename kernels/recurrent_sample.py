@@ -76,7 +76,9 @@ Launcher rule (plan_launch; sms = the device's multiprocessor count, 132 on an H
     programs  = max(cdiv(hidden, UNITS), min(per_group, cdiv(num_tokens, 128))), at most per_group
     BLOCK_V   = next_pow2(cdiv(num_tokens, programs)) clamped to [16, ACCUMULATOR_ELEMENTS / BLOCK_B];
                 VOCAB_TILES covers cdiv(num_tokens, programs); num_slices = cdiv(num_tokens, SLICE)
-    ACCUMULATOR_ELEMENTS = 2048 on sm_90, 1024 below (sm_80's mma.sync operands take more registers)
+    ACCUMULATOR_ELEMENTS = 2048 on sm_90 up to 32 rows, else 1024 (sm_80's mma.sync and sm_90's
+                64-row wgmma operands take more registers); every launch passes COMPILE_OPTIONS
+                (maxnreg=255: ptxas otherwise capped some configurations at 128 and spilled)
     BLOCK_P   = next_pow2(num_slices), at most 32: the partials are reduced 32 slices at a time
     BLOCK_K   = 32 (16 below hidden 32), 8 warps: what compiled without spills for every
                 tf32x3 configuration (ptxas, sm_90: BLOCK_K 64 spilled, and 4 warps spilled at
@@ -183,6 +185,9 @@ ACCUMULATOR_ELEMENTS = 2048
 # the per-phase kernels: at 8 warps ptxas capped some at 128 registers and spilled (sm_90); at 4,
 # none spilled. Warps split a tile's rows and columns, never K, so the arithmetic is the same
 PHASE_NUM_WARPS = 4
+# Compile options of every launch: without a register cap ptxas chose 128 registers for some
+# configurations and spilled (sm_90, Triton 3.6 and 3.9); 255 is one program of 8 warps an SM
+COMPILE_OPTIONS = dict(maxnreg=255)
 
 
 # the phase helpers: the persistent kernel and the per-phase kernels call the same ones
@@ -703,8 +708,9 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
     """The launcher rule. `programs` forces the programs per group (tests: P > 1 under the
     interpreter, phase per launch); otherwise they follow from `sms`. `capability` (90: sm_90)
     sizes the accumulators: sm_80's mma.sync operands need more registers (halved there)."""
-    accumulator = ACCUMULATOR_ELEMENTS if capability >= 90 else ACCUMULATOR_ELEMENTS // 2
     block_b = min(64, max(16, next_power_of_2(batch)))
+    # 64 rows take the wgmma path on sm_90, whose operands cost more registers (Triton 3.6 spilled)
+    accumulator = ACCUMULATOR_ELEMENTS if capability >= 90 and block_b <= 32 else ACCUMULATOR_ELEMENTS // 2
     groups = cdiv(batch, block_b)
     per_group = max(1, sms // groups) if programs is None else programs
 
@@ -859,7 +865,7 @@ def recurrent_sample_launch(
 
     if mode == 'persistent':
         sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)        # counters, abort word
-        launch_options = dict(num_warps=plan.num_warps, num_stages=1)
+        launch_options = dict(num_warps=plan.num_warps, num_stages=1, **COMPILE_OPTIONS)
         if plan.cooperative and not INTERPRETED:
             launch_options['launch_cooperative_grid'] = True
         recurrent_sample_kernel[(plan.grid,)](
@@ -867,7 +873,8 @@ def recurrent_sample_launch(
             **constexprs, **launch_options)
     else:
         phase = lambda s, which: recurrent_phase_kernel[(plan.grid,)](
-            *args, *sizes, *sampling, s, PHASE=which, **constexprs, num_warps=PHASE_NUM_WARPS, num_stages=1)
+            *args, *sizes, *sampling, s, PHASE=which, **constexprs, num_warps=PHASE_NUM_WARPS, num_stages=1,
+            **COMPILE_OPTIONS)
         for s in range(num_feeds):
             phase(s, 0)
             if s >= prefix_len - 1:
