@@ -80,7 +80,7 @@ Launcher rule (plan_launch; sms = the device's multiprocessor count, 132 on an H
                 64-row wgmma operands take more registers); every launch passes COMPILE_OPTIONS
                 (maxnreg=255: ptxas otherwise capped some configurations at 128 and spilled)
     BLOCK_P   = next_pow2(num_slices), at most 32: the partials are reduced 32 slices at a time
-    BLOCK_K   = 32 (16 below hidden 32), 8 warps: what compiled without spills for every
+    BLOCK_K   = 32 (16 below hidden 32, and on sm_80, where 32 spilled at hidden 1024), 8 warps: what compiled without spills for every
                 tf32x3 configuration (ptxas, sm_90: BLOCK_K 64 spilled, and 4 warps spilled at
                 vocabulary 32768 and hidden 1024); 8 warps of up to 255 registers is one program
                 an SM, which is what a persistent grid of at most `sms` programs wants anyway
@@ -728,7 +728,7 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
     vocab_tiles = cdiv(tokens, block_v)
     num_slices = cdiv(num_tokens, block_v * vocab_tiles)
 
-    block_k = min(max(16, next_power_of_2(hidden)), 32)
+    block_k = min(max(16, next_power_of_2(hidden)), 32 if capability >= 90 else 16)
     num_warps = 8
     return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
                       min(32, max(2, next_power_of_2(num_slices))), num_warps)
