@@ -18,7 +18,8 @@ The contract a kernel module satisfies (checked by `check_config` before anythin
 - `fn` is the @triton.jit kernel itself; `signature` maps every non-constexpr argument to its
   Triton type ('*fp32', '*bf16', '*i64', 'i32', 'i64', 'fp32'), `constexprs` every tl.constexpr
   argument to its value; no argument missing, none in both.
-- `num_warps`, `num_stages` as launched; `cooperative=True` compiles with launch_cooperative_grid.
+- `num_warps`, `num_stages` as launched; `cooperative=True` compiles with launch_cooperative_grid;
+  `options`: any further compile options the launcher passes (e.g. `maxnreg`).
 - `programs` (grid size launched) and `floor` (any dict, nested dicts flattened in the report:
   bytes and FLOPs per program per phase, barriers per step, floor us per step) are only reported.
 - `divisible_by_16`: the arguments the JIT sees as multiples of 16 (default: every pointer).
@@ -75,6 +76,7 @@ class AotConfig:
     programs: int                      # programs the launcher launches for this shape
     floor: dict = field(default_factory=dict)    # design numbers for the report (bytes, FLOPs, barriers, us per step)
     cooperative: bool = False          # launched with launch_cooperative_grid
+    options: dict = field(default_factory=dict)   # further compile options every launch passes (e.g. maxnreg)
     # arguments the JIT would see divisible by 16 (it specialises on that at launch); None: every
     # pointer argument, as for freshly allocated tensors
     divisible_by_16: tuple | None = None
@@ -251,7 +253,7 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
         name=cfg.name, arch=arch, triton_version=triton.__version__, compiled=False,
         shared_limit=SHARED_MEMORY_LIMITS[arch], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         cooperative=cfg.cooperative, programs=cfg.programs, floor=dict(cfg.floor), ptxas=ptxas_version())
-    options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    options = dict(cfg.options, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.cooperative:
         options['launch_cooperative_grid'] = True
 
@@ -286,7 +288,7 @@ def compile_key(cfg: AotConfig, arch: int) -> tuple:
     """Configurations that differ only in shape compile to the same binary: compile those once."""
     return (id(cfg.fn), arch, tuple(sorted(cfg.signature.items())),
             tuple(sorted((k, repr(v)) for k, v in cfg.constexprs.items())),
-            cfg.num_warps, cfg.num_stages, cfg.cooperative)
+            cfg.num_warps, cfg.num_stages, cfg.cooperative, tuple(sorted((k, repr(v)) for k, v in cfg.options.items())))
 
 
 _worker_jobs: list = []
