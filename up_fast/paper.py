@@ -14,7 +14,6 @@ row of each and adds them. Layers 2..depth multiply [h_below | h_own] by one pre
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from numbers import Real
@@ -28,6 +27,7 @@ from torch.nn import Module
 # read when reset_ runs
 import up_fast.up_wrapper as up_wrapper
 from up_fast.backend import check_backend
+from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.checks import check_int, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.helpers import default, exists
 from up_fast.sampling import gumbel_max, noise_steps, onednn_linear, onednn_packed
@@ -268,7 +268,7 @@ class FoldedPaperNet:
 # the generator
 
 
-class PaperDataGenerator(Module):
+class PaperDataGenerator(FoldedWeightsCache, Module):
     """The paper author's generator: embed -> depth-layer LSTM over two aligned streams -> linear.
 
     As `LSTMGen` in pbloem/up (up/models.py), used by `experiments/gpt-mup.py` with source 'lstm':
@@ -297,6 +297,8 @@ class PaperDataGenerator(Module):
     on any device, and 'triton', which means "the kernel or a clear error" everywhere in up_fast,
     raises here rather than run something other than what was asked for.
     """
+
+    folded_type = FoldedPaperNet            # `folded()` and `invalidate_folded()`: up_fast.folded_cache
 
     def __init__(
         self,
@@ -350,32 +352,6 @@ class PaperDataGenerator(Module):
             weight.mul_(factor)
         self.embed.weight.mul_(self.embed_scale)
         self.last_scale = scale
-
-    # the folded weights, following every change of the module's own
-
-    def params_for_folding(self) -> tuple[Tensor, ...]:
-        return (self.embed.weight, *self.net.parameters(), *self.to_logits.parameters())
-
-    def folded(self) -> FoldedPaperNet:
-        """The folded weights, recomputed when a weight changed: a re-draw, a load, an optimiser
-        step, a replaced parameter (each bumps a version counter or swaps a tensor). Writes through
-        `.data` bypass the counter: call `invalidate_folded()` after them."""
-        params = self.params_for_folding()
-        try:
-            key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        except RuntimeError:            # inference tensors have no version counter: never cache
-            key = None
-        same_params = len(params) == len(self._folded_params) and all(ref() is p for ref, p in zip(self._folded_params, params))
-        if key is None or key != self._folded_key or not same_params:
-            with torch.autocast(self.embed.weight.device.type, enabled=False):     # fp32 whatever the caller's autocast
-                self._folded = FoldedPaperNet.fold(self.embed, self.net, self.to_logits)
-            self._folded_key = key
-            self._folded_params = tuple(weakref.ref(p) for p in params)
-        return self._folded
-
-    def invalidate_folded(self):
-        """Forget the folded weights, after changing a weight in a way its version counter does not see."""
-        self._folded, self._folded_key, self._folded_params = None, None, ()
 
     # generation
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import weakref
 from functools import partial
 from math import sqrt
 
@@ -29,6 +28,7 @@ from torch.nn import GRU, LSTM, Module
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from up_fast.buffer import draw_step_rows, noise_rows, read_rows, seed_columns, token_dtype
+from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import (
@@ -90,7 +90,7 @@ def is_foldable(embed: Module, net: Module, to_logits: Module) -> bool:
     )
 
 
-class SyntheticDataGenerator(Module):
+class SyntheticDataGenerator(FoldedWeightsCache, Module):
     """A randomly initialised embed -> LSTM/GRU -> linear network that "enriches" token sequences.
 
     `generate` teacher-forces the prefix (seed then condition) and samples `length` tokens. The
@@ -99,6 +99,8 @@ class SyntheticDataGenerator(Module):
     UP_FAST_BACKEND environment variable, else 'auto'). A custom `network_klass` runs the generic
     path, one `forward` call per token, as the reference does.
     """
+
+    folded_type = FoldedRecurrentNet        # `folded()` and `invalidate_folded()`: up_fast.folded_cache
 
     def __init__(
         self,
@@ -131,10 +133,7 @@ class SyntheticDataGenerator(Module):
         # the reference takes `dim` features here, which breaks whenever hidden_size != dim
         self.to_logits = nn.Linear(hidden_size, num_tokens, bias=False)
 
-        self._folded = None
-        self._folded_key = None
-        self._folded_params = ()
-
+        self.invalidate_folded()
         self.apply(self.init_)
 
     @torch.no_grad()
@@ -162,27 +161,6 @@ class SyntheticDataGenerator(Module):
     @property
     def uses_folded_path(self) -> bool:
         return is_foldable(self.embed, self.net, self.to_logits)
-
-    def folded(self) -> FoldedRecurrentNet:
-        """The folded weights, recomputed when a weight changed: a re-draw, an optimiser step, a
-        load, a replaced parameter. Writes through `.data` bypass the version counter that this
-        relies on: call `invalidate_folded()` after them."""
-        params = (self.embed.weight, *self.net.parameters(), *self.to_logits.parameters())
-        try:
-            key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        except RuntimeError:            # inference tensors have no version counter: never cache
-            key = None
-        same_params = len(params) == len(self._folded_params) and all(ref() is p for ref, p in zip(self._folded_params, params))
-        if key is None or key != self._folded_key or not same_params:
-            with torch.autocast(params[0].device.type, enabled=False):     # all fp32, whatever the caller's autocast
-                self._folded = FoldedRecurrentNet.fold(self.embed, self.net, self.to_logits)
-            self._folded_key = key
-            self._folded_params = tuple(weakref.ref(p) for p in params)
-        return self._folded
-
-    def invalidate_folded(self):
-        """Forget the folded weights, after changing a weight in a way its version counter does not see."""
-        self._folded, self._folded_key, self._folded_params = None, None, ()
 
     @torch.no_grad()
     def generate(
