@@ -518,3 +518,26 @@ def test_data_step_never_syncs_on_cuda(options, rng_seed):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert batch.device.type == 'cuda' and wrapper.num_steps == 4 and int(wrapper.step) == 4
+
+
+def test_sampling_draws_where_the_generator_weights_live(monkeypatch, model):
+    # the transformer may live on another device than the data generator (a GPU model with a CPU
+    # generator): the sampling noise is drawn where the generator's weights are. Here the model's
+    # device is faked as 'meta', where torch has no generator at all
+    class ModelElsewhere(UniversalPretrainWrapper):
+        device = property(lambda self: torch.device('meta'))
+
+        def to_device(self, tokens):
+            return tokens
+
+    wrapper = ModelElsewhere(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, rng_seed=3)
+    seen = []
+    real = wrapper.data_generator.generate_unchecked
+
+    def generate_unchecked(*args, generator=None, **kwargs):
+        seen.append(generator.device)
+        return real(*args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(wrapper.data_generator, 'generate_unchecked', generate_unchecked)
+    wrapper.data_step_()
+    assert seen == [torch.device('cpu')]

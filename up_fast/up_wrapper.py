@@ -623,8 +623,9 @@ class UniversalPretrainWrapper(Module):
             seed, condition = self.to_device(seeds), self.to_device(conditions)
 
         with phase('generate', self.nvtx):
-            if self.takes_generator:        # the generator's own default temperature
-                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=self.randomness.on(self.device))
+            if self.takes_generator:        # the generator's own default temperature; noise is drawn where its weights are
+                sampling_generator = self.randomness.on(module_device(self.data_generator, self.device))
+                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=sampling_generator)
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
