@@ -541,3 +541,21 @@ def test_sampling_draws_where_the_generator_weights_live(monkeypatch, model):
     monkeypatch.setattr(wrapper.data_generator, 'generate_unchecked', generate_unchecked)
     wrapper.data_step_()
     assert seen == [torch.device('cpu')]
+
+
+def test_a_failed_step_leaves_last_step_rows_and_advances_only_an_explicit_generator(monkeypatch, model):
+    stream = torch.Generator().manual_seed(11)
+    wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, generator=stream)
+    wrapper.data_step_()
+    rows = wrapper.last_step_rows
+    before = {k: v.clone() for k, v in wrapper.state_dict().items()}
+    stream_before = stream.get_state()
+
+    monkeypatch.setattr(wrapper.data_generator, 'generate_unchecked', lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        wrapper.data_step_()
+
+    assert wrapper.last_step_rows is rows, 'last_step_rows still names the rows of the last step that happened'
+    assert all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items()) and wrapper.num_steps == 1
+    assert not torch.equal(stream.get_state(), stream_before), 'the explicit generator has drawn the failed step\'s rows (as documented)'
+    assert 'explicit' in UniversalPretrainWrapper.data_step_.__doc__

@@ -596,7 +596,10 @@ class UniversalPretrainWrapper(Module):
     @torch.no_grad()
     def data_step_(self) -> Tensor:
         """Algorithm 1 but the loss: updates the buffer and returns the training batch,
-        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing."""
+        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing of
+        the wrapper's: buffer, `step`, `last_step_rows` and the per-step streams stay as they were
+        (the step repeats its draws when called again). An explicit `generator=` passed to the
+        constructor has advanced, though, by the draws made before the failure."""
         buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
         step = self.num_steps + 1
         self.randomness.begin(step)
@@ -610,7 +613,6 @@ class UniversalPretrainWrapper(Module):
             noise = None
             if self.num_reset > 0:
                 noise = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)   # (num_reset, seq_len)
-        self.last_step_rows = rows
 
         # read seeds and conditions, as they are after the reset when it comes first: the buffer is
         # written only once the generator has succeeded
@@ -638,6 +640,7 @@ class UniversalPretrainWrapper(Module):
             if exists(noise):
                 buffer[rows.reset_rows] = noise
             buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)     # after the reset: generated rows win
+        self.last_step_rows = rows
 
         # count the step, maybe re-draw the turing machine. After the writes, so that a step that
         # fails counts nothing; the re-drawn weights act from the next step's generation on
