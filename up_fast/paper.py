@@ -321,10 +321,7 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         self.scale_range = check_scale_range(scale_range)
         self.scale_exponent = check_positive_real('scale_exponent', scale_exponent) if exists(scale_exponent) else float(self.depth)
         self.embed_scale = check_positive_real('embed_scale', embed_scale)
-        self.backend = check_backend(backend)
-        if self.backend == 'triton':
-            source = 'backend' if exists(backend) else 'the environment variable UP_FAST_BACKEND'
-            raise ValueError(f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or 'torch' (its PyTorch loop runs on any device)")
+        self.backend = backend
 
         self.embed = nn.Embedding(self.num_tokens, dim)
         self.net = nn.LSTM(2 * dim, dim, num_layers=self.depth, batch_first=True)
@@ -333,6 +330,19 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         self.last_scale = None          # the factor m of the latest draw, a 0-dim tensor
         self.invalidate_folded()
         self.reset_(generator=generator)
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str | None):
+        # checked on every assignment (the wrapper's backend= assigns it): 'triton' is refused
+        checked = check_backend(backend)
+        if checked == 'triton':
+            source = 'backend' if exists(backend) else 'the environment variable UP_FAST_BACKEND'
+            raise ValueError(f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or 'torch' (its PyTorch loop runs on any device)")
+        self._backend = checked
 
     @torch.no_grad()
     def reset_(self, *, generator: torch.Generator | None = None):

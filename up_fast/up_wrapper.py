@@ -320,8 +320,8 @@ class UniversalPretrainWrapper(Module):
       rows), `reset_first` (reset random distinct rows before anything is read), `distinct_seed_rows`,
       `shared_seed_offset` (all seeds cropped at one random offset).
     - `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX range for Nsight
-      (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator
-      (see SyntheticDataGenerator).
+      (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator,
+      any of up_fast's (it has a `backend` attribute; see SyntheticDataGenerator, PaperDataGenerator).
 
     With `keep_buffer_on_cpu=True` the buffer is a plain attribute, not in the state_dict (as in the
     reference): to resume exactly, save `synth_data_buffer` beside the state_dict and copy it back.
@@ -397,13 +397,13 @@ class UniversalPretrainWrapper(Module):
         generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
         if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
             raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
-        if exists(backend) and not isinstance(data_generator, SyntheticDataGenerator):
-            raise ValueError(f'backend={backend!r} needs an up_fast SyntheticDataGenerator, got data_generator of type {type(data_generator).__name__}')
+        if exists(backend) and not isinstance(getattr(data_generator, 'backend', None), str):
+            raise ValueError(f'backend={backend!r} is handed to the data generator, which needs a `backend` attribute as up_fast\'s '
+                             f'generators have (SyntheticDataGenerator, PaperDataGenerator), got data_generator of type {type(data_generator).__name__}')
+        if exists(backend):
+            data_generator.backend = backend        # the last check: a generator may refuse what it cannot run (PaperDataGenerator: 'triton')
 
         # all checked: from here on nothing fails, so a refused call changed nothing
-
-        if exists(backend):
-            data_generator.backend = backend
 
         self.takes_generator = follows_generator(data_generator)
         if exists(rng_seed) and not self.takes_generator:
@@ -479,7 +479,8 @@ class UniversalPretrainWrapper(Module):
         the training batch from distinct rows. The generator batch is twice the training batch, the
         buffer twenty generator batches, and the generator is re-drawn every step (the machine of
         step n's generation is never used again). The data generator is
-        up_fast.paper.PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len).
+        up_fast.paper.PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len,
+        backend=backend), `backend` as given in `overrides` ('auto' or 'torch').
         Any constructor argument in `overrides` replaces the author's value (buffer_size follows a
         given generation_batch_size unless given too).
         """
@@ -500,7 +501,7 @@ class UniversalPretrainWrapper(Module):
         built_here = 'data_generator' not in settings
         if built_here:
             from up_fast.paper import PaperDataGenerator      # imported here: only this preset needs it
-            settings['data_generator'] = PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len)
+            settings['data_generator'] = PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len, backend=settings.get('backend'))
 
         wrapper = cls(model, batch_size=batch_size, seq_len=seq_len, **settings)
 
