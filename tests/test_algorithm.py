@@ -559,3 +559,17 @@ def test_a_failed_step_leaves_last_step_rows_and_advances_only_an_explicit_gener
     assert all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items()) and wrapper.num_steps == 1
     assert not torch.equal(stream.get_state(), stream_before), 'the explicit generator has drawn the failed step\'s rows (as documented)'
     assert 'explicit' in UniversalPretrainWrapper.data_step_.__doc__
+
+
+@pytest.mark.parametrize('batch_size, num_reset', [(1, 40), (2, 80), (3, 100)])
+def test_paper_caps_the_author_resets_at_the_buffer(batch_size, num_reset):
+    # the buffer is 40 * batch_size rows: the author's 100 resets fit from batch_size 3 on
+    wrapper = UniversalPretrainWrapper.paper(tiny_model(), batch_size=batch_size, seq_len=16, backend='torch')
+    assert (wrapper.buffer_size, wrapper.num_reset) == (40 * batch_size, num_reset)
+    assert wrapper.data_step_().shape == (batch_size, 16)
+
+    odd = UniversalPretrainWrapper.paper(tiny_model(), batch_size=1, seq_len=16, buffer_size=41)
+    assert odd.num_reset == 40, 'capped at an even count'
+    with pytest.raises(ValueError, match=r'num_reset must be an even int in \[0, buffer_size = 40\], got 100'):
+        UniversalPretrainWrapper.paper(tiny_model(), batch_size=1, seq_len=16, num_reset=100)
+    assert 'num_reset' in UniversalPretrainWrapper.paper.__doc__

@@ -482,7 +482,9 @@ class UniversalPretrainWrapper(Module):
         up_fast.paper.PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len,
         backend=backend), `backend` as given in `overrides` ('auto' or 'torch').
         Any constructor argument in `overrides` replaces the author's value (buffer_size follows a
-        given generation_batch_size unless given too).
+        given generation_batch_size unless given too). Without a given num_reset, the author's 100
+        resets are capped at what the buffer holds (the largest even count <= buffer_size): 40 at
+        batch_size=1, 80 at batch_size=2, where the author's sizes make a buffer of 40 and 80 rows.
         """
         check_causal_transformer('model', model)
         generation_batch_size = overrides.pop('generation_batch_size', 2 * check_int('batch_size', batch_size, low=1))
@@ -498,6 +500,9 @@ class UniversalPretrainWrapper(Module):
             shared_seed_offset=True,
         )
         settings.update(overrides)
+        buffer_size = settings['buffer_size']
+        if 'num_reset' not in overrides and isinstance(buffer_size, int) and buffer_size > 0:
+            settings['num_reset'] = min(settings['num_reset'], buffer_size - buffer_size % 2)    # small batches: a small buffer
         built_here = 'data_generator' not in settings
         if built_here:
             from up_fast.paper import PaperDataGenerator      # imported here: only this preset needs it
