@@ -439,3 +439,28 @@ def test_gumbel_max_refuses_what_it_cannot_sample_from():
         gumbel_max(logits, 0.5, next(iter(noise)))
     with pytest.raises(ValueError, match=r'\[0, 1\)'):
         sample_once(logits, 1., uniform=torch.full((2, 5), 1.))
+
+
+@pytest.mark.parametrize('lazy', FORMULATIONS, ids=FORMULATION_IDS)
+def test_noise_is_float32_whatever_the_default_dtype(lazy):
+    # the band's bounds are those of float32 uniforms: a float64 default dtype must not reach the
+    # draws (float64 uniforms go down to 2^-53, G up to 36.7, beyond the band's g_max of 16.64)
+    logits = torch.randn(64, 50) * 3.
+    temperature = 1.
+
+    def draw(default_dtype):
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(default_dtype)
+        try:
+            noise = GumbelNoise(64, 4, 50, temperature, device='cpu', generator=torch.Generator().manual_seed(3), lazy=lazy)
+            tokens = torch.stack([gumbel_max(logits, temperature, step) for step in noise])
+            drawn = noise.pool.take(10_000)[0] if lazy else next(GumbelNoise(64, 4, 50, temperature, device='cpu', lazy=False).dense_chunks)
+            return tokens, drawn, noise
+        finally:
+            torch.set_default_dtype(before)
+
+    tokens64, drawn64, noise64 = draw(torch.float64)
+    tokens32, _, _ = draw(torch.float32)
+    assert drawn64.dtype == torch.float32 and drawn64.max() <= temperature * noise64.band.g_max
+    assert all(t.dtype == torch.float32 for t in (noise64.noise, noise64.scores, noise64.best, noise64.pool.values))
+    assert torch.equal(tokens64, tokens32), 'the same draws under either default dtype'
