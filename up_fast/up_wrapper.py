@@ -618,7 +618,9 @@ class UniversalPretrainWrapper(Module):
             )
             noise = None
             if self.num_reset > 0:
-                noise = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)   # (num_reset, seq_len)
+                # the kinds in a shuffled order: when resets wrap onto condition rows (see StepRows), the
+                # reset rows that survive are an even mix, not the uniform half first
+                noise = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, device=buffer.device, generator=generator)   # (num_reset, seq_len)
 
         # read seeds and conditions, as they are after the reset when it comes first: the buffer is
         # written only once the generator has succeeded
