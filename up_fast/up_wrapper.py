@@ -538,11 +538,15 @@ class UniversalPretrainWrapper(Module):
 
     # the step count: `step` (registered, in the state_dict) is the one truth; the host keeps the value
     # it last wrote, with the tensor's version counter, and reads `step` back only after a write from
-    # outside (load_state_dict, DCP load in place, step.copy_()): so a training step never syncs
+    # outside (load_state_dict, DCP load in place, step.copy_()): so a training step never syncs.
+    # A write through `step.data` bypasses the version counter and goes unnoticed: call
+    # saw_step_(int(step)) after one (as invalidate_folded() after a `.data` write to a generator weight)
 
     @property
     def num_steps(self) -> int:
-        """Training steps done: the value of `step`."""
+        """Training steps done: the value of `step`, read back only after `step` was written from
+        outside in place (its version counter changed). A write through `step.data` does not change
+        the counter and is not seen: call `saw_step_(int(wrapper.step))` after one."""
         seen_step, version, value = self._step_seen
         step = self.step
         try:
