@@ -184,3 +184,26 @@ def test_wrapper_copies_after_a_step_and_the_copy_runs_alike(tmp_path, make, how
     assert torch.equal(twin.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)),
                        wrapper.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)))
     assert wrapper.data_generator._folded is not None, 'the original keeps its cache'
+
+
+def test_per_device_generators_are_per_device_not_per_device_type(monkeypatch):
+    from up_fast import rng
+
+    assert rng.device_key('cuda:1') == torch.device('cuda', 1) != rng.device_key('cuda:0')
+    assert rng.device_key('cpu') == torch.device('cpu')
+
+    class FakeGenerator:        # no GPU here: stands in for torch.Generator(device='cuda:i')
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def manual_seed(self, seed):
+            self.seed = seed
+            return self
+
+    randomness = rng.StepRandomness(seed=5)
+    randomness.begin(1)
+    monkeypatch.setattr(torch, 'Generator', FakeGenerator)
+    first, second = randomness.on('cuda:0'), randomness.on('cuda:1')
+    assert first is not second and first.seed != second.seed, 'two GPUs draw two streams'
+    assert (first.device, second.device) == (torch.device('cuda', 0), torch.device('cuda', 1))
+    assert randomness.on(torch.device('cuda', 1)) is second
