@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -28,29 +27,11 @@ from torch.nn import Module
 import up_fast.up_wrapper as up_wrapper
 from up_fast.backend import check_backend
 from up_fast.folded_cache import FoldedWeightsCache
-from up_fast.checks import check_int, check_temperature, check_token_tensor, check_uniform_noise
+from up_fast.checks import check_int, check_positive_real, check_scale_range, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.helpers import default, exists
 from up_fast.sampling import gumbel_max, noise_steps, onednn_linear, onednn_packed
 
 # helpers
-
-
-def check_positive_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f'{name} must be a real number, got {value!r} of type {type(value).__name__}')
-    value = float(value)
-    if not value > 0 or value == float('inf'):
-        raise ValueError(f'{name} must be a finite number > 0, got {value}')
-    return value
-
-
-def check_scale_range(scale_range) -> tuple[float, float]:
-    if not isinstance(scale_range, (tuple, list)) or len(scale_range) != 2:
-        raise TypeError(f'scale_range must be a (low, high) pair of numbers, got {scale_range!r}')
-    low, high = (check_positive_real('scale_range', v) for v in scale_range)
-    if low > high:
-        raise ValueError(f'scale_range must have low <= high, got {tuple(scale_range)}')
-    return low, high
 
 
 def prepacked_linear(weight: Tensor, bias: Tensor | None, batch: int):
