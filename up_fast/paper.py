@@ -21,14 +21,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import Module
 
-# a module import, not `from ... import default_init_`: up_wrapper may import this module while it
-# is itself being imported (a preset that builds a PaperDataGenerator), and the attribute is only
-# read when reset_ runs
-import up_fast.up_wrapper as up_wrapper
 from up_fast.backend import check_backend
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.checks import check_int, check_positive_real, check_scale_range, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.helpers import default, exists
+from up_fast.init import default_init_
 from up_fast.sampling import gumbel_max, noise_steps, onednn_linear, onednn_packed
 
 # helpers
@@ -330,7 +327,7 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         """Re-draw the machine: default init, then the LSTM times m ** scale_exponent with
         m ~ U(scale_range), the embedding times embed_scale. All from `generator` if given."""
         for module in (self.embed, self.net, self.to_logits):
-            up_wrapper.default_init_(module, generator)
+            default_init_(module, generator)
 
         low, high = self.scale_range
         draw_device = generator.device if exists(generator) else 'cpu'

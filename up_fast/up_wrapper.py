@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import warnings
 from functools import partial
-from math import sqrt
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +36,7 @@ from up_fast.checks import (
 )
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
 from up_fast.helpers import default, divisible_by, exists
+from up_fast.init import default_init_
 from up_fast.sampling import FoldedRecurrentNet, gumbel_max, noise_steps
 
 
@@ -244,29 +244,6 @@ class SyntheticDataGenerator(FoldedWeightsCache, Module):
         embed, hidden = self.net(tokens, hiddens)
         logits = self.to_logits(embed)
         return logits, hidden
-
-
-@torch.no_grad()
-def default_init_(m: Module, generator: torch.Generator | None):
-    """The distributions of PyTorch's default init for these modules, drawn from `generator`."""
-    def draw_(p, draw):
-        # draw where the generator lives, then copy (a CUDA generator may init CPU weights)
-        if exists(generator) and generator.device != p.device:
-            p.copy_(draw(torch.empty_like(p, device=generator.device)))
-        else:
-            draw(p)
-
-    if isinstance(m, nn.Embedding):
-        draw_(m.weight, lambda t: t.normal_(0., 1., generator=generator))
-        return
-
-    if isinstance(m, nn.Linear):
-        bound = 1. / sqrt(m.in_features)        # kaiming_uniform_(a=sqrt(5)) comes down to this
-    else:
-        bound = 1. / sqrt(m.hidden_size)        # LSTM / GRU
-
-    for p in m.parameters(recurse=False):
-        draw_(p, lambda t: t.uniform_(-bound, bound, generator=generator))
 
 
 # the wrapper
