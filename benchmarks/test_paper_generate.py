@@ -17,8 +17,9 @@ pytest-benchmark group, in this order:
                         each further layer, and per sampled token (batch, 128) @ (128, 256)
 
 The speedup of up_fast over the author's loop, and the floor's, are recorded in extra_info. The
-issue's goal is >= 3x on a CPU; it is recorded as met or not, not asserted (a shared or slower
-machine must not fail the run). The floor bounds what any fp32 implementation of these products
+issue's goal, >= 3x on a CPU, is a target in benchmarks/targets.py (issue 11): reported as met or
+not in extra_info and the end-of-run summary, not asserted (a shared or slower machine must not
+fail the run). The floor bounds what any fp32 implementation of these products
 can reach here: author / floor is the best possible speedup on this machine.
 """
 
@@ -29,13 +30,13 @@ import torch
 
 from benchmarks.harness import DEVICE
 from benchmarks.sizes import Size
+from benchmarks.targets import check_targets
 from up_fast import PaperDataGenerator
 
 AUTHOR = Size('paper-author', batch=104, hidden=128, num_tokens=256, seq_len=512, rounds=3, seed_length=8)
 DEPTH = 4
 WORKLOAD = 'paper-generate'
 IMPLEMENTATIONS = ('author-nn.LSTM', 'up_fast-torch', 'fp32-matmul-floor')     # the author's first: the others divide its median
-SPEED_TARGET = ('>=', 3.)         # issue 11, on a CPU: up_fast-torch over author-nn.LSTM
 
 # implementation -> median seconds in this process
 MEDIANS: dict[str, float] = {}
@@ -92,6 +93,7 @@ def test_paper_generate(benchmark, measure, impl):
 
     measure(workload=WORKLOAD, size=size, impl=impl, fn=fn, tokens_per_call=size.batch * size.seq_len,
             config=dict(size.config(), depth=DEPTH, temperature=0.), warmup=1)
+    check_targets(WORKLOAD, size, impl, benchmark)     # issue 11's target (benchmarks/targets.py): reported, not asserted
     if benchmark.disabled:
         return
 
@@ -103,13 +105,7 @@ def test_paper_generate(benchmark, measure, impl):
     info['speedup_over_reference'] = info['speedup_over_author']     # this group's reference is the author's loop
 
     if impl == 'up_fast-torch' and author:
-        comparison, value = SPEED_TARGET
-        met = DEVICE.type != 'cpu' or info['speedup_over_author'] >= value
-        info['speed_target'] = f'{comparison} {value}x over author-nn.LSTM on a CPU'
-        info['speed_target_met'] = met if DEVICE.type == 'cpu' else None
-        floor = MEDIANS.get('fp32-matmul-floor')
-        print(f"\npaper-generate: up_fast {info['speedup_over_author']:.2f}x the author's loop; target {comparison} {value}x on a CPU: "
-              f"{'met' if met else 'NOT met'}")
+        print(f"\npaper-generate: up_fast {info['speedup_over_author']:.2f}x the author's loop")
     if impl == 'fp32-matmul-floor':
         batch, hidden, fed, sampled = size.batch, size.hidden, size.seq_len - 1, size.seq_len - size.seed_length
         flops = 2 * batch * (fed * (hidden + (DEPTH - 1) * 2 * hidden) * 4 * hidden + sampled * hidden * size.num_tokens)

@@ -95,6 +95,29 @@ def test_missing_reference_is_not_measured_not_a_failure(fresh_run, monkeypatch)
     assert targets.RESULTS['2 us a sequential step on CUDA']['status'] == 'met'     # needs no reference
 
 
+PAPER_AUTHOR = Size('paper-author', batch=104, hidden=128, num_tokens=256, seq_len=512, rounds=1, seed_length=8)
+
+
+def test_the_paper_generator_target_is_against_the_authors_loop(fresh_run, monkeypatch):
+    # issue 11: up_fast-torch over author-nn.LSTM (not over the reference), on a CPU, reported only
+    name = "paper generate 3x the author's loop on a CPU"
+    on(monkeypatch, 'cpu')
+    fresh_run[('paper-generate', 'paper-author', 'up_fast-torch')] = 0.4
+    targets.check_targets('paper-generate', PAPER_AUTHOR, 'up_fast-torch')
+    assert 'the author-nn.LSTM did not run' in targets.RESULTS[name]['why']
+
+    fresh_run[('paper-generate', 'paper-author', 'author-nn.LSTM')] = 1.0      # 2.5x: not met, and no failure
+    targets.check_targets('paper-generate', PAPER_AUTHOR, 'up_fast-torch')
+    result = targets.RESULTS[name]
+    assert (result['status'], result['measured'], result['issue'], result['asserted']) == ('not met', '2.50x', 11, False)
+    rows = {row['name']: row for row in targets.summary({}, set())}
+    assert rows[name]['status'] == 'not met'
+
+    on(monkeypatch, 'cuda')
+    monkeypatch.setattr(targets, 'RESULTS', {})
+    assert {row['name']: row for row in targets.summary({}, set())}[name]['why'] == 'set for CPU; this run is on CUDA'
+
+
 def test_summary_says_why_each_target_was_not_measured(fresh_run, monkeypatch):
     on(monkeypatch, 'cpu')
     fresh_run[('generate', 'example', 'reference')] = 0.30

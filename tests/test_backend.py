@@ -20,7 +20,7 @@ def test_invalid_backend_names_the_argument(monkeypatch):
     monkeypatch.setenv('UP_FAST_BACKEND', 'fast')
     with pytest.raises(ValueError, match="UP_FAST_BACKEND must be one of .* got 'fast'"):
         check_backend(None)
-    with pytest.raises(ValueError, match='needs an up_fast SyntheticDataGenerator'):
+    with pytest.raises(ValueError, match='needs a `backend` attribute as up_fast.s generators have'):
         from x_transformers.up_wrapper import SyntheticDataGenerator as Reference
         UniversalPretrainWrapper(tiny_model(), data_generator=Reference(dim=32, num_tokens=256, max_seq_len=16), seq_len=16, backend='torch')
 
@@ -82,3 +82,26 @@ def test_triton_backend_samples_like_the_torch_backend_on_the_same_noise(monkeyp
     rows = wrapper.last_step_rows.condition_rows
     assert batch.shape == (3, 12) and int(batch.max()) < 40
     assert int(wrapper.synth_data_buffer[rows].max()) < 40
+
+
+def test_paper_and_the_wrapper_hand_backend_to_any_up_fast_generator(monkeypatch):
+    from up_fast.paper import PaperDataGenerator
+
+    monkeypatch.delenv('UP_FAST_BACKEND', raising=False)
+    wrapper = UniversalPretrainWrapper.paper(tiny_model(), batch_size=4, seq_len=16, backend='torch')
+    assert isinstance(wrapper.data_generator, PaperDataGenerator) and wrapper.data_generator.backend == 'torch'
+    assert wrapper.data_step_().shape == (4, 16)
+
+    given = PaperDataGenerator(dim=8, num_tokens=256, max_seq_len=16, depth=1)
+    assert given.backend == 'auto'
+    UniversalPretrainWrapper(tiny_model(), data_generator=given, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend='torch')
+    assert given.backend == 'torch'
+
+    # the paper generator has no kernel: 'triton' is refused as its constructor refuses it, and a
+    # refused wrapper leaves the generator as it was
+    if triton_missing is None:
+        with pytest.raises(ValueError, match="PaperDataGenerator has none"):
+            UniversalPretrainWrapper(tiny_model(), data_generator=given, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend='triton')
+        assert given.backend == 'torch'
+        with pytest.raises(ValueError, match="PaperDataGenerator has none"):
+            UniversalPretrainWrapper.paper(tiny_model(), batch_size=4, seq_len=16, backend='triton')

@@ -12,12 +12,13 @@ import torch
 TINY = ['--steps', '20', '--dim', '32', '--depth', '1', '--heads', '2', '--seq-len', '32', '--batch-size', '4']
 
 
-def torchrun(tmp_path, *extra):
+def torchrun(*program):
+    """Run `program` on two CPU ranks (gloo) under torchrun: a script path or `-m module`, then its
+    arguments. Each rank saves what it saw as rank<r>.pt in a folder the caller reads."""
     if shutil.which('torchrun') is None:
         pytest.skip('torchrun is not on PATH')
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
-               '-m', 'up_fast.distributed_example', *TINY, '--report', str(tmp_path), *extra]
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', *program]
     # a session of its own, so that a timeout takes the ranks down with torchrun
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -27,13 +28,17 @@ def torchrun(tmp_path, *extra):
         stdout, stderr = process.communicate()
         pytest.fail('torchrun timed out after 300 s:\n' + stdout[-3000:] + stderr[-3000:])
     assert process.returncode == 0, stdout[-3000:] + stderr[-6000:]
-    return [torch.load(tmp_path / f'rank{rank}.pt') for rank in (0, 1)]
+
+
+def saved_by_ranks(folder):
+    return [torch.load(folder / f'rank{rank}.pt') for rank in (0, 1)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', [[], ['--fsdp']], ids=['ddp', 'fsdp'])
 def test_two_ranks_share_weights_but_not_data(tmp_path, mode):
-    rank0, rank1 = torchrun(tmp_path, *mode)
+    torchrun('-m', 'up_fast.distributed_example', *TINY, '--report', str(tmp_path), *mode)
+    rank0, rank1 = saved_by_ranks(tmp_path)
 
     assert not torch.equal(rank0['buffer'], rank1['buffer']), 'each rank has its own buffer'
     assert not torch.equal(rank0['generator']['net.weight_hh_l0'], rank1['generator']['net.weight_hh_l0']), 'and its own Turing machine'
@@ -85,22 +90,11 @@ dist.destroy_process_group()
 def test_ranks_draw_their_own_data_without_rng_seed(tmp_path):
     from pathlib import Path
 
-    if shutil.which('torchrun') is None:
-        pytest.skip('torchrun is not on PATH')
     script = tmp_path / 'two_ranks.py'
     script.write_text(NO_RNG_SEED_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', str(script)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail('torchrun timed out after 300 s:\n' + stdout[-3000:] + stderr[-3000:])
-    assert process.returncode == 0, stdout[-3000:] + stderr[-6000:]
+    torchrun(str(script))
 
-    rank0, rank1 = (torch.load(tmp_path / f'rank{rank}.pt') for rank in (0, 1))
+    rank0, rank1 = saved_by_ranks(tmp_path)
     assert not torch.equal(rank0['buffer'], rank1['buffer']), 'the same manual seed, yet each rank draws its own data'
     for name, weight in rank0['model'].items():
         assert torch.equal(weight, rank1['model'][name]), f'{name} differs between ranks'

@@ -195,9 +195,12 @@ def test_any_step_option_combination_keeps_the_row_accounting(batch_size, extra_
     assert torch.equal(after[rows.condition_rows], (condition + 1) % NUM_TOKENS), 'condition rows hold the generated rows'
     if not reset_first:
         assert torch.equal(condition, before[rows.condition_rows]), 'read before any write'
-    for i, r in enumerate(resets):
-        if r not in conditions:     # noise: uniform rows first, then constant rows (a uniform row of 12 is constant with p = 50**-11)
-            assert bool((after[r] == after[r, 0]).all()) == (i >= num_reset // 2)
+    # noise: half uniform rows, half constant rows, in a random order (a uniform row of 12 is constant with p = 50**-11)
+    kept = [r for r in resets if r not in conditions]
+    num_constant = sum(bool((after[r] == after[r, 0]).all()) for r in kept)
+    assert num_constant <= num_reset // 2 and len(kept) - num_constant <= num_reset // 2
+    if len(kept) == num_reset:
+        assert num_constant == num_reset // 2
     untouched = torch.ones(buffer_size, dtype=torch.bool)
     untouched[rows.condition_rows] = False
     untouched[rows.reset_rows] = False

@@ -145,3 +145,65 @@ def test_num_steps_is_read_only_and_is_the_step_buffer():
     wrapper.to(torch.float64)           # a move makes a new `step` tensor: the count carries over
     assert wrapper.num_steps == 9 and int(wrapper.step) == 9
 
+
+
+def small_xt_wrapper():
+    from conftest import tiny_model
+    from up_fast import UniversalPretrainWrapper
+    return UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=3)
+
+
+def small_paper_wrapper():
+    from conftest import tiny_model
+    from up_fast import UniversalPretrainWrapper
+    return UniversalPretrainWrapper.paper(tiny_model(), seq_len=16, batch_size=4, num_reset=4)
+
+
+@pytest.mark.parametrize('make', [small_xt_wrapper, small_paper_wrapper], ids=['xt', 'paper'])
+@pytest.mark.parametrize('how', ['deepcopy', 'torch.save'])
+def test_wrapper_copies_after_a_step_and_the_copy_runs_alike(tmp_path, make, how):
+    import copy
+
+    torch.manual_seed(0)
+    wrapper = make()
+    wrapper.data_step_()                # the generator now holds its folded weights (opaque oneDNN tensors, closures)
+
+    if how == 'deepcopy':
+        twin = copy.deepcopy(wrapper)
+    else:
+        torch.save(wrapper, tmp_path / 'wrapper.pt')
+        twin = torch.load(tmp_path / 'wrapper.pt', weights_only=False)
+
+    assert twin.data_generator._folded is None, 'the copy folds its own weights on first use'
+    for _ in range(3):
+        assert torch.equal(twin.data_step_(), wrapper.data_step_())
+    assert torch.equal(twin.synth_data_buffer, wrapper.synth_data_buffer)
+    assert twin.num_steps == wrapper.num_steps == 4
+    seed = torch.randint(0, 256, (2, 4))
+    condition = torch.randint(0, 256, (2, 16))
+    assert torch.equal(twin.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)),
+                       wrapper.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)))
+    assert wrapper.data_generator._folded is not None, 'the original keeps its cache'
+
+
+def test_per_device_generators_are_per_device_not_per_device_type(monkeypatch):
+    from up_fast import rng
+
+    assert rng.device_key('cuda:1') == torch.device('cuda', 1) != rng.device_key('cuda:0')
+    assert rng.device_key('cpu') == torch.device('cpu')
+
+    class FakeGenerator:        # no GPU here: stands in for torch.Generator(device='cuda:i')
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def manual_seed(self, seed):
+            self.seed = seed
+            return self
+
+    randomness = rng.StepRandomness(seed=5)
+    randomness.begin(1)
+    monkeypatch.setattr(torch, 'Generator', FakeGenerator)
+    first, second = randomness.on('cuda:0'), randomness.on('cuda:1')
+    assert first is not second and first.seed != second.seed, 'two GPUs draw two streams'
+    assert (first.device, second.device) == (torch.device('cuda', 0), torch.device('cuda', 1))
+    assert randomness.on(torch.device('cuda', 1)) is second

@@ -439,3 +439,67 @@ def test_gumbel_max_refuses_what_it_cannot_sample_from():
         gumbel_max(logits, 0.5, next(iter(noise)))
     with pytest.raises(ValueError, match=r'\[0, 1\)'):
         sample_once(logits, 1., uniform=torch.full((2, 5), 1.))
+
+
+@pytest.mark.parametrize('lazy', FORMULATIONS, ids=FORMULATION_IDS)
+def test_noise_is_float32_whatever_the_default_dtype(lazy):
+    # the band's bounds are those of float32 uniforms: a float64 default dtype must not reach the
+    # draws (float64 uniforms go down to 2^-53, G up to 36.7, beyond the band's g_max of 16.64)
+    logits = torch.randn(64, 50) * 3.
+    temperature = 1.
+
+    def draw(default_dtype):
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(default_dtype)
+        try:
+            noise = GumbelNoise(64, 4, 50, temperature, device='cpu', generator=torch.Generator().manual_seed(3), lazy=lazy)
+            tokens = torch.stack([gumbel_max(logits, temperature, step) for step in noise])
+            drawn = noise.pool.take(10_000)[0] if lazy else next(GumbelNoise(64, 4, 50, temperature, device='cpu', lazy=False).dense_chunks)
+            return tokens, drawn, noise
+        finally:
+            torch.set_default_dtype(before)
+
+    tokens64, drawn64, noise64 = draw(torch.float64)
+    tokens32, _, _ = draw(torch.float32)
+    assert drawn64.dtype == torch.float32 and drawn64.max() <= temperature * noise64.band.g_max
+    assert all(t.dtype == torch.float32 for t in (noise64.noise, noise64.scores, noise64.best, noise64.pool.values))
+    assert torch.equal(tokens64, tokens32), 'the same draws under either default dtype'
+
+
+# chi-square critical values at p = 0.001, by degrees of freedom
+CHI2_CRITICAL = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}
+
+
+def test_lazy_band_sampler_stays_exact_while_the_band_moves_between_steps():
+    # the lazy sampler keeps earlier steps' noise outside the band (stale values, never redrawn):
+    # over steps whose bands move, each step must still draw from softmax(logits / T) exactly.
+    # T = 0.1: the band is about 1.95 wide. Each row sees the step's logits rolled by its own
+    # shift, so every row's band moves differently; token 0 of the third step sits just below the
+    # band, holding the first step's noise of a candidate
+    temperature, vocab, batch = 0.1, 8, 40_000
+    bases = torch.tensor([
+        [0., -0.1, -0.3, -0.6, -3., -3., -3., -3.],
+        [-3., -3., -3., -3., 0., -0.2, -0.05, -0.5],
+        [-1.96, 0., -3., -0.15, -3., -1., -2.5, -3.],
+        [-0.3, -3., -0.1, -3., -0.05, -3., 0., -1.2],
+    ])
+    shifts = torch.arange(batch) % vocab                                         # (batch,)
+    columns = (torch.arange(vocab)[None, :] - shifts[:, None]) % vocab           # (batch, vocab): row b holds base[(j - shift) % vocab]
+    noise = GumbelNoise(batch, len(bases), vocab, temperature, device='cpu', generator=torch.Generator().manual_seed(7), lazy=True)
+    assert noise.lazy
+
+    stale_outside = False
+    for base, step in zip(bases, noise):
+        logits = base[columns].contiguous()                                      # (batch, vocab)
+        outside = ~noise.band.candidates(logits)[1]
+        stale_outside |= bool((noise.noise[outside] != 0).any())
+        tokens = gumbel_max(logits, temperature, step)
+        counts = torch.bincount((tokens - shifts) % vocab, minlength=vocab)      # by position in the base
+
+        probs = (base / temperature).softmax(-1)
+        live = probs > 1e-6
+        assert (counts[~live] == 0).all(), f'tokens below the band were drawn: {counts.tolist()} for {base.tolist()}'
+        chi2 = chi_square(counts[live], probs[live])
+        df = int(live.sum()) - 1
+        assert chi2 < CHI2_CRITICAL[df], f'chi-square {chi2:.1f} over {df} degrees of freedom for {base.tolist()}: {counts.tolist()}'
+    assert stale_outside, 'the test must put earlier steps\' noise outside the band'

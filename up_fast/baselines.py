@@ -28,9 +28,8 @@ import math
 from collections import Counter, defaultdict
 
 MARKOV_ORDERS = (0, 1, 2, 3)
-# the Dirichlet weight of the lower order, in pseudo-counts. Small weights make every byte not yet
-# seen in a short row very costly; 16 scored best of the powers of two from 1/4 to 64 on English
-# text and on Python source in rows of 128 bytes
+# the Dirichlet weight of the lower order, in pseudo-counts: small weights make every byte not yet
+# seen in a short row very costly (how 16 was chosen: benchmarks/results/performance.md)
 MARKOV_STRENGTH = 16.
 
 

@@ -43,6 +43,26 @@ def check_temperature(temperature) -> float:
     return temperature
 
 
+def check_positive_real(name: str, value) -> float:
+    """value must be a finite real number > 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f'{name} must be a real number, got {value!r} of type {type(value).__name__}')
+    value = float(value)
+    if not value > 0 or value == float('inf'):
+        raise ValueError(f'{name} must be a finite number > 0, got {value}')
+    return value
+
+
+def check_scale_range(scale_range) -> tuple[float, float]:
+    """scale_range must be a (low, high) pair of finite numbers, 0 < low <= high."""
+    if not isinstance(scale_range, (tuple, list)) or len(scale_range) != 2:
+        raise TypeError(f'scale_range must be a (low, high) pair of numbers, got {scale_range!r}')
+    low, high = (check_positive_real('scale_range', v) for v in scale_range)
+    if low > high:
+        raise ValueError(f'scale_range must have low <= high, got {tuple(scale_range)}')
+    return low, high
+
+
 def check_token_tensor(name: str, tokens, num_tokens: int, *, batch: int | None = None) -> Tensor:
     """tokens must be a (batch, length) integer tensor with every id in [0, num_tokens).
 

@@ -210,8 +210,6 @@ def build_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainW
 
 def build_paper_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainWrapper:
     """The published method: the author's generator (a 4-layer LSTM, re-drawn every step) and buffer algorithm."""
-    if not hasattr(UniversalPretrainWrapper, 'paper'):
-        raise CLIError('--source paper needs UniversalPretrainWrapper.paper, which this up_fast lacks; use --source xt')
     try:
         return UniversalPretrainWrapper.paper(
             model,

@@ -14,43 +14,21 @@ row of each and adds them. Layers 2..depth multiply [h_below | h_own] by one pre
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from functools import partial
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
 from torch.nn import Module
 
-# a module import, not `from ... import default_init_`: up_wrapper may import this module while it
-# is itself being imported (a preset that builds a PaperDataGenerator), and the attribute is only
-# read when reset_ runs
-import up_fast.up_wrapper as up_wrapper
 from up_fast.backend import check_backend
-from up_fast.checks import check_int, check_temperature, check_token_tensor, check_uniform_noise
+from up_fast.folded_cache import FoldedWeightsCache
+from up_fast.checks import check_int, check_positive_real, check_scale_range, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.helpers import default, exists
+from up_fast.init import default_init_
 from up_fast.sampling import gumbel_max, noise_steps, onednn_linear, onednn_packed
 
 # helpers
-
-
-def check_positive_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f'{name} must be a real number, got {value!r} of type {type(value).__name__}')
-    value = float(value)
-    if not value > 0 or value == float('inf'):
-        raise ValueError(f'{name} must be a finite number > 0, got {value}')
-    return value
-
-
-def check_scale_range(scale_range) -> tuple[float, float]:
-    if not isinstance(scale_range, (tuple, list)) or len(scale_range) != 2:
-        raise TypeError(f'scale_range must be a (low, high) pair of numbers, got {scale_range!r}')
-    low, high = (check_positive_real('scale_range', v) for v in scale_range)
-    if low > high:
-        raise ValueError(f'scale_range must have low <= high, got {tuple(scale_range)}')
-    return low, high
 
 
 def prepacked_linear(weight: Tensor, bias: Tensor | None, batch: int):
@@ -268,7 +246,7 @@ class FoldedPaperNet:
 # the generator
 
 
-class PaperDataGenerator(Module):
+class PaperDataGenerator(FoldedWeightsCache, Module):
     """The paper author's generator: embed -> depth-layer LSTM over two aligned streams -> linear.
 
     As `LSTMGen` in pbloem/up (up/models.py), used by `experiments/gpt-mup.py` with source 'lstm':
@@ -298,6 +276,8 @@ class PaperDataGenerator(Module):
     raises here rather than run something other than what was asked for.
     """
 
+    folded_type = FoldedPaperNet            # `folded()` and `invalidate_folded()`: up_fast.folded_cache
+
     def __init__(
         self,
         dim=128,
@@ -319,10 +299,7 @@ class PaperDataGenerator(Module):
         self.scale_range = check_scale_range(scale_range)
         self.scale_exponent = check_positive_real('scale_exponent', scale_exponent) if exists(scale_exponent) else float(self.depth)
         self.embed_scale = check_positive_real('embed_scale', embed_scale)
-        self.backend = check_backend(backend)
-        if self.backend == 'triton':
-            source = 'backend' if exists(backend) else 'the environment variable UP_FAST_BACKEND'
-            raise ValueError(f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or 'torch' (its PyTorch loop runs on any device)")
+        self.backend = backend
 
         self.embed = nn.Embedding(self.num_tokens, dim)
         self.net = nn.LSTM(2 * dim, dim, num_layers=self.depth, batch_first=True)
@@ -332,12 +309,25 @@ class PaperDataGenerator(Module):
         self.invalidate_folded()
         self.reset_(generator=generator)
 
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str | None):
+        # checked on every assignment (the wrapper's backend= assigns it): 'triton' is refused
+        checked = check_backend(backend)
+        if checked == 'triton':
+            source = 'backend' if exists(backend) else 'the environment variable UP_FAST_BACKEND'
+            raise ValueError(f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or 'torch' (its PyTorch loop runs on any device)")
+        self._backend = checked
+
     @torch.no_grad()
     def reset_(self, *, generator: torch.Generator | None = None):
         """Re-draw the machine: default init, then the LSTM times m ** scale_exponent with
         m ~ U(scale_range), the embedding times embed_scale. All from `generator` if given."""
         for module in (self.embed, self.net, self.to_logits):
-            up_wrapper.default_init_(module, generator)
+            default_init_(module, generator)
 
         low, high = self.scale_range
         draw_device = generator.device if exists(generator) else 'cpu'
@@ -350,32 +340,6 @@ class PaperDataGenerator(Module):
             weight.mul_(factor)
         self.embed.weight.mul_(self.embed_scale)
         self.last_scale = scale
-
-    # the folded weights, following every change of the module's own
-
-    def params_for_folding(self) -> tuple[Tensor, ...]:
-        return (self.embed.weight, *self.net.parameters(), *self.to_logits.parameters())
-
-    def folded(self) -> FoldedPaperNet:
-        """The folded weights, recomputed when a weight changed: a re-draw, a load, an optimiser
-        step, a replaced parameter (each bumps a version counter or swaps a tensor). Writes through
-        `.data` bypass the counter: call `invalidate_folded()` after them."""
-        params = self.params_for_folding()
-        try:
-            key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        except RuntimeError:            # inference tensors have no version counter: never cache
-            key = None
-        same_params = len(params) == len(self._folded_params) and all(ref() is p for ref, p in zip(self._folded_params, params))
-        if key is None or key != self._folded_key or not same_params:
-            with torch.autocast(self.embed.weight.device.type, enabled=False):     # fp32 whatever the caller's autocast
-                self._folded = FoldedPaperNet.fold(self.embed, self.net, self.to_logits)
-            self._folded_key = key
-            self._folded_params = tuple(weakref.ref(p) for p in params)
-        return self._folded
-
-    def invalidate_folded(self):
-        """Forget the folded weights, after changing a weight in a way its version counter does not see."""
-        self._folded, self._folded_key, self._folded_params = None, None, ()
 
     # generation
 

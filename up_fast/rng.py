@@ -4,7 +4,7 @@ The wrapper's draws (buffer rows, noise, sampling, re-drawn Turing machines) com
 
 - `generator=torch.Generator(...)`: every draw on that generator's device type comes from it (a
   stream the caller owns and may save with `get_state()`);
-- per-step generators seeded by (seed, rank, step, device type), where the seed is `rng_seed=int`
+- per-step generators seeded by (seed, rank, step, device), where the seed is `rng_seed=int`
   or, without it, one number drawn from torch's global CPU generator when the wrapper is built.
   A step's draws depend on nothing else: a run is repeatable from `torch.manual_seed` (or from
   `rng_seed` alone), a run restored from its state_dict (whose `step` says where it stopped)
@@ -70,6 +70,17 @@ def follows_generator(data_generator: Module) -> bool:
     return callable(reset_) and callable(generate) and accepts_keyword(reset_, 'generator') and accepts_keyword(generate, 'generator')
 
 
+def device_key(device) -> torch.device:
+    """The device a draw happens on, in full: an accelerator without an index means its current
+    one, so that 'cuda' and 'cuda:0' name one device and 'cuda:0' and 'cuda:1' two."""
+    device = torch.device(device)
+    if device.index is None and device.type != 'cpu':
+        current_device = getattr(getattr(torch, device.type, None), 'current_device', None)
+        if callable(current_device):
+            device = torch.device(device.type, current_device())
+    return device
+
+
 class StepRandomness:
     """The generators of the current step: `begin(step)`, then `on(device)` for each draw."""
 
@@ -96,9 +107,11 @@ class StepRandomness:
                                  'pass a generator on that device, or rng_seed=int (per-device generators), or neither')
             return self.generator
 
-        if device.type not in self.per_device:
+        # one generator, and one stream, per device: two GPUs of one process do not draw alike
+        device = device_key(device)
+        if device not in self.per_device:
             generator = torch.Generator(device=device)
-            generator.manual_seed(mix_seed(self.seed, self.rank, self.step, crc32(device.type.encode())))   # crc32, not hash(): hash is salted per process
-            self.per_device[device.type] = generator
+            generator.manual_seed(mix_seed(self.seed, self.rank, self.step, crc32(str(device).encode())))   # crc32, not hash(): hash is salted per process
+            self.per_device[device] = generator
 
-        return self.per_device[device.type]
+        return self.per_device[device]

@@ -164,13 +164,14 @@ class GumbelPool:
         self.device = device
         self.generator = generator
         self.chunk = chunk
-        self.values = torch.empty(0, device=device)     # (n,) T * G; those before `position` are handed out
+        self.values = torch.empty(0, device=device, dtype=torch.float32)     # (n,) T * G; those before `position` are handed out
         self.position = 0
         self.zeros: list[int] = []                      # positions in `values` that came from u == 0, ascending
         self.handed_out = 0                             # numbers taken so far
 
     def draw_uniform(self, count: int) -> Tensor:
-        return torch.rand(count, device=self.device, generator=self.generator)
+        # float32 whatever the default dtype: the band's bounds are those of float32 uniforms
+        return torch.rand(count, device=self.device, dtype=torch.float32, generator=self.generator)
 
     def take(self, count: int) -> tuple[Tensor, bool]:
         start, end = self.position, self.position + count
@@ -223,9 +224,9 @@ class GumbelNoise:
         self.dense_chunks = self.draw_dense_chunks() if not self.lazy and not exists(uniform_noise) else None
         # lazy: the candidates' T * G, and stale values of earlier steps elsewhere (see sample_lazy)
         scratch = (batch, num_tokens) if self.lazy else (0, 0)
-        self.noise = torch.zeros(scratch, device=device)                   # (batch, num_tokens)
-        self.scores = torch.empty(scratch, device=device)
-        self.best = torch.empty(scratch[:1], device=device)
+        self.noise = torch.zeros(scratch, device=device, dtype=torch.float32)                   # (batch, num_tokens)
+        self.scores = torch.empty(scratch, device=device, dtype=torch.float32)
+        self.best = torch.empty(scratch[:1], device=device, dtype=torch.float32)
         self.every_token = False
 
     def __iter__(self) -> Iterator[StepNoise]:
@@ -301,7 +302,7 @@ class GumbelNoise:
         chunk_steps = max(1, min(length, CHUNK_ELEMENTS // max(1, batch * num_tokens)))
         for start in range(0, length, chunk_steps):
             # step-major, so that each step's (batch, num_tokens) slice is contiguous
-            uniform = torch.rand((min(chunk_steps, length - start), batch, num_tokens), device=self.device, generator=self.generator)
+            uniform = torch.rand((min(chunk_steps, length - start), batch, num_tokens), device=self.device, dtype=torch.float32, generator=self.generator)
             yield from gumbel_(uniform).mul_(self.temperature).unbind(0)    # in place: one chunk in memory, not two
 
     def sample_dense(self, step: int, logits: Tensor, out: Tensor | None) -> Tensor:
@@ -341,7 +342,7 @@ def onednn_packed(weight: Tensor, batch: int) -> Tensor | None:
         return None
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch)
-        probe = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0))   # (batch, in)
+        probe = torch.randn(batch, weight.shape[1], dtype=torch.float32, generator=torch.Generator().manual_seed(0))   # (batch, in)
         got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, 'none', [], '')
     except Exception:           # not built with oneDNN, or the internal op changed
         return None

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
-import weakref
 from functools import partial
-from math import sqrt
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +27,7 @@ from torch.nn import GRU, LSTM, Module
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from up_fast.buffer import draw_step_rows, noise_rows, read_rows, seed_columns, token_dtype
+from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import (
@@ -37,6 +36,7 @@ from up_fast.checks import (
 )
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
 from up_fast.helpers import default, divisible_by, exists
+from up_fast.init import default_init_
 from up_fast.sampling import FoldedRecurrentNet, gumbel_max, noise_steps
 
 
@@ -90,7 +90,7 @@ def is_foldable(embed: Module, net: Module, to_logits: Module) -> bool:
     )
 
 
-class SyntheticDataGenerator(Module):
+class SyntheticDataGenerator(FoldedWeightsCache, Module):
     """A randomly initialised embed -> LSTM/GRU -> linear network that "enriches" token sequences.
 
     `generate` teacher-forces the prefix (seed then condition) and samples `length` tokens. The
@@ -99,6 +99,8 @@ class SyntheticDataGenerator(Module):
     UP_FAST_BACKEND environment variable, else 'auto'). A custom `network_klass` runs the generic
     path, one `forward` call per token, as the reference does.
     """
+
+    folded_type = FoldedRecurrentNet        # `folded()` and `invalidate_folded()`: up_fast.folded_cache
 
     def __init__(
         self,
@@ -131,10 +133,7 @@ class SyntheticDataGenerator(Module):
         # the reference takes `dim` features here, which breaks whenever hidden_size != dim
         self.to_logits = nn.Linear(hidden_size, num_tokens, bias=False)
 
-        self._folded = None
-        self._folded_key = None
-        self._folded_params = ()
-
+        self.invalidate_folded()
         self.apply(self.init_)
 
     @torch.no_grad()
@@ -162,27 +161,6 @@ class SyntheticDataGenerator(Module):
     @property
     def uses_folded_path(self) -> bool:
         return is_foldable(self.embed, self.net, self.to_logits)
-
-    def folded(self) -> FoldedRecurrentNet:
-        """The folded weights, recomputed when a weight changed: a re-draw, an optimiser step, a
-        load, a replaced parameter. Writes through `.data` bypass the version counter that this
-        relies on: call `invalidate_folded()` after them."""
-        params = (self.embed.weight, *self.net.parameters(), *self.to_logits.parameters())
-        try:
-            key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        except RuntimeError:            # inference tensors have no version counter: never cache
-            key = None
-        same_params = len(params) == len(self._folded_params) and all(ref() is p for ref, p in zip(self._folded_params, params))
-        if key is None or key != self._folded_key or not same_params:
-            with torch.autocast(params[0].device.type, enabled=False):     # all fp32, whatever the caller's autocast
-                self._folded = FoldedRecurrentNet.fold(self.embed, self.net, self.to_logits)
-            self._folded_key = key
-            self._folded_params = tuple(weakref.ref(p) for p in params)
-        return self._folded
-
-    def invalidate_folded(self):
-        """Forget the folded weights, after changing a weight in a way its version counter does not see."""
-        self._folded, self._folded_key, self._folded_params = None, None, ()
 
     @torch.no_grad()
     def generate(
@@ -268,29 +246,6 @@ class SyntheticDataGenerator(Module):
         return logits, hidden
 
 
-@torch.no_grad()
-def default_init_(m: Module, generator: torch.Generator | None):
-    """The distributions of PyTorch's default init for these modules, drawn from `generator`."""
-    def draw_(p, draw):
-        # draw where the generator lives, then copy (a CUDA generator may init CPU weights)
-        if exists(generator) and generator.device != p.device:
-            p.copy_(draw(torch.empty_like(p, device=generator.device)))
-        else:
-            draw(p)
-
-    if isinstance(m, nn.Embedding):
-        draw_(m.weight, lambda t: t.normal_(0., 1., generator=generator))
-        return
-
-    if isinstance(m, nn.Linear):
-        bound = 1. / sqrt(m.in_features)        # kaiming_uniform_(a=sqrt(5)) comes down to this
-    else:
-        bound = 1. / sqrt(m.hidden_size)        # LSTM / GRU
-
-    for p in m.parameters(recurse=False):
-        draw_(p, lambda t: t.uniform_(-bound, bound, generator=generator))
-
-
 # the wrapper
 
 
@@ -342,8 +297,8 @@ class UniversalPretrainWrapper(Module):
       rows), `reset_first` (reset random distinct rows before anything is read), `distinct_seed_rows`,
       `shared_seed_offset` (all seeds cropped at one random offset).
     - `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX range for Nsight
-      (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator
-      (see SyntheticDataGenerator).
+      (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator,
+      any of up_fast's (it has a `backend` attribute; see SyntheticDataGenerator, PaperDataGenerator).
 
     With `keep_buffer_on_cpu=True` the buffer is a plain attribute, not in the state_dict (as in the
     reference): to resume exactly, save `synth_data_buffer` beside the state_dict and copy it back.
@@ -419,13 +374,13 @@ class UniversalPretrainWrapper(Module):
         generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
         if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
             raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
-        if exists(backend) and not isinstance(data_generator, SyntheticDataGenerator):
-            raise ValueError(f'backend={backend!r} needs an up_fast SyntheticDataGenerator, got data_generator of type {type(data_generator).__name__}')
+        if exists(backend) and not isinstance(getattr(data_generator, 'backend', None), str):
+            raise ValueError(f'backend={backend!r} is handed to the data generator, which needs a `backend` attribute as up_fast\'s '
+                             f'generators have (SyntheticDataGenerator, PaperDataGenerator), got data_generator of type {type(data_generator).__name__}')
+        if exists(backend):
+            data_generator.backend = backend        # the last check: a generator may refuse what it cannot run (PaperDataGenerator: 'triton')
 
         # all checked: from here on nothing fails, so a refused call changed nothing
-
-        if exists(backend):
-            data_generator.backend = backend
 
         self.takes_generator = follows_generator(data_generator)
         if exists(rng_seed) and not self.takes_generator:
@@ -501,9 +456,12 @@ class UniversalPretrainWrapper(Module):
         the training batch from distinct rows. The generator batch is twice the training batch, the
         buffer twenty generator batches, and the generator is re-drawn every step (the machine of
         step n's generation is never used again). The data generator is
-        up_fast.paper.PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len).
+        up_fast.paper.PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len,
+        backend=backend), `backend` as given in `overrides` ('auto' or 'torch').
         Any constructor argument in `overrides` replaces the author's value (buffer_size follows a
-        given generation_batch_size unless given too).
+        given generation_batch_size unless given too). Without a given num_reset, the author's 100
+        resets are capped at what the buffer holds (the largest even count <= buffer_size): 40 at
+        batch_size=1, 80 at batch_size=2, where the author's sizes make a buffer of 40 and 80 rows.
         """
         check_causal_transformer('model', model)
         generation_batch_size = overrides.pop('generation_batch_size', 2 * check_int('batch_size', batch_size, low=1))
@@ -519,10 +477,13 @@ class UniversalPretrainWrapper(Module):
             shared_seed_offset=True,
         )
         settings.update(overrides)
+        buffer_size = settings['buffer_size']
+        if 'num_reset' not in overrides and isinstance(buffer_size, int) and buffer_size > 0:
+            settings['num_reset'] = min(settings['num_reset'], buffer_size - buffer_size % 2)    # small batches: a small buffer
         built_here = 'data_generator' not in settings
         if built_here:
             from up_fast.paper import PaperDataGenerator      # imported here: only this preset needs it
-            settings['data_generator'] = PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len)
+            settings['data_generator'] = PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len, backend=settings.get('backend'))
 
         wrapper = cls(model, batch_size=batch_size, seq_len=seq_len, **settings)
 
@@ -554,11 +515,15 @@ class UniversalPretrainWrapper(Module):
 
     # the step count: `step` (registered, in the state_dict) is the one truth; the host keeps the value
     # it last wrote, with the tensor's version counter, and reads `step` back only after a write from
-    # outside (load_state_dict, DCP load in place, step.copy_()): so a training step never syncs
+    # outside (load_state_dict, DCP load in place, step.copy_()): so a training step never syncs.
+    # A write through `step.data` bypasses the version counter and goes unnoticed: call
+    # saw_step_(int(step)) after one (as invalidate_folded() after a `.data` write to a generator weight)
 
     @property
     def num_steps(self) -> int:
-        """Training steps done: the value of `step`."""
+        """Training steps done: the value of `step`, read back only after `step` was written from
+        outside in place (its version counter changed). A write through `step.data` does not change
+        the counter and is not seen: call `saw_step_(int(wrapper.step))` after one."""
         seen_step, version, value = self._step_seen
         step = self.step
         try:
@@ -618,7 +583,10 @@ class UniversalPretrainWrapper(Module):
     @torch.no_grad()
     def data_step_(self) -> Tensor:
         """Algorithm 1 but the loss: updates the buffer and returns the training batch,
-        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing."""
+        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing of
+        the wrapper's: buffer, `step`, `last_step_rows` and the per-step streams stay as they were
+        (the step repeats its draws when called again). An explicit `generator=` passed to the
+        constructor has advanced, though, by the draws made before the failure."""
         buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
         step = self.num_steps + 1
         self.randomness.begin(step)
@@ -631,8 +599,9 @@ class UniversalPretrainWrapper(Module):
             )
             noise = None
             if self.num_reset > 0:
-                noise = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, shuffle=False, device=buffer.device, generator=generator)   # (num_reset, seq_len)
-        self.last_step_rows = rows
+                # the kinds in a shuffled order: when resets wrap onto condition rows (see StepRows), the
+                # reset rows that survive are an even mix, not the uniform half first
+                noise = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, device=buffer.device, generator=generator)   # (num_reset, seq_len)
 
         # read seeds and conditions, as they are after the reset when it comes first: the buffer is
         # written only once the generator has succeeded
@@ -645,8 +614,9 @@ class UniversalPretrainWrapper(Module):
             seed, condition = self.to_device(seeds), self.to_device(conditions)
 
         with phase('generate', self.nvtx):
-            if self.takes_generator:        # the generator's own default temperature
-                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=self.randomness.on(self.device))
+            if self.takes_generator:        # the generator's own default temperature; noise is drawn where its weights are
+                sampling_generator = self.randomness.on(module_device(self.data_generator, self.device))
+                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=sampling_generator)
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
@@ -659,6 +629,7 @@ class UniversalPretrainWrapper(Module):
             if exists(noise):
                 buffer[rows.reset_rows] = noise
             buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)     # after the reset: generated rows win
+        self.last_step_rows = rows
 
         # count the step, maybe re-draw the turing machine. After the writes, so that a step that
         # fails counts nothing; the re-drawn weights act from the next step's generation on
