@@ -6,7 +6,6 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from x_transformers import AutoregressiveWrapper
 from x_transformers import up_wrapper as reference
 
 from up_fast import sampling

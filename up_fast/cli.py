@@ -976,7 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
                       '(n(context, x) + s * P_k-1(x | last k-1 bytes)) / (n(context) + s), with P_-1 uniform over the 256 bytes and '
                       f's = {MARKOV_STRENGTH:g} pseudo-counts (up_fast/baselines.py). A model below the best of them predicts more than '
                       'can be counted in its own context; small models pre-trained for minutes usually stay above it.'),
-        epilog = textwrap.dedent(f"""\
+        epilog = textwrap.dedent("""\
             examples:
               up-fast eval
               up-fast eval --checkpoint /tmp/quick.pt --text README.md --max-bytes 0

@@ -24,7 +24,7 @@ from torch.nn import Module
 from up_fast.backend import check_backend
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.checks import check_int, check_positive_real, check_scale_range, check_temperature, check_token_tensor, check_uniform_noise
-from up_fast.helpers import default, exists
+from up_fast.helpers import exists
 from up_fast.init import default_init_
 from up_fast.sampling import gumbel_max, noise_steps, onednn_linear, onednn_packed
 

@@ -19,7 +19,6 @@ import statistics
 import zlib
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 SHORT_PERIOD = 16      # the largest period counted as short
