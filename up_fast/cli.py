@@ -4,6 +4,7 @@ look at the synthetic data, and measure what the pre-training bought on real tex
     up-fast pretrain                    # a few minutes on 2 CPU cores, zero-shot bits per byte along the way
     up-fast sample                      # the synthetic data: noise, structure or collapse, step by step
     up-fast eval                        # bits per byte on real text, against in-context counting
+    up-fast finetune                    # fine-tuning on real text: the pre-trained start against scratch
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ examples:
   up-fast sample --fresh --plot buffer.png    watch what the generator makes of a fresh buffer, plotted
   up-fast eval                                bits per byte: trained vs untrained vs in-context counting
   up-fast eval --text README.md --max-bytes 0 --json
+  up-fast finetune                            fine-tune on real text: pre-trained start vs the same model from scratch
 
 run `up-fast COMMAND --help` for the options of each command."""
 
@@ -245,6 +247,17 @@ def describe_file(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    checkpoint = read_torch_file(path)
+    missing = {'config', 'model', 'wrapper'} - set(checkpoint) if isinstance(checkpoint, dict) else {'a dict'}
+    if missing:
+        raise CLIError(f'{path} is a PyTorch file but not an up-fast checkpoint: it lacks {", ".join(sorted(missing))} (`up-fast pretrain` writes them)')
+    # a checkpoint from before the `source` option was written with the x-transformers generator
+    checkpoint['config'] = {**DEFAULT_CONFIG, 'source': 'xt', **checkpoint['config']}
+    return checkpoint
+
+
+def read_torch_file(path: str | Path):
+    """What torch.load (weights_only) finds in a file, or a one-line CLIError that says what the file is."""
     path = Path(path)
     if path.is_dir():
         raise CLIError(f'{path} is a directory, not a checkpoint file (`up-fast pretrain` writes {DEFAULT_CHECKPOINT} by default)')
@@ -260,12 +273,6 @@ def load_checkpoint(path: str | Path) -> dict:
         if not zipfile.is_zipfile(path):
             raise CLIError(f'{path} is not a PyTorch checkpoint file ({describe_file(path)}); pass a checkpoint written by `up-fast pretrain`') from None
         raise CLIError(f'cannot read checkpoint {path}, a damaged or truncated PyTorch file? ({one_line(err)}); write it again with `up-fast pretrain`') from None
-
-    missing = {'config', 'model', 'wrapper'} - set(checkpoint) if isinstance(checkpoint, dict) else {'a dict'}
-    if missing:
-        raise CLIError(f'{path} is a PyTorch file but not an up-fast checkpoint: it lacks {", ".join(sorted(missing))} (`up-fast pretrain` writes them)')
-    # a checkpoint from before the `source` option was written with the x-transformers generator
-    checkpoint['config'] = {**DEFAULT_CONFIG, 'source': 'xt', **checkpoint['config']}
     return checkpoint
 
 
@@ -990,6 +997,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--json', action = 'store_true', help = 'print every figure as one JSON object instead of the table, for scripts (default: the table)')
     add_device_option(e)
     e.set_defaults(run = evaluate)
+
+    # finetune: imported here, as it imports this module
+    from up_fast.cli_finetune import add_parser as add_finetune_parser
+    add_finetune_parser(commands)
 
     return parser
 
