@@ -38,6 +38,7 @@ from up_fast.finetune import (
     steps_to_reach,
 )
 from up_fast.helpers import default
+from up_fast.markov_source import MarkovChainGenerator
 
 RESULTS = Path(__file__).parent / 'results'      # --out replaces it
 
@@ -57,6 +58,7 @@ VARIANTS = {
     'xt, temperature 1': {**XT, 'temperature': 1.},
     'xt, buffer 5 x batch': {**XT, 'buffer': 5},
     'xt, 100 resets per step': {**XT, 'num_reset': 100},
+    'markov chains, one per row': {**XT, 'source': 'markov'},     # up_fast.markov_source, in the xt buffer algorithm
 }
 SCRATCH = 'none (from scratch)'
 
@@ -77,8 +79,11 @@ def build_wrapper(model, settings: dict, seed: int) -> UniversalPretrainWrapper:
     if settings['source'] == 'paper':
         return UniversalPretrainWrapper.paper(model, batch_size = BATCH_SIZE, seq_len = MODEL['seq_len'], rng_seed = seed)
     buffer_size = BATCH_SIZE * settings['buffer']
-    generator = TemperatureGenerator(dim = MODEL['dim'], num_tokens = MODEL['num_tokens'], max_seq_len = MODEL['seq_len'],
-                                     temperature = settings['temperature'])
+    if settings['source'] == 'markov':
+        generator = MarkovChainGenerator(MODEL['num_tokens'], MODEL['seq_len'])
+    else:
+        generator = TemperatureGenerator(dim = MODEL['dim'], num_tokens = MODEL['num_tokens'], max_seq_len = MODEL['seq_len'],
+                                         temperature = settings['temperature'])
     return UniversalPretrainWrapper(
         model, data_generator = generator, buffer_size = buffer_size,
         num_reset = min(settings['num_reset'], buffer_size - BATCH_SIZE) // 2 * 2,      # as the command line caps it
