@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -130,7 +133,7 @@ def run_study(args, log):
     for seed in range(args.seeds):          # seed by seed: a study cut short still has every source at the first seeds
         starts = batch_starts(len(train), MODEL['seq_len'], BATCH_SIZE, args.finetune_steps, seed)     # (steps, batch)
         for variant in [SCRATCH, *VARIANTS]:
-            if (variant, seed) in done:
+            if (variant, seed) in done or not claim(variant, seed):
                 continue
             begin = time.perf_counter()
             if variant == SCRATCH:
@@ -146,6 +149,28 @@ def run_study(args, log):
                 file.write(json.dumps(record) + '\n')
             log(f'seed {seed} {variant}: zero-shot {zero_shot:.3f}, fine-tuned {curve[-1]:.3f} '
                 f'(pre-training {seconds:.0f}s, all {time.perf_counter() - begin:.0f}s)')
+
+
+def claim(variant: str, seed: int) -> bool:
+    """Whether this process takes the run: several processes may share a study (python -m
+    benchmarks.source_study in two shells runs it on two cores), each run done once."""
+    if any(r['variant'] == variant and r['seed'] == seed for r in read_raw(RESULTS / 'source_study.jsonl')):
+        return False
+    claims = Path(tempfile.gettempdir()) / f'source_study_claims_{hashlib.sha1(str(RESULTS.resolve()).encode()).hexdigest()[:12]}'
+    claims.mkdir(exist_ok = True)
+    path = claims / f'{hashlib.sha1(variant.encode()).hexdigest()[:12]}_{seed}'
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)       # its process still runs it
+            return False
+        except (ProcessLookupError, ValueError):
+            path.write_text(str(os.getpid()))           # an interrupted run: take it over
+            return True
+    os.write(descriptor, str(os.getpid()).encode())
+    os.close(descriptor)
+    return True
 
 
 def read_raw(path: Path) -> list[dict]:

@@ -242,14 +242,14 @@ class Verdict:
     def describe(self) -> str:
         n = len(self.differences)
         low, high = min(self.differences), max(self.differences)
-        seeds = f'mean of {n} seeds, per seed {low:.3f} to {high:.3f}' if n > 1 else 'one seed, so no spread: pass --seeds 3 for one'
         if self.winner == 'level':
             return f'level: both starts reach the same held-out bits per byte at step {self.step} on every seed ({n})'
-        if self.winner == 'checkpoint':
-            return f'the pre-trained start is ahead: {self.mean:.3f} bits per byte lower on the held-out text at step {self.step} ({seeds})'
-        if self.winner == 'scratch':
-            return (f'training from scratch is ahead: {-self.mean:.3f} bits per byte lower on the held-out text at step {self.step} '
-                    f'({seeds.replace(f"{low:.3f} to {high:.3f}", f"{-high:.3f} to {-low:.3f}")})')
+        if self.winner in ('checkpoint', 'scratch'):
+            ahead = 'the pre-trained start' if self.winner == 'checkpoint' else 'training from scratch'
+            sign = 1 if self.winner == 'checkpoint' else -1          # the margins of the start that is ahead, positive
+            low, high = sorted((sign * low, sign * high))
+            seeds = f'mean of {n} seeds, per seed {low:.3f} to {high:.3f}' if n > 1 else 'one seed, so no spread: pass --seeds 3 for one'
+            return f'{ahead} is ahead: {sign * self.mean:.3f} bits per byte lower on the held-out text at step {self.step} ({seeds})'
         return (f'no clear winner at step {self.step}: the seeds disagree (scratch minus pre-trained from {low:+.3f} to {high:+.3f} '
                 f'bits per byte, mean {self.mean:+.3f} over {n} seeds)')
 
