@@ -8,7 +8,8 @@ import statistics
 import pytest
 import torch
 
-from up_fast import UniversalPretrainWrapper, cli
+from up_fast import UniversalPretrainWrapper
+from up_fast.byte_model import build_model
 from up_fast.cli import main
 
 TINY_PRETRAIN = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-len', '16', '--batch-size', '4', '--source', 'xt', '--eval-every', '0']
@@ -79,7 +80,7 @@ def test_a_checkpoint_holding_the_runs_own_start_comes_out_level(checkpoint, tex
     # the scratch start is the model the pre-training run began from: put exactly that model in the checkpoint
     saved = torch.load(checkpoint, weights_only = True)
     torch.manual_seed(saved['config']['seed'])
-    saved['model'] = cli.build_model(saved['config']).state_dict()
+    saved['model'] = build_model(saved['config']).state_dict()
     fresh = tmp_path / 'fresh.pt'
     torch.save(saved, fresh)
 
@@ -92,7 +93,7 @@ def test_a_checkpoint_holding_the_runs_own_start_comes_out_level(checkpoint, tex
 
 def test_a_fresh_library_wrapper_state_dict_comes_out_level(text, capsys, tmp_path):
     torch.manual_seed(0)
-    model = cli.build_model(TINY)
+    model = build_model(TINY)
     wrapper = UniversalPretrainWrapper(model, batch_size = 2, seq_len = 16, rng_seed = 0)
     path = tmp_path / 'wrapper.pt'
     torch.save(wrapper.state_dict(), path)
@@ -108,7 +109,7 @@ def test_a_fresh_library_wrapper_state_dict_comes_out_level(text, capsys, tmp_pa
 
 def test_a_trained_library_state_dict_with_sizes_given(text, capsys, tmp_path):
     torch.manual_seed(0)
-    model = cli.build_model(TINY)
+    model = build_model(TINY)
     wrapper = UniversalPretrainWrapper(model, batch_size = 2, seq_len = 16, rng_seed = 0)
     wrapper().backward()
     path = tmp_path / 'model.pt'
@@ -170,7 +171,7 @@ def test_bad_combinations_and_files_are_one_line_errors(checkpoint, text, capsys
     assert 'neither an up-fast checkpoint' in err and 'weight' in err
 
     bare = tmp_path / 'bare.pt'
-    torch.save(cli.build_model(TINY).state_dict(), bare)
+    torch.save(build_model(TINY).state_dict(), bare)
     err = one_line_error(capsys, [*base, '--checkpoint', str(bare), '--heads', '4'])
     assert 'do not fit' in err and 'to_q.weight' in err and '--heads' in err
 
