@@ -7,16 +7,11 @@ torch.profiler record_function ranges, so they show in torch.profiler traces ins
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 
 import torch
 
 PHASES = ('index draw', 'gather', 'generate', 'write-back and reset', 'training-batch gather', 'transformer')
-
-
-def nvtx_from_env() -> bool:
-    return os.environ.get('UP_FAST_NVTX', '0').strip().lower() in ('1', 'true', 'yes', 'on')
 
 
 def phase(name: str, enabled: bool):
