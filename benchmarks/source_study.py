@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
-from up_fast.baselines import MARKOV_ORDERS, markov_bits_per_byte
 from up_fast.byte_model import bits_per_byte, build_model, lr_lambda
+from up_fast.cli.baselines import MARKOV_ORDERS, markov_bits_per_byte
 from up_fast.finetune import (
     FINETUNE_DEFAULTS,
     batch_starts,
@@ -115,7 +115,7 @@ def pretrain(settings: dict, seed: int, steps: int) -> tuple[torch.nn.Module, fl
 
 
 def text() -> tuple[Path, bytes]:
-    from up_fast.cli import default_text_file  # the file `up-fast eval` uses by default
+    from up_fast.cli.common import default_text_file  # the file `up-fast eval` uses by default
     path = default_text_file()
     return path, path.read_bytes()[:64 * 1024]
 
@@ -269,7 +269,7 @@ def report(log):
                      f"{spread(row['difference']) if row['variant'] != SCRATCH else '0'} | {reach_text(row['reach'])} | {per_step} |")
     lines += [
         '',
-        'In-context baselines (nothing learned beforehand; up_fast/baselines.py): '
+        'In-context baselines (nothing learned beforehand; up_fast/cli/baselines.py): '
         + ', '.join(f'order {k} {markov_all[k]:.3f}' for k in MARKOV_ORDERS) + f' on all of {path.name}; '
         + ', '.join(f'order {k} {markov_held[k]:.3f}' for k in MARKOV_ORDERS) + ' on the held-out part; uniform guessing 8.000.',
         '',

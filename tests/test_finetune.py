@@ -7,7 +7,16 @@ import torch
 from up_fast import UniversalPretrainWrapper
 from up_fast.byte_model import architecture_from_state, build_model
 from up_fast.finetune import (
-    batch_starts, compare, eval_steps, finetune_curve, fresh_model, model_state, rebuild, split_text, steps_to_reach, verdict,
+    batch_starts,
+    compare,
+    eval_steps,
+    finetune_curve,
+    fresh_model,
+    model_state,
+    rebuild,
+    split_text,
+    steps_to_reach,
+    verdict,
 )
 
 TINY = dict(num_tokens = 256, dim = 16, depth = 1, heads = 2, seq_len = 16)

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from x_transformers import Decoder, TransformerWrapper
 
-from up_fast.baselines import split_windows
 from up_fast.helpers import default, exists
 
 ARCHITECTURE_KEYS = ('num_tokens', 'dim', 'depth', 'heads', 'seq_len')
@@ -48,11 +47,21 @@ def architecture_from_state(state: dict) -> dict:
     return {key: int(value) for key, value in found.items()}
 
 
+def split_windows(data: bytes, seq_len: int) -> list[bytes]:
+    """The rows a model is scored on: non-overlapping windows of `seq_len` bytes, the last one
+    maybe shorter; a window of one byte predicts nothing and is dropped. Within each window,
+    every byte after the first is predicted from the bytes before it."""
+    if seq_len < 2:
+        raise ValueError(f'seq_len must be at least 2 (one byte of context, one predicted), got {seq_len}')
+    windows = [data[start:start + seq_len] for start in range(0, len(data), seq_len)]
+    return [window for window in windows if len(window) > 1]
+
+
 @torch.no_grad()
 def bits_per_byte(model: TransformerWrapper, data: bytes, seq_len: int, batch_size: int, device: torch.device) -> float:
     """Next-byte cross-entropy in bits, averaged over every predicted position of the
     non-overlapping windows of `seq_len` bytes (baselines.split_windows: the first byte of each
-    window is context only). The baselines are scored on exactly these positions."""
+    window is context only). The in-context baselines (up_fast/cli/baselines.py) are scored on exactly these positions."""
     was_training = model.training
     model.eval()
     windows = [torch.tensor(list(window)) for window in split_windows(data, seq_len)]

@@ -11,11 +11,34 @@ from pathlib import Path
 
 import torch
 
-from up_fast.cli import (
-    BASELINE_LABELS, DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_device_option, baseline_bits, best_markov, check_writable,
-    default_text_file, log, non_negative_int, one_line, paragraph, pick_device, positive_float, positive_int, read_text, read_torch_file,
+from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov
+from up_fast.cli.checkpoint import check_writable, read_torch_file
+from up_fast.cli.common import (
+    DEFAULT_CHECKPOINT,
+    CLIError,
+    HelpFormatter,
+    add_device_option,
+    default_text_file,
+    log,
+    non_negative_int,
+    one_line,
+    paragraph,
+    pick_device,
+    positive_float,
+    positive_int,
+    read_text,
 )
-from up_fast.finetune import FINETUNE_DEFAULTS, compare, fresh_model, model_state, rebuild, rounded, split_text, steps_to_reach, verdict
+from up_fast.finetune import (
+    FINETUNE_DEFAULTS,
+    compare,
+    fresh_model,
+    model_state,
+    rebuild,
+    rounded,
+    split_text,
+    steps_to_reach,
+    verdict,
+)
 from up_fast.helpers import default, exists
 
 F = FINETUNE_DEFAULTS
@@ -83,7 +106,7 @@ def output_paths(args) -> tuple[Path, Path]:
     return csv_path, csv_path.with_suffix('.png')
 
 
-def finetune(args) -> dict:
+def run(args) -> dict:
     try:
         from tqdm import tqdm
     except ImportError:
@@ -229,5 +252,5 @@ def add_parser(commands):
         p.add_argument(f'--{key.replace("_", "-")}', metavar = 'N', type = positive_int, default = None, help = f'bare state_dict only: the {what} (default: read from its weights)')
     p.add_argument('--out', metavar = 'PATH', default = None, help = 'the CSV of the curves to write, the PNG beside it (default: the checkpoint\'s path with .finetune.csv and .finetune.png)')
     add_device_option(p)
-    p.set_defaults(run = finetune)
+    p.set_defaults(run = run)
     return p
