@@ -132,7 +132,7 @@ def run_study(args, log):
 
     for seed in range(args.seeds):          # seed by seed: a study cut short still has every source at the first seeds
         starts = batch_starts(len(train), MODEL['seq_len'], BATCH_SIZE, args.finetune_steps, seed)     # (steps, batch)
-        for variant in [SCRATCH, *VARIANTS]:
+        for variant in [SCRATCH, *default(args.variants, VARIANTS)]:
             if (variant, seed) in done or not claim(variant, seed):
                 continue
             begin = time.perf_counter()
@@ -193,20 +193,20 @@ def summarise(records: list[dict]) -> list[dict]:
     scratch = {r['seed']: r for r in records if r['variant'] == SCRATCH}
     rows = []
     for variant in [SCRATCH, *VARIANTS]:
-        runs = [r for r in records if r['variant'] == variant and r['seed'] in scratch]
+        runs = sorted((r for r in records if r['variant'] == variant and r['seed'] in scratch), key = lambda r: r['seed'])
         if not runs:
             continue
         differences = [scratch[r['seed']]['curve'][-1] - r['curve'][-1] for r in runs]
+        early = [scratch[r['seed']]['curve'][1] - r['curve'][1] for r in runs]         # at the first evaluation after the start
         # the first evaluation step at which this start is at or below its seed's scratch start's final figure
         reach = [steps_to_reach(r['steps'], r['curve'], scratch[r['seed']]['curve'][-1]) for r in runs]
-        best = [min(r['curve']) for r in runs]
         rows.append(dict(
             variant = variant,
             seeds = len(runs),
             zero_shot = [r['zero_shot'] for r in runs],
             finetuned = [r['curve'][-1] for r in runs],
-            best = best,
             difference = differences,
+            early = early,
             reach = reach,
             seconds_per_step = [r['pretrain_seconds'] / r['pretrain_steps'] for r in runs if r['pretrain_steps']],
             synthetic_loss = [r['synthetic_loss'] for r in runs if r['synthetic_loss'] is not None],
@@ -215,6 +215,14 @@ def summarise(records: list[dict]) -> list[dict]:
             runs = runs,
         ))
     return rows
+
+
+def cpu_name() -> str:
+    try:
+        names = [line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines() if line.startswith('model name')]
+    except OSError:
+        names = []
+    return f'{names[0]} ({len(names)} cores)' if names else platform.machine()
 
 
 def report(log):
@@ -228,17 +236,19 @@ def report(log):
     rows = summarise(records)
     pretrain_steps = max(r['pretrain_steps'] for r in records)
     finetune_steps = records[0]['finetune_steps']
+    early_step = records[0]['steps'][1]
 
     with open(RESULTS / 'source_study.csv', 'w', newline = '') as file:
         writer = csv.writer(file)
         writer.writerow(['source', 'seed', 'pretrain_steps', 'synthetic_loss_nats', 'zero_shot_bits_per_byte',
-                         f'finetuned_bits_per_byte_step_{finetune_steps}', 'best_finetuned_bits_per_byte', 'scratch_minus_this', 'steps_to_scratch_final'])
+                         f'scratch_minus_this_step_{early_step}', f'finetuned_bits_per_byte_step_{finetune_steps}',
+                         f'scratch_minus_this_step_{finetune_steps}', 'steps_to_scratch_final'])
         for row in rows:
             for i in range(row['seeds']):
                 run = row['runs'][i]
                 loss = run['synthetic_loss']
                 writer.writerow([row['variant'], run['seed'], run['pretrain_steps'], '' if loss is None else f'{loss:.4f}',
-                                 f"{row['zero_shot'][i]:.4f}", f"{row['finetuned'][i]:.4f}", f"{row['best'][i]:.4f}",
+                                 f"{row['zero_shot'][i]:.4f}", f"{row['early'][i]:.4f}", f"{row['finetuned'][i]:.4f}",
                                  f"{row['difference'][i]:.4f}", '' if row['reach'][i] is None else row['reach'][i]])
 
     def reach_text(values):
@@ -252,21 +262,22 @@ def report(log):
         '',
         f'Command: `OMP_NUM_THREADS=1 nice python -m benchmarks.source_study --pretrain-steps {pretrain_steps} '
         f'--finetune-steps {finetune_steps} --seeds {max(r["seed"] for r in records) + 1}` '
-        f'on {platform.processor() or platform.machine()}, CPU, one thread (torch {torch.__version__}).',
+        f'on {cpu_name()}, CPU, one thread each (torch {torch.__version__}).',
         '',
         f'Model: the main job\'s (dim {MODEL["dim"]}, depth {MODEL["depth"]}, heads {MODEL["heads"]}, seq_len {MODEL["seq_len"]}, '
         f'batch {BATCH_SIZE}, AdamW lr {LR}, warm-up and cosine), pre-trained for {pretrain_steps} steps (the main job: 1200). '
         f'Text: {path.name} ({len(data):,} bytes): zero-shot on all of it; fine-tuned {finetune_steps} steps on the first 80%, '
         f'scored on the last 20% ({len(held):,} bytes). Figures: mean over seeds (min to max). Bits per byte, lower is better.',
         '',
-        f'| source | seeds | zero-shot | fine-tuned, step {finetune_steps} | best while fine-tuning | scratch minus this at step {finetune_steps} | '
-        f'steps to scratch\'s final level | pre-training s/step |',
+        f'| source | seeds | zero-shot | scratch minus this at step {early_step} | fine-tuned, step {finetune_steps} | '
+        f'scratch minus this at step {finetune_steps} | steps to scratch\'s final level | pre-training wall s/step (shared machine) |',
         '|---|---|---|---|---|---|---|---|',
     ]
     for row in rows:
         per_step = spread(row['seconds_per_step']) if row['seconds_per_step'] else '-'
-        lines.append(f"| {row['variant']} | {row['seeds']} | {spread(row['zero_shot'])} | {spread(row['finetuned'])} | {spread(row['best'])} | "
-                     f"{spread(row['difference']) if row['variant'] != SCRATCH else '0'} | {reach_text(row['reach'])} | {per_step} |")
+        scratch_row = row['variant'] == SCRATCH
+        lines.append(f"| {row['variant']} | {row['seeds']} | {spread(row['zero_shot'])} | {'0' if scratch_row else spread(row['early'])} | "
+                     f"{spread(row['finetuned'])} | {'0' if scratch_row else spread(row['difference'])} | {reach_text(row['reach'])} | {per_step} |")
     lines += [
         '',
         'In-context baselines (nothing learned beforehand; up_fast/cli/baselines.py): '
@@ -319,6 +330,7 @@ def main():
     parser.add_argument('--finetune-steps', type = int, default = 60)
     parser.add_argument('--eval-every', type = int, default = 10)
     parser.add_argument('--seeds', type = int, default = 3)
+    parser.add_argument('--variants', nargs = '+', choices = list(VARIANTS), default = None, help = 'only these sources (default: all)')
     parser.add_argument('--report', action = 'store_true', help = 'only write the report from the raw results')
     parser.add_argument('--out', type = Path, default = None, help = 'folder of the raw results and the report (default: benchmarks/results)')
     args = parser.parse_args()
