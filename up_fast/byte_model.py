@@ -13,16 +13,16 @@ from x_transformers import Decoder, TransformerWrapper
 from up_fast.helpers import default, exists
 
 ARCHITECTURE_KEYS = ('num_tokens', 'dim', 'depth', 'heads', 'seq_len')
-DIM_HEAD = 64       # x-transformers' default attention head width, which build_model keeps
+DIM_HEAD = 64  # x-transformers' default attention head width, which build_model keeps
 
 
 def build_model(config: dict) -> TransformerWrapper:
     """TransformerWrapper(num_tokens, max_seq_len = seq_len, Decoder(dim, depth, heads)): nothing
     else is set, so these five numbers rebuild it."""
     return TransformerWrapper(
-        num_tokens = config['num_tokens'],
-        max_seq_len = config['seq_len'],
-        attn_layers = Decoder(dim = config['dim'], depth = config['depth'], heads = config['heads'])
+        num_tokens=config['num_tokens'],
+        max_seq_len=config['seq_len'],
+        attn_layers=Decoder(dim=config['dim'], depth=config['depth'], heads=config['heads']),
     )
 
 
@@ -53,7 +53,7 @@ def split_windows(data: bytes, seq_len: int) -> list[bytes]:
     every byte after the first is predicted from the bytes before it."""
     if seq_len < 2:
         raise ValueError(f'seq_len must be at least 2 (one byte of context, one predicted), got {seq_len}')
-    windows = [data[start:start + seq_len] for start in range(0, len(data), seq_len)]
+    windows = [data[start : start + seq_len] for start in range(0, len(data), seq_len)]
     return [window for window in windows if len(window) > 1]
 
 
@@ -61,18 +61,19 @@ def split_windows(data: bytes, seq_len: int) -> list[bytes]:
 def bits_per_byte(model: TransformerWrapper, data: bytes, seq_len: int, batch_size: int, device: torch.device) -> float:
     """Next-byte cross-entropy in bits, averaged over every predicted position of the
     non-overlapping windows of `seq_len` bytes (baselines.split_windows: the first byte of each
-    window is context only). The in-context baselines (up_fast/cli/baselines.py) are scored on exactly these positions."""
+    window is context only). The in-context baselines (up_fast/cli/baselines.py) are scored on
+    exactly these positions."""
     was_training = model.training
     model.eval()
     windows = [torch.tensor(list(window)) for window in split_windows(data, seq_len)]
 
-    total_bits, count = 0., 0
+    total_bits, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
-        for length in sorted({len(w) for w in chunk}):      # only the last window can be shorter
+        chunk = windows[start : start + batch_size]
+        for length in sorted({len(w) for w in chunk}):  # only the last window can be shorter
             x = torch.stack([w for w in chunk if len(w) == length]).to(device)  # (batch, length)
-            logits = model(x)[:, :-1]                                           # (batch, length - 1, num_tokens)
-            loss = F.cross_entropy(logits.transpose(1, 2).float(), x[:, 1:], reduction = 'sum')
+            logits = model(x)[:, :-1]  # (batch, length - 1, num_tokens)
+            loss = F.cross_entropy(logits.transpose(1, 2).float(), x[:, 1:], reduction='sum')
             total_bits += loss.item() / math.log(2)
             count += x[:, 1:].numel()
 
@@ -82,17 +83,22 @@ def bits_per_byte(model: TransformerWrapper, data: bytes, seq_len: int, batch_si
 
 def lr_lambda(warmup: int, steps: int):
     """Linear warm-up to the full lr, then cosine decay to a tenth of it (for LambdaLR)."""
+
     def fn(step):
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1. + math.cos(math.pi * min(progress, 1.)))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
     return fn
 
 
 def with_architecture(config: dict | None, state: dict, overrides: dict | None = None) -> dict:
     """The sizes to rebuild a model with: `overrides` (given options) win, then `config`, then what
     the state_dict's shapes say."""
-    sizes = {**architecture_from_state(state), **{k: v for k, v in default(config, {}).items() if k in ARCHITECTURE_KEYS}}
+    sizes = {
+        **architecture_from_state(state),
+        **{k: v for k, v in default(config, {}).items() if k in ARCHITECTURE_KEYS},
+    }
     sizes.update({k: v for k, v in default(overrides, {}).items() if k in ARCHITECTURE_KEYS and exists(v)})
     return sizes

@@ -39,18 +39,18 @@ from up_fast.byte_model import (
 from up_fast.helpers import exists
 
 FINETUNE_DEFAULTS = dict(
-    steps = 300,
-    eval_every = 25,
-    batch_size = 16,
-    lr = 1e-3,                  # AdamW, linear warm-up then cosine decay to lr / 10, as in pre-training
-    warmup = 30,
-    weight_decay = 0.01,
-    grad_clip = 1.,
-    held_out = 0.2,             # the last fifth of the text is held out
+    steps=300,
+    eval_every=25,
+    batch_size=16,
+    lr=1e-3,  # AdamW, linear warm-up then cosine decay to lr / 10, as in pre-training
+    warmup=30,
+    weight_decay=0.01,
+    grad_clip=1.0,
+    held_out=0.2,  # the last fifth of the text is held out
 )
 
-EVAL_BATCH = 32                 # windows per forward pass when scoring the held-out text
-PRECISION = 3                   # decimals of the figures the verdict is computed from (as printed)
+EVAL_BATCH = 32  # windows per forward pass when scoring the held-out text
+PRECISION = 3  # decimals of the figures the verdict is computed from (as printed)
 
 
 # the text
@@ -59,13 +59,16 @@ PRECISION = 3                   # decimals of the figures the verdict is compute
 def split_text(data: bytes, held_out: float, seq_len: int) -> tuple[bytes, bytes]:
     """(train, held_out): the last `held_out` fraction of the bytes is held out, whole, so that no
     training window overlaps it. Both must hold a full window of `seq_len` bytes."""
-    if not 0. < held_out < 1.:
+    if not 0.0 < held_out < 1.0:
         raise ValueError(f'held_out must be a fraction in (0, 1), got {held_out}')
     cut = len(data) - round(len(data) * held_out)
     train, held = data[:cut], data[cut:]
     if len(train) < seq_len or len(held) < seq_len:
-        raise ValueError(f'the text is too short: {len(data):,} bytes split into {len(train):,} to train on and {len(held):,} held out, '
-                         f'but each needs at least one window of {seq_len} bytes (give a longer text, or another held-out fraction)')
+        raise ValueError(
+            f'the text is too short: {len(data):,} bytes split into {len(train):,} to train on '
+            f'and {len(held):,} held out, '
+            f'but each needs at least one window of {seq_len} bytes (give a longer text, or another held-out fraction)'
+        )
     return train, held
 
 
@@ -73,7 +76,7 @@ def batch_starts(train_bytes: int, seq_len: int, batch_size: int, steps: int, se
     """(steps, batch_size) start offsets of the training windows, from `seed` alone: both starts of
     a comparison train on exactly these."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, train_bytes - seq_len + 1, (steps, batch_size), generator = generator)
+    return torch.randint(0, train_bytes - seq_len + 1, (steps, batch_size), generator=generator)
 
 
 # the pre-trained start
@@ -83,20 +86,24 @@ def model_state(checkpoint) -> tuple[dict, dict | None]:
     """(TransformerWrapper state_dict, the config saved with it or None) from what torch.load
     returned for one of the three kinds of file in the module docstring. ValueError otherwise."""
     if not isinstance(checkpoint, dict):
-        raise ValueError(f'expected a dict of tensors (a state_dict) or an up-fast checkpoint, got {type(checkpoint).__name__}')
+        raise ValueError(
+            f'expected a dict of tensors (a state_dict) or an up-fast checkpoint, got {type(checkpoint).__name__}'
+        )
     if 'model' in checkpoint and isinstance(checkpoint['model'], dict):
         config = checkpoint.get('config')
         return checkpoint['model'], config if isinstance(config, dict) else None
 
-    wrapped = {key[len('model.'):]: value for key, value in checkpoint.items() if key.startswith('model.')}
+    wrapped = {key[len('model.') :]: value for key, value in checkpoint.items() if key.startswith('model.')}
     if wrapped:
-        return wrapped, None        # the wrapper's own copy under 'ar_wrapped.net.' holds the same tensors
+        return wrapped, None  # the wrapper's own copy under 'ar_wrapped.net.' holds the same tensors
     if 'token_emb.emb.weight' in checkpoint:
         return dict(checkpoint), None
 
     keys = ', '.join(list(map(str, checkpoint))[:5]) or 'none'
-    raise ValueError(f'found neither an up-fast checkpoint (keys config, model), nor a UniversalPretrainWrapper state_dict '
-                     f'(keys model.*), nor a TransformerWrapper state_dict (key token_emb.emb.weight); its keys: {keys}')
+    raise ValueError(
+        f'found neither an up-fast checkpoint (keys config, model), nor a UniversalPretrainWrapper state_dict '
+        f'(keys model.*), nor a TransformerWrapper state_dict (key token_emb.emb.weight); its keys: {keys}'
+    )
 
 
 def rebuild(state: dict, config: dict | None = None, **sizes) -> tuple[Module, dict]:
@@ -105,20 +112,28 @@ def rebuild(state: dict, config: dict | None = None, **sizes) -> tuple[Module, d
     architecture = with_architecture(config, state, sizes)
     missing = [key for key in ARCHITECTURE_KEYS if key not in architecture]
     if missing:
-        raise ValueError(f'cannot tell the model\'s {", ".join(missing)} from the state_dict: give them '
-                         f'({", ".join("--" + key.replace("_", "-") for key in missing)}), or save a config with it')
+        raise ValueError(
+            f"cannot tell the model's {', '.join(missing)} from the state_dict: give them "
+            f'({", ".join("--" + key.replace("_", "-") for key in missing)}), or save a config with it'
+        )
     model = build_model(architecture)
     expected = model.state_dict()
     mismatch = [key for key in expected if key not in state or tuple(state[key].shape) != tuple(expected[key].shape)]
     unexpected = [key for key in state if key not in expected]
     if mismatch or unexpected:
-        shapes = [f'{key} {tuple(state[key].shape) if key in state else "missing"} in the file, {tuple(expected[key].shape)} in the model'
-                  for key in mismatch[:3]]
+        shapes = [
+            f'{key} {tuple(state[key].shape) if key in state else "missing"} in the file, '
+            f'{tuple(expected[key].shape)} in the model'
+            for key in mismatch[:3]
+        ]
         extra = f'; {len(unexpected)} key(s) the model lacks, e.g. {unexpected[0]}' if unexpected else ''
         described = ', '.join(f'{key} {architecture[key]}' for key in ARCHITECTURE_KEYS)
-        raise ValueError(f'the weights do not fit TransformerWrapper(num_tokens, max_seq_len = seq_len, Decoder(dim, depth, heads)) with '
-                         f'{described}: {"; ".join(shapes) or "no shape differs"}{extra}. A model built with other options '
-                         f'(another head width, rotary embeddings, ...) cannot be rebuilt from its weights alone')
+        raise ValueError(
+            f'the weights do not fit TransformerWrapper(num_tokens, max_seq_len = seq_len, '
+            f'Decoder(dim, depth, heads)) with '
+            f'{described}: {"; ".join(shapes) or "no shape differs"}{extra}. A model built with other options '
+            f'(another head width, rotary embeddings, ...) cannot be rebuilt from its weights alone'
+        )
     model.load_state_dict(state)
     return model, architecture
 
@@ -145,28 +160,30 @@ def finetune_curve(
     weight_decay: float = FINETUNE_DEFAULTS['weight_decay'],
     grad_clip: float = FINETUNE_DEFAULTS['grad_clip'],
     eval_every: int = FINETUNE_DEFAULTS['eval_every'],
-    on_step = None,
+    on_step=None,
 ) -> list[float]:
     """Train `model` (in place) on the windows train[start:start + seq_len] of `starts` (steps,
     batch), one row per step, and return held-out bits per byte at eval_steps(steps, eval_every)."""
     steps = starts.shape[0]
-    data = torch.tensor(list(train), dtype = torch.long)           # (train_bytes,)
-    offsets = torch.arange(seq_len)                                  # (seq_len,)
+    data = torch.tensor(list(train), dtype=torch.long)  # (train_bytes,)
+    offsets = torch.arange(seq_len)  # (seq_len,)
 
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr = lr, weight_decay = weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(warmup, max(1, steps // 10)), steps))
 
     curve = [bits_per_byte(model, held_out, seq_len, EVAL_BATCH, device)]
     model.train()
     for step in range(1, steps + 1):
-        x = data[starts[step - 1, :, None] + offsets].to(device)    # (batch, seq_len)
-        logits = model(x)[:, :-1]                                    # (batch, seq_len - 1, num_tokens)
-        loss = F.cross_entropy(logits.transpose(1, 2), x[:, 1:])     # scored as bits_per_byte scores: the first byte is context
+        x = data[starts[step - 1, :, None] + offsets].to(device)  # (batch, seq_len)
+        logits = model(x)[:, :-1]  # (batch, seq_len - 1, num_tokens)
+        loss = F.cross_entropy(
+            logits.transpose(1, 2), x[:, 1:]
+        )  # scored as bits_per_byte scores: the first byte is context
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        optimizer.zero_grad(set_to_none = True)
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
 
         if step % eval_every == 0 or step == steps:
@@ -184,9 +201,10 @@ def eval_steps(steps: int, eval_every: int) -> list[int]:
 @dataclass
 class Comparison:
     """Held-out bits per byte at `steps` for each seed, from both starts."""
+
     steps: list[int]
-    checkpoint: dict[int, list[float]] = field(default_factory = dict)     # seed -> curve
-    scratch: dict[int, list[float]] = field(default_factory = dict)
+    checkpoint: dict[int, list[float]] = field(default_factory=dict)  # seed -> curve
+    scratch: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -204,17 +222,26 @@ def compare(
     device: torch.device,
     steps: int = FINETUNE_DEFAULTS['steps'],
     batch_size: int = FINETUNE_DEFAULTS['batch_size'],
-    on_step = None,
+    on_step=None,
     **settings,
 ) -> Comparison:
     """Fine-tune copies of `pretrained` and of `scratch` on the same batches for every seed.
     `settings`: lr, warmup, weight_decay, grad_clip, eval_every (FINETUNE_DEFAULTS)."""
     every = settings.get('eval_every', FINETUNE_DEFAULTS['eval_every'])
-    result = Comparison(steps = eval_steps(steps, every))
+    result = Comparison(steps=eval_steps(steps, every))
     for seed in seeds:
-        starts = batch_starts(len(train), seq_len, batch_size, steps, seed)        # (steps, batch_size)
+        starts = batch_starts(len(train), seq_len, batch_size, steps, seed)  # (steps, batch_size)
         for name, start in (('checkpoint', pretrained), ('scratch', scratch)):
-            curve = finetune_curve(copy.deepcopy(start), train, held_out, starts, seq_len = seq_len, device = device, on_step = on_step, **settings)
+            curve = finetune_curve(
+                copy.deepcopy(start),
+                train,
+                held_out,
+                starts,
+                seq_len=seq_len,
+                device=device,
+                on_step=on_step,
+                **settings,
+            )
             getattr(result, name)[seed] = curve
     return result
 
@@ -231,7 +258,8 @@ def steps_to_reach(steps: list[int], curve: list[float], level: float) -> int | 
 class Verdict:
     """Which start ends lower on the held-out text. `differences`: scratch minus checkpoint at the
     final step, one per seed (positive: the checkpoint is ahead)."""
-    winner: str                 # 'checkpoint', 'scratch', 'level' (the same on every seed) or 'unclear' (seeds disagree)
+
+    winner: str  # 'checkpoint', 'scratch', 'level' (the same on every seed) or 'unclear' (seeds disagree)
     differences: list[float]
     step: int
 
@@ -246,12 +274,21 @@ class Verdict:
             return f'level: both starts reach the same held-out bits per byte at step {self.step} on every seed ({n})'
         if self.winner in ('checkpoint', 'scratch'):
             ahead = 'the pre-trained start' if self.winner == 'checkpoint' else 'training from scratch'
-            sign = 1 if self.winner == 'checkpoint' else -1          # the margins of the start that is ahead, positive
+            sign = 1 if self.winner == 'checkpoint' else -1  # the margins of the start that is ahead, positive
             low, high = sorted((sign * low, sign * high))
-            seeds = f'mean of {n} seeds, per seed {low:.3f} to {high:.3f}' if n > 1 else 'one seed, so no spread: pass --seeds 3 for one'
-            return f'{ahead} is ahead: {sign * self.mean:.3f} bits per byte lower on the held-out text at step {self.step} ({seeds})'
-        return (f'no clear winner at step {self.step}: the seeds disagree (scratch minus pre-trained from {low:+.3f} to {high:+.3f} '
-                f'bits per byte, mean {self.mean:+.3f} over {n} seeds)')
+            seeds = (
+                f'mean of {n} seeds, per seed {low:.3f} to {high:.3f}'
+                if n > 1
+                else 'one seed, so no spread: pass --seeds 3 for one'
+            )
+            margin = sign * self.mean
+            held_out = f'bits per byte lower on the held-out text at step {self.step}'
+            return f'{ahead} is ahead: {margin:.3f} {held_out} ({seeds})'
+        return (
+            f'no clear winner at step {self.step}: the seeds disagree '
+            f'(scratch minus pre-trained from {low:+.3f} to {high:+.3f} '
+            f'bits per byte, mean {self.mean:+.3f} over {n} seeds)'
+        )
 
 
 def verdict(checkpoint_final: list[float], scratch_final: list[float], step: int) -> Verdict:
@@ -259,7 +296,9 @@ def verdict(checkpoint_final: list[float], scratch_final: list[float], step: int
     printed, so that anyone can recompute it from its output): a start is ahead only when it is
     lower on every seed."""
     if len(checkpoint_final) != len(scratch_final) or not checkpoint_final:
-        raise ValueError(f'need one final figure per seed from both starts, got {len(checkpoint_final)} and {len(scratch_final)}')
+        raise ValueError(
+            f'need one final figure per seed from both starts, got {len(checkpoint_final)} and {len(scratch_final)}'
+        )
     differences = [round(s - c, PRECISION) for c, s in zip(checkpoint_final, scratch_final)]
     if all(d == 0 for d in differences):
         winner = 'level'
