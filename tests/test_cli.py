@@ -106,8 +106,9 @@ def test_pretrain_writes_a_loadable_checkpoint(tiny_checkpoint):
 
 def test_pretrain_trains_and_reports(tmp_path, capsys):
     path = tmp_path / 'sub' / 'dir' / 'up.pt'
-    # one turing machine for the whole run (--reset-every 0) makes data that a tiny model learns in 100 steps
-    checkpoint = pretrain_tiny(path, '--steps', '100', '--batch-size', '8', '--lr', '1e-2', '--reset-every', '0', '--seed', '0')
+    # one turing machine for the whole run (--reset-every 0), and x-transformers' 20 resets a step rather than
+    # the default 100 rows of fresh noise, make data that a tiny model learns in 100 steps
+    checkpoint = pretrain_tiny(path, '--steps', '100', '--batch-size', '8', '--lr', '1e-2', '--reset-every', '0', '--num-reset', '20', '--seed', '0')
     out = capsys.readouterr().out
     assert f'saved checkpoint to {path}' in out
     assert 'final loss' in out and 'synthetic tokens/s' in out
@@ -659,7 +660,7 @@ def test_checkpoint_without_a_source_is_read_as_xt(tiny_checkpoint, tmp_path, ca
     assert 'xt source' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize('option', [['--gru'], ['--reset-every', '5']])
+@pytest.mark.parametrize('option', [['--gru'], ['--reset-every', '5'], ['--num-reset', '20']])
 def test_xt_only_options_are_refused_with_the_paper_source(tmp_path, capsys, option):
     err = one_line_error(capsys, ['pretrain', *PAPER_TINY, *option, '--out', str(tmp_path / 'x.pt')])
     assert option[0] in err and '--source xt' in err
@@ -726,3 +727,19 @@ def test_sample_of_a_checkpoint_continues_its_stream_unless_seeded(tiny_checkpoi
     own = sample_rows_and_stats(capsys, *options)
     assert own == sample_rows_and_stats(capsys, *options)
     assert own != sample_rows_and_stats(capsys, *options, '--seed', '5')
+
+
+def test_num_reset_reaches_the_xt_wrapper_and_must_be_even(tmp_path, capsys):
+    checkpoint = pretrain_tiny(tmp_path / 'resets.pt', '--num-reset', '12')
+    assert checkpoint['config']['num_reset'] == 12
+    wrapper = common.build(checkpoint['config'], torch.device('cpu'))
+    assert wrapper.num_reset == 12
+    capsys.readouterr()
+    err = one_line_error(capsys, ['pretrain', *TINY, '--num-reset', '7', '--out', str(tmp_path / 'odd.pt')])
+    assert '--num-reset must be even' in err and '7' in err
+    assert not (tmp_path / 'odd.pt').exists()
+
+
+def test_the_default_source_is_the_one_the_study_measured_best():
+    # benchmarks/results/source_study_findings.md: the x-transformers generator with 100 resets per step
+    assert (common.DEFAULT_CONFIG['source'], common.DEFAULT_CONFIG['num_reset'], common.DEFAULT_CONFIG['reset_turing_machine_every']) == ('xt', 100, 1)

@@ -54,6 +54,10 @@ def check_source_options(config: dict, args):
             raise CLIError('--gru chooses the x-transformers generator\'s network: use it with --source xt (the paper\'s generator is a 4-layer LSTM)')
         if args.reset_every != DEFAULT_CONFIG['reset_turing_machine_every']:
             raise CLIError('--reset-every applies to --source xt: the paper\'s generator is re-drawn every step')
+        if args.num_reset != DEFAULT_CONFIG['num_reset']:
+            raise CLIError('--num-reset applies to --source xt: the paper\'s buffer algorithm resets 100 rows of its own every step')
+    if args.num_reset % 2:
+        raise CLIError(f'--num-reset must be even (half the reset rows are uniform noise, half constant), got {args.num_reset}')
 
 
 EVAL_COLUMNS = ('step', 'synthetic_tokens', 'bits_per_byte', 'train_loss')
@@ -165,6 +169,7 @@ def run(args) -> dict:
         config['steps'] = default(args.steps, DEFAULT_CONFIG['steps'])
         config['gru'] = args.gru
         config['reset_turing_machine_every'] = args.reset_every
+        config['num_reset'] = args.num_reset
         config['warmup'] = min(config['warmup'], max(1, config['steps'] // 10))
         config['eval_every'] = default(args.eval_every, EVAL_EVERY)
         config['eval_text'] = args.eval_text          # None: the default text, wherever Python is
@@ -310,6 +315,7 @@ def add_parser(commands):
     p.add_argument('--seed', type = int, metavar = 'SEED', default = c['seed'], help = 'seeds the weights, the buffer and every draw: the same seed repeats a run (default: %(default)s)')
     p.add_argument('--gru', action = 'store_true', help = 'xt source only: a GRU instead of an LSTM as the random "turing machine" that generates the data (default: LSTM)')
     p.add_argument('--reset-every', metavar = 'N', type = non_negative_int, default = c['reset_turing_machine_every'], help = 'xt source only: re-draw the generator\'s random weights every this many steps, 0 for never: a new machine brings new kinds of structure (default: %(default)s)')
+    p.add_argument('--num-reset', metavar = 'N', type = non_negative_int, default = c['num_reset'], help = 'xt source only: buffer rows reset to fresh noise every step, even, at most the buffer less a batch (default: %(default)s, x-transformers\' own default is 20)')
     p.add_argument('--eval-every', metavar = 'N', type = non_negative_int, default = None, help = f'measure zero-shot bits per byte on --eval-text every N steps (and before the first and after the last), 0 for never (default: {EVAL_EVERY}, or the resumed run\'s own)')
     p.add_argument('--eval-text', metavar = 'FILE', default = None, help = f'real text for those measurements (default: the file `up-fast eval` uses, here {default_text_file()})')
     p.add_argument('--eval-bytes', metavar = 'N', type = non_negative_int, default = None, help = f'use at most this many bytes from the start of --eval-text, 0 for all: more is steadier but slower (default: {EVAL_BYTES})')
