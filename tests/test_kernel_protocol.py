@@ -31,7 +31,6 @@ import pytest
 
 triton = pytest.importorskip('triton')
 import triton.language as tl  # noqa: E402
-
 from test_kernel_recurrent_sample import assert_matches_oracle, make_net, to_device  # noqa: E402
 from threaded_interpreter import OutOfBoundsAccess, threaded_interpreter  # noqa: E402
 

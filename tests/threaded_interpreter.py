@@ -10,7 +10,9 @@ installed interpreter for the duration of a `with` block:
 - the language patching that every nested @triton.jit call redoes, and the rewriting of a
   function's source, are serialised; atomics run under one lock, so they are atomic across threads;
 - before every load, store and atomic a program sleeps a random short while, from a generator
-  seeded by (seed, program id): each seed shuffles the interleavings differently (and a spinning
+  seeded by (seed, program id), up to its own pace: each program of a launch draws a pace between
+  max_sleep / 10 and 10 * max_sleep, so some run far behind the others, as on a GPU whose SMs do
+  not start or run in step. Each seed shuffles the interleavings differently (and a spinning
   program mostly sleeps, which leaves the GIL to the programs it waits for);
 - every load, store and atomic must address the storage of a tensor passed to the launch: a wrong
   protocol can gather with a token nobody wrote, and an address outside every tensor raises
@@ -76,7 +78,7 @@ class GridAbandoned(RuntimeError):
 def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: float = 120.):
     """Run every interpreted launch inside the block with one thread per program (see the module docstring).
 
-    max_sleep: the longest random sleep (seconds) before a memory op. timeout: seconds a launch may
+    max_sleep: the typical longest random sleep (seconds) before a memory op. timeout: seconds a launch may
     take; past it the launch raises TimeoutError, and its programs stop at their next memory access."""
     if not hasattr(interpreter, 'GridExecutor') or not hasattr(interpreter.InterpreterBuilder, 'set_grid_idx'):
         raise RuntimeError('this Triton interpreter has no GridExecutor / InterpreterBuilder.set_grid_idx to patch')
@@ -95,7 +97,7 @@ def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: flo
         rng = getattr(local, 'rng', None)
         if rng is None or getattr(local, 'in_atomic', False):
             return
-        time.sleep(rng.uniform(0., max_sleep))
+        time.sleep(rng.uniform(0., local.pace))
 
     def checked(name, method):
         signature = inspect.signature(method)
@@ -160,7 +162,7 @@ def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: flo
     class ThreadedGridExecutor(base):
         def __init__(self, fn, *args, **kwargs):
             super().__init__(fn, *args, **kwargs)
-            self.fn = _ThreadedGrid(fn, local, launch, seed, timeout)
+            self.fn = _ThreadedGrid(fn, local, launch, seed, max_sleep, timeout)
 
         def _init_args_hst(self, *args, **kwargs):
             args_hst, kwargs_hst = super()._init_args_hst(*args, **kwargs)
@@ -196,8 +198,9 @@ class _ThreadedGrid:
     each call and, at the last program of the grid, runs them all in threads. The grid executor
     reads the kernel's signature, annotations and globals from it: those are the kernel's."""
 
-    def __init__(self, fn, local, launch: _Launch, seed: int, timeout: float):
+    def __init__(self, fn, local, launch: _Launch, seed: int, max_sleep: float, timeout: float):
         self.fn, self.local, self.launch, self.seed, self.timeout = fn, local, launch, seed, timeout
+        self.max_sleep = max_sleep
         self.__signature__ = inspect.signature(fn)
         self.__annotations__ = dict(getattr(fn, '__annotations__', {}))
         self.__globals__ = fn.__globals__
@@ -215,7 +218,8 @@ class _ThreadedGrid:
 
         def program(grid_idx, kwargs):
             self.local.grid_idx = grid_idx
-            self.local.rng = random.Random('{}-{}-{}-{}'.format(self.seed, *grid_idx))
+            self.local.rng = rng = random.Random('{}-{}-{}-{}'.format(self.seed, *grid_idx))
+            self.local.pace = self.max_sleep * 10 ** rng.uniform(-1., 1.)
             try:
                 self.fn(**kwargs)
             except BaseException as error:  # noqa: BLE001 - handed to the launching thread
