@@ -1,4 +1,4 @@
-"""The compile configurations of the sampling kernels: every configuration the launcher can choose, for the compile gate.
+"""The compile configurations of the sampling kernels: every one the launcher can choose, for the compile gate.
 
 `aot_configurations(arch)` lists them as `AotConfig`s, complete enough to compile with
 `triton.compile` for sm_`arch` without a GPU; the compile gate (tests/test_compile_gate.py, with
@@ -104,7 +104,8 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
                 for sample in (True, False):
                     variants.append((shape, cell, weights, sample, False, 'tf32x3'))
     variants += [('example', cell, 'fp32', True, True, 'tf32x3') for cell in ('lstm', 'gru')]
-    variants += [('example', cell, 'fp32', sample, False, 'ieee') for cell in ('lstm', 'gru') for sample in (True, False)]
+    variants += [('example', cell, 'fp32', sample, False, 'ieee')
+                 for cell in ('lstm', 'gru') for sample in (True, False)]
 
     for shape, cell, weights, sample, injected, precision in variants:
         batch, hidden, num_tokens = AOT_SHAPES[shape]
@@ -113,8 +114,10 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         gates = 4 if cell == 'lstm' else 3
         base = kernel_constexprs(plan, cell == 'lstm', True, sample, injected, precision)
         floor = design_floor(plan, hidden, num_tokens, gates, weight_bytes, precision, sample)
-        stem = f'{shape}-{cell}-{weights}-{"sample" if sample else "greedy"}{"-injected" if injected else ""}-{precision}'
+        kind = ('sample' if sample else 'greedy') + ('-injected' if injected else '')
+        stem = f'{shape}-{cell}-{weights}-{kind}-{precision}'
         add(f'persistent-{stem}', recurrent_sample_kernel, dict(base, _weight_type=weights), plan, floor)
         for phase in (0, 1, 2):
-            add(f'phase{phase}-{stem}', recurrent_phase_kernel, dict(base, PHASE=phase, _weight_type=weights), plan, floor)
+            add(f'phase{phase}-{stem}', recurrent_phase_kernel, dict(base, PHASE=phase, _weight_type=weights),
+                plan, floor)
     return configs

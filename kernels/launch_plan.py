@@ -122,10 +122,12 @@ def check_plan(plan, batch: int, hidden: int, num_tokens: int):
         (plan.groups * plan.block_b < batch, f'groups * block_b = {plan.groups * plan.block_b} < batch {batch}'),
         (plan.programs * plan.unit_tiles * plan.block_u < hidden, f'programs * unit_tiles * block_u < hidden {hidden}'),
         (plan.num_slices * slice_tokens < num_tokens, f'num_slices * vocab_tiles * block_v < num_tokens {num_tokens}'),
-        ((plan.num_slices - 1) * slice_tokens >= num_tokens, f'slice {plan.num_slices - 1} of {plan.num_slices} is empty'),
+        ((plan.num_slices - 1) * slice_tokens >= num_tokens,
+         f'slice {plan.num_slices - 1} of {plan.num_slices} is empty'),
         (plan.num_slices > plan.programs, f'num_slices {plan.num_slices} > programs {plan.programs}'),
         (plan.num_warps not in (1, 2, 4, 8, 16), f'num_warps {plan.num_warps} is not a power of two <= 16'),
     ]
     for bad, what in problems:
         if bad:
-            raise ValueError(f'plan {plan} does not fit batch {batch}, hidden {hidden}, num_tokens {num_tokens}: {what}')
+            raise ValueError(
+                f'plan {plan} does not fit batch {batch}, hidden {hidden}, num_tokens {num_tokens}: {what}')

@@ -15,7 +15,8 @@ SM_CLOCK_GHZ = 1.75
 L2_LATENCY_US = 0.5              # one dependent L2 round trip (~700-900 cycles)
 L2_BYTES_PER_CLOCK_PER_SM = 64
 L1_BYTES_PER_CLOCK_PER_SM = 128
-L1_BYTES_PER_SM = 200 * 1024       # of the 256 KB L1/shared: what the slices may count on (Triton takes some shared memory)
+# of the 256 KB L1/shared: what the slices may count on (Triton takes some shared memory)
+L1_BYTES_PER_SM = 200 * 1024
 FMA_FLOPS_PER_CLOCK_PER_SM = 256                  # 128 fp32 FMA lanes
 TF32_FLOPS_PER_CLOCK_PER_SM = 495e12 / 132 / 1.75e9 / 1  # dense tf32 tensor cores, split over the SMs
 

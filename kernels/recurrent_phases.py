@@ -139,7 +139,8 @@ def gates_phase(
         acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
         for k in range(0, hidden, BLOCK_K):
             h_k = load_h(h_read_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)                 # (BLOCK_B, BLOCK_K)
-            w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)   # (BLOCK_K, 4 * BLOCK_U)
+            # (BLOCK_K, 4 * BLOCK_U)
+            w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)
             acc = tl.dot(h_k, w_k.to(tl.float32), acc, input_precision=PRECISION)
         h, c = cell_update(acc, x, c_old, h_old, bias_hn, IS_LSTM, BLOCK_B, BLOCK_U)
         tl.store(h_write_ptr + offs, h, mask=mask)
@@ -177,7 +178,8 @@ def tile_scores(
         scores = tl.full(logits.shape, float('-inf'), tl.float32)
         if tl.max(candidate.to(tl.int32)) > 0:
             if INJECTED_NOISE:
-                noise_ptrs = (noise_ptr + rows.to(tl.int64)[:, None] * stride_noise_b + tl.cast(t, tl.int64) * stride_noise_t
+                noise_ptrs = (noise_ptr + rows.to(tl.int64)[:, None] * stride_noise_b
+                              + tl.cast(t, tl.int64) * stride_noise_t
                               + tokens.to(tl.int64)[None, :] * stride_noise_v)
                 # only candidates are read; the others get 0.5 (never used: log(0) would warn)
                 uniform = tl.load(noise_ptrs, mask=candidate, other=0.5).to(tl.float32)
@@ -211,8 +213,8 @@ def slice_best(
         token_mask = tokens < num_tokens
         logits = tl.zeros((BLOCK_B, BLOCK_V), dtype=tl.float32)
         for k in range(0, hidden, BLOCK_K):
-            h_k = load_h(h_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)                       # (BLOCK_B, BLOCK_K)
-            w_k = load_out_weights(weight_out_ptr, token_start, k, hidden, num_tokens, BLOCK_V, BLOCK_K)  # (BLOCK_K, BLOCK_V)
+            h_k = load_h(h_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)                    # (BLOCK_B, BLOCK_K)
+            w_k = load_out_weights(weight_out_ptr, token_start, k, hidden, num_tokens, BLOCK_V, BLOCK_K)  # (K, V)
             logits = tl.dot(h_k, w_k.to(tl.float32), logits, input_precision=PRECISION)
         if HAS_BIAS_OUT:
             logits = logits + tl.load(bias_out_ptr + tokens, mask=token_mask, other=0.,

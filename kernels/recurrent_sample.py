@@ -86,7 +86,8 @@ def recurrent_sample_kernel(
     s = 0
     while (s < num_feeds) & (passed != 0):
         token = next_token(p, s, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
-                           partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
+                           partial_score_ptr, partial_token_ptr, num_slices,
+                           tokens_ptr, stride_tokens_b, stride_tokens_t,
                            BLOCK_B, BLOCK_P)
         gates_phase(p, token, rows, row_mask, s, h_ptr + (s % 2) * slot, h_ptr + ((s + 1) % 2) * slot, c_ptr,
                     input_table_ptr, weight_hh_ptr, bias_hn_ptr, hidden,
@@ -140,7 +141,8 @@ def recurrent_phase_kernel(
     slot = batch * hidden
     if PHASE == 0:
         token = next_token(p, s, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
-                           partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
+                           partial_score_ptr, partial_token_ptr, num_slices,
+                           tokens_ptr, stride_tokens_b, stride_tokens_t,
                            BLOCK_B, BLOCK_P)
         gates_phase(p, token, rows, row_mask, s, h_ptr + (s % 2) * slot, h_ptr + ((s + 1) % 2) * slot, c_ptr,
                     input_table_ptr, weight_hh_ptr, bias_hn_ptr, hidden,
@@ -219,7 +221,9 @@ def check_kernel_errors(device: torch.device, *, grid: int | None = None, plan: 
     flag = error_flag(device)
     if int(flag.item()) != 0:
         flag.zero_()
-        where = f'a grid of {grid} programs ({plan.groups} groups of {plan.programs})' if plan is not None else 'a persistent launch'
+        where = 'a persistent launch'
+        if plan is not None:
+            where = f'a grid of {grid} programs ({plan.groups} groups of {plan.programs})'
         raise KernelBarrierError(
             f'recurrent_sample_kernel: {where} on {device} with {num_sms(device)} SMs did not meet at a grid barrier '
             'within max_spins: the programs were not all co-resident (another kernel holding SMs, MPS/MIG limits, or a '
@@ -233,7 +237,8 @@ def wants_check() -> bool:
 # launch
 
 
-def kernel_constexprs(plan: LaunchPlan, is_lstm: bool, has_bias_out: bool, sample: bool, injected: bool, precision: str) -> dict:
+def kernel_constexprs(plan: LaunchPlan, is_lstm: bool, has_bias_out: bool, sample: bool, injected: bool,
+                      precision: str) -> dict:
     return dict(
         IS_LSTM=is_lstm, GATES=4 if is_lstm else 3, HAS_BIAS_OUT=has_bias_out,
         SAMPLE=sample, INJECTED_NOISE=injected,
@@ -379,8 +384,9 @@ def fused_recurrent_sample(
     mode: 'persistent' (one launch, grid barriers), 'phases' (one launch per phase, the host stepping:
     what the interpreter checks with P > 1 programs), 'auto' (persistent; phases under the
     interpreter when the plan has more than one program a group). `programs` forces the programs
-    per group; `plan` replaces the whole launch plan (tests, tuning). `check` (default: env UP_FAST_KERNEL_CHECK) synchronises after the launch and raises
-    KernelBarrierError if a grid barrier gave up; a training step leaves it off (no host sync).
+    per group; `plan` replaces the whole launch plan (tests, tuning). `check` (default: env
+    UP_FAST_KERNEL_CHECK) synchronises after the launch and raises KernelBarrierError if a grid
+    barrier gave up; a training step leaves it off (no host sync).
     """
     if not isinstance(folded, FoldedRecurrentNet):
         raise TypeError(f'folded must be a FoldedRecurrentNet, got {type(folded).__name__}')
@@ -431,8 +437,9 @@ def fused_recurrent_sample(
     if batch < 1 or prefix_len < 1:
         raise ValueError(f'prefix must hold at least one token per row and one row, got shape {tuple(prefix.shape)}')
     # in-kernel offsets into the state slots and weights are int32
-    if 2 * batch * hidden >= 2**31 or batch * num_tokens >= 2**31 or (num_tokens + gates * hidden) * max(hidden, gates) >= 2**31:
-        raise ValueError(f'batch {batch}, hidden {hidden}, num_tokens {num_tokens} overflow the kernel\'s int32 offsets')
+    if (2 * batch * hidden >= 2**31 or batch * num_tokens >= 2**31
+            or (num_tokens + gates * hidden) * max(hidden, gates) >= 2**31):
+        raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens} overflow the kernel's int32 offsets")
     if length * num_tokens > MAX_COUNTERS_PER_ROW:
         raise ValueError(f'length * num_tokens must be <= 2**32 (Philox counter word), got {length} * {num_tokens}')
 
