@@ -10,14 +10,13 @@ steps through the phases). docs/kernel.md explains the design, its hazards and i
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from up_fast import config
 from up_fast.band import PHILOX_GUMBEL_BOUNDS, SLACK, injected_gumbel_bounds
 from up_fast.checks import check_int, check_temperature
 from up_fast.kernels.launch_plan import (
@@ -29,7 +28,7 @@ from up_fast.kernels.recurrent_phases import (
 from up_fast.sampling import SUPPORTED_CELLS, FoldedRecurrentNet
 
 # triton.jit picks the interpreter when TRITON_INTERPRET=1 at decoration time (this import)
-INTERPRETED = os.environ.get('TRITON_INTERPRET', '0') == '1'
+INTERPRETED = config.interpreted()
 
 SUPPORTED_PRECISIONS = ('tf32x3', 'ieee')
 SUPPORTED_MODES = ('auto', 'persistent', 'phases')
@@ -41,7 +40,7 @@ NOISE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MAX_COUNTERS_PER_ROW = 1 << 32
 # ~0.5 us an atomic round trip: about 10 s before a barrier gives up
 DEFAULT_MAX_SPINS = 1 << 24
-CHECK_ENV = 'UP_FAST_KERNEL_CHECK'
+CHECK_ENV = config.KERNEL_CHECK
 
 
 @triton.jit
@@ -230,10 +229,6 @@ def check_kernel_errors(device: torch.device, *, grid: int | None = None, plan: 
             'grid larger than the device allows). Its tokens are invalid. Retry with mode="phases" or fewer programs.')
 
 
-def wants_check() -> bool:
-    return os.environ.get(CHECK_ENV, '0').strip() not in ('', '0', 'false', 'False')
-
-
 # launch
 
 
@@ -401,7 +396,7 @@ def fused_recurrent_sample(
     if programs is not None:
         programs = check_int('programs', programs, low=1)
     max_spins = check_int('max_spins', max_spins, low=1, high=2**31 - 1)
-    check = wants_check() if check is None else bool(check)
+    check = config.kernel_check_from_env() if check is None else bool(check)
 
     is_lstm = folded.cell == 'lstm'
     gates = 4 if is_lstm else 3
