@@ -78,6 +78,17 @@ def test_entry_point_is_installed():
     assert 'pretrain' in result.stdout and 'eval' in result.stdout
 
 
+@pytest.mark.parametrize('argv', [['--version'], ['--help'], ['pretrain', '--help'], ['eval', '--help'], ['sample', '--help']])
+def test_version_and_help_import_no_torch(tmp_path, argv):
+    # a fast start: what the call does not need is not imported (torch alone takes seconds)
+    result = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'up_fast.cli', *argv],
+                            capture_output = True, text = True, timeout = 120, cwd = tmp_path)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split('|')[-1].strip().split('.')[0] for line in result.stderr.splitlines() if line.startswith('import time:')}
+    assert 'up_fast' in imported
+    assert not imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'}, sorted(imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'})
+
+
 # pretrain
 
 
@@ -636,7 +647,9 @@ def test_missing_eval_text_is_refused_before_training(tmp_path, capsys):
 
 def paper_source_available():
     import importlib.util
-    return hasattr(common.UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
+
+    from up_fast import UniversalPretrainWrapper
+    return hasattr(UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
 
 
 needs_paper = pytest.mark.skipif(not paper_source_available(), reason = 'UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator '

@@ -8,12 +8,14 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from up_fast import __version__
 from up_fast.cli.common import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, CLIError, one_line
 from up_fast.helpers import exists
+
+if TYPE_CHECKING:
+    import torch
 
 
 def describe_file(path: Path) -> str:
@@ -31,6 +33,8 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CLIError(f'{path} is a directory, not a checkpoint file (`up-fast pretrain` writes {DEFAULT_CHECKPOINT} by default)')
     if not path.is_file():
         raise CLIError(f'checkpoint not found: {path} (write one with `up-fast pretrain --out {path}`)')
+    import torch
+
     try:
         checkpoint = torch.load(path, map_location = 'cpu', weights_only = True)
     except pickle.UnpicklingError as err:
@@ -109,6 +113,8 @@ def check_writable(path: Path, what: str, option: str):
 
 def save_checkpoint(checkpoint: dict, out: Path):
     # through a temporary file: an interrupted save leaves the previous checkpoint whole
+    import torch
+
     temporary = out.with_name(f'.{out.name}.{os.getpid()}.tmp')
     torch.save(checkpoint, temporary)
     os.replace(temporary, out)

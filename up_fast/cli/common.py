@@ -8,15 +8,18 @@ import math
 import os
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
-from x_transformers import Decoder, TransformerWrapper
-
-from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
 from up_fast.cli.baselines import split_windows
 from up_fast.helpers import default, exists
+
+# torch and x-transformers are imported inside the functions that use them: `up-fast --help`,
+# `--version` and the checks made before any work answer without them
+if TYPE_CHECKING:
+    import torch
+    from x_transformers import TransformerWrapper
+
+    from up_fast import UniversalPretrainWrapper
 
 # the embedded default configuration: `up-fast pretrain` takes a few minutes on 2 CPU cores
 
@@ -87,6 +90,7 @@ def positive_float(text: str) -> float:
 
 
 def device_name(text: str) -> str:
+    import torch
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -104,6 +108,7 @@ def one_line(err: Exception, limit: int = 300) -> str:
 
 
 def pick_device(requested: str | None) -> torch.device:
+    import torch
     device = torch.device(default(requested, 'cuda' if torch.cuda.is_available() else 'cpu'))
 
     if device.type == 'meta':
@@ -135,6 +140,7 @@ def default_text_file() -> Path:
 
 
 def build_model(config: dict) -> TransformerWrapper:
+    from x_transformers import Decoder, TransformerWrapper
     return TransformerWrapper(
         num_tokens = config['num_tokens'],
         max_seq_len = config['seq_len'],
@@ -143,6 +149,7 @@ def build_model(config: dict) -> TransformerWrapper:
 
 
 def build_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainWrapper:
+    from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
     if config['source'] == 'paper':
         return build_paper_wrapper(model, config)
 
@@ -175,6 +182,7 @@ def build_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainW
 
 def build_paper_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainWrapper:
     """The published method: the author's generator (a 4-layer LSTM, re-drawn every step) and buffer algorithm."""
+    from up_fast import UniversalPretrainWrapper
     try:
         return UniversalPretrainWrapper.paper(
             model,
@@ -211,24 +219,27 @@ def read_text(path: str | Path, max_bytes: int) -> bytes:
     return data[:max_bytes] if max_bytes > 0 else data
 
 
-@torch.no_grad()
 def bits_per_byte(model: TransformerWrapper, data: bytes, seq_len: int, batch_size: int, device: torch.device) -> float:
     """Next-byte cross-entropy in bits, averaged over every predicted position of the
     non-overlapping windows of `seq_len` bytes (baselines.split_windows: the first byte of each
     window is context only). The baselines are scored on exactly these positions."""
+    import torch
+    import torch.nn.functional as F
+
     was_training = model.training
     model.eval()
     windows = [torch.tensor(list(window)) for window in split_windows(data, seq_len)]
 
     total_bits, count = 0., 0
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
-        for length in sorted({len(w) for w in chunk}):      # only the last window can be shorter
-            x = torch.stack([w for w in chunk if len(w) == length]).to(device)  # (batch, length)
-            logits = model(x)[:, :-1]                                           # (batch, length - 1, num_tokens)
-            loss = F.cross_entropy(logits.transpose(1, 2).float(), x[:, 1:], reduction = 'sum')
-            total_bits += loss.item() / math.log(2)
-            count += x[:, 1:].numel()
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            for length in sorted({len(w) for w in chunk}):      # only the last window can be shorter
+                x = torch.stack([w for w in chunk if len(w) == length]).to(device)  # (batch, length)
+                logits = model(x)[:, :-1]                                           # (batch, length - 1, num_tokens)
+                loss = F.cross_entropy(logits.transpose(1, 2).float(), x[:, 1:], reduction = 'sum')
+                total_bits += loss.item() / math.log(2)
+                count += x[:, 1:].numel()
 
     model.train(was_training)
     return total_bits / count

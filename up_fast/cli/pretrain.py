@@ -8,10 +8,7 @@ import math
 import textwrap
 import time
 from pathlib import Path
-
-import torch
-
-from x_transformers import TransformerWrapper
+from typing import TYPE_CHECKING
 
 from up_fast import __version__
 from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov, predicted_positions, versus_counting
@@ -22,6 +19,10 @@ from up_fast.cli.common import (
     positive_int, read_text,
 )
 from up_fast.helpers import default, exists
+
+if TYPE_CHECKING:
+    import torch
+    from x_transformers import TransformerWrapper
 
 
 def lr_lambda(warmup: int, steps: int):
@@ -137,6 +138,8 @@ class ZeroShotEval:
 
 
 def run(args) -> dict:
+    import torch
+
     try:
         from tqdm import tqdm
     except ImportError:
