@@ -22,6 +22,12 @@ def pretrain_tiny(path, *extra):
     return torch.load(path, map_location = 'cpu', weights_only = True)
 
 
+@pytest.fixture(autouse = True)
+def in_a_fresh_directory(tmp_path, monkeypatch):
+    # what a user's working directory holds (a checkpoints/up_fast.pt of an earlier run) must not change a test
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope = 'module')
 def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
@@ -69,11 +75,11 @@ def test_no_command_prints_help(capsys):
     assert 'pretrain' in capsys.readouterr().out
 
 
-def test_entry_point_is_installed():
+def test_entry_point_is_installed(tmp_path):
     exe = shutil.which('up-fast')
     if exe is None:
         pytest.skip('the up-fast console script is not on PATH (pip install -e .)')
-    result = subprocess.run([exe, '--help'], capture_output = True, text = True, timeout = 120)
+    result = subprocess.run([exe, '--help'], capture_output = True, text = True, timeout = 120, cwd = tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'pretrain' in result.stdout and 'eval' in result.stdout
 

@@ -32,7 +32,7 @@ from up_fast.backend import check_backend, use_triton
 from up_fast.config import nvtx_from_env
 from up_fast.profiling import phase
 from up_fast.checks import (
-    check_bool, check_causal_transformer, check_data_generator, check_int, check_temperature,
+    check_bool, check_causal_transformer, check_data_generator, check_int, check_seq_len, check_temperature,
     check_token_tensor, check_torch_generator, check_uniform_noise,
 )
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
@@ -334,9 +334,7 @@ class UniversalPretrainWrapper(Module):
         check_causal_transformer('model', model)
         batch_size = check_int('batch_size', batch_size, low=1)
         seq_len = check_int('seq_len', seq_len, low=2)
-        max_seq_len = getattr(model, 'max_seq_len', 0) or 0
-        if max_seq_len > 0 and seq_len > max_seq_len:
-            raise ValueError(f'seq_len must be at most the model\'s max_seq_len ({max_seq_len}), got {seq_len}')
+        seq_len = check_seq_len(seq_len, model)
         seed_length = check_int('seed_length', seed_length, low=1, high=seq_len - 1, allowed=f'an int in (0, seq_len={seq_len})')
         buffer_size = check_int('buffer_size', default(buffer_size, batch_size * 20), low=batch_size + 1, allowed=f'an int > batch_size ({batch_size})')
         generation_batch_size = check_int('generation_batch_size', default(generation_batch_size, batch_size), low=1, high=buffer_size,
