@@ -244,3 +244,32 @@ def test_the_best_evaluation_is_kept_beside_the_last(tmp_path, capsys):
 
     main(['pretrain', *TINY, '--steps', '2', '--eval-every', '1', '--eval-text', str(text), '--no-keep-best', '--out', str(tmp_path / 'other.pt')])
     assert not (tmp_path / 'other.best.pt').exists()
+
+
+# sizes checked before any work
+
+
+@pytest.mark.parametrize('argv, option', [(['--batch-size', '1000000000'], '--batch-size 1000000000'),
+                                          (['--seq-len', '100000', '--steps', '1'], '--seq-len 100000')], ids = ['batch_size', 'seq_len'])
+def test_a_size_that_cannot_fit_is_refused_before_any_work(tmp_path, argv, option):
+    result = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'up_fast.cli', 'pretrain', *argv, '--device', 'cpu', '--out', 'x.pt'],
+                            cwd = tmp_path, capture_output = True, text = True, timeout = 120)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith('import time:')]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
+    assert option in lines[0] and re.search(r'needs about [\d.,]+ [KMGTP]iB of memory .* than the [\d.,]+ [KMGTP]iB available on cpu', lines[0])
+    # refused before torch is imported: nothing allocated, no time lost
+    imported = {line.split('|')[-1].strip().split('.')[0] for line in result.stderr.splitlines() if line.startswith('import time:')}
+    assert 'up_fast' in imported and 'torch' not in imported
+    assert not (tmp_path / 'x.pt').exists()
+
+
+def test_the_memory_estimate_counts_the_model_exactly_and_is_checked_against_what_is_available(monkeypatch, capsys):
+    from up_fast.cli import common, sizes
+
+    for dim, depth, heads, seq_len in [(128, 2, 4, 128), (16, 1, 2, 32), (96, 3, 3, 64)]:
+        config = {**common.DEFAULT_CONFIG, 'dim': dim, 'depth': depth, 'heads': heads, 'seq_len': seq_len}
+        assert sizes.parameter_count(config) == sum(p.numel() for p in common.build_model(config).parameters())
+
+    monkeypatch.setattr(sizes, 'host_memory_available', lambda: 1024 * 1024)
+    err = one_line_error(capsys, ['pretrain', *TINY, '--steps', '2', '--device', 'cpu'])
+    assert 'more than the 1.0 MiB available on cpu' in err and '--batch-size 4' in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,6 +91,11 @@ def positive_float(text: str) -> float:
 
 
 def device_name(text: str) -> str:
+    # the usual names are read without torch, so that checks made before any work stay fast
+    match = re.fullmatch(r'(cpu|cuda|mps|xpu|meta)(?::(\d+))?', text)
+    if match:
+        return match[1] if match[2] is None else f'{match[1]}:{int(match[2])}'
+
     import torch
     try:
         device = torch.device(text)

@@ -22,6 +22,7 @@ from up_fast.cli.common import (
     config_summary, default_text_file, log, non_negative_int, one_line, paragraph, pick_device, positive_float,
     positive_int, read_text,
 )
+from up_fast.cli.sizes import check_memory_before_torch, check_memory_on
 from up_fast.helpers import default, exists
 
 if TYPE_CHECKING:
@@ -281,6 +282,7 @@ def run(args) -> dict:
         checkpoint = None
         config = new_config(args)
         check_source_options(config)
+    check_memory_before_torch(config, args.device)
 
     out = Path(default(args.out, args.resume or DEFAULT_CHECKPOINT))
     check_out_path(out, args.resume, args.force)
@@ -296,6 +298,7 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
     from tqdm import tqdm
 
     device = pick_device(args.device)
+    check_memory_on(config, device)
     torch.manual_seed(config['seed'])
 
     wrapper = build(config, device)
