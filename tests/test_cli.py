@@ -57,7 +57,8 @@ def test_top_level_help_teaches(capsys):
 
 @pytest.mark.parametrize('command, options', [
     ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device',
-                  'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384']),
+                  'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384',
+                  '--save-every', '--keep-best', '--override', '--resume']),
     ('sample', ['--checkpoint', '--fresh', '--source', '--steps', '--every', '--max-period', '--plot', '--rows', '--width', '--seed']),
     ('eval', ['--checkpoint', '--text', '--max-bytes', '--seed', '--json', '65536', 'Markov', 'pseudo-counts']),
 ])

@@ -74,7 +74,7 @@ def assert_same_run(first: dict, second: dict):
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids = ['SIGINT', 'SIGTERM'])
 def test_a_signal_saves_after_the_step_and_the_resumed_run_equals_one_run(tmp_path, signum):
-    run = [*TINY, '--steps', '100000', '--save-every', '0']         # only the signal saves
+    run = [*TINY, '--steps', '100000']
     process = start(tmp_path, 'pretrain', *run, '--out', 'part.pt')
     wait_until_training(process)
     time.sleep(1.5)
@@ -150,7 +150,7 @@ def test_a_checkpoint_of_a_newer_format_is_refused(tmp_path, capsys):
 
 
 def test_two_runs_cannot_write_one_path(tmp_path):
-    first = start(tmp_path, 'pretrain', *TINY, '--steps', '100000', '--save-every', '0', '--out', 'same.pt')
+    first = start(tmp_path, 'pretrain', *TINY, '--steps', '100000', '--out', 'same.pt')
     wait_until_training(first)
 
     second = subprocess.run([sys.executable, '-m', 'up_fast.cli', 'pretrain', *TINY, '--steps', '3', '--seed', '2', '--out', 'same.pt'],
