@@ -53,7 +53,7 @@ def wait_until_training(process: subprocess.Popen) -> list[str]:
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith('saving to'):
+        if line.startswith('pre-training'):
             return lines
     raise AssertionError(f'the run ended before training: {"".join(lines)}{process.stderr.read()}')
 
