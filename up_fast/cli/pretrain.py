@@ -279,6 +279,8 @@ def run(args) -> dict:
             raise CLIError(f'{args.resume} cannot be resumed: it lacks {", ".join(sorted(missing))} (a best-model checkpoint, or written by an older up-fast)')
         config = resumed_config(args, checkpoint)
     else:
+        if args.override:
+            raise CLIError('--override applies options to a run continued with --resume; a new run takes its options as given')
         checkpoint = None
         config = new_config(args)
         check_source_options(config)
