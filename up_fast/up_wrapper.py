@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -26,7 +27,8 @@ from torch.nn import GRU, LSTM, Module
 
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
-from up_fast.buffer import draw_step_rows, noise_rows, read_rows, seed_columns, token_dtype
+from up_fast import buffer as buffer_ops_torch
+from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
 from up_fast.profiling import nvtx_from_env, phase
@@ -249,6 +251,16 @@ class SyntheticDataGenerator(FoldedWeightsCache, Module):
 # the wrapper
 
 
+@dataclass
+class StepData:
+    """What a training step draws and generates before it writes anything (see draw_and_generate)."""
+    step: int
+    rows: StepRows
+    noise: Tensor | None                 # (num_reset, seq_len) in the buffer's dtype
+    generated: Tensor                    # (generation batch, seq_len) int64, where the generator lives
+    randomness: StepRandomness           # the step's generators, after its draws
+
+
 def model_num_tokens(module: Module) -> int | None:
     num_tokens = getattr(module, 'num_tokens', None)
     if exists(num_tokens):
@@ -408,6 +420,7 @@ class UniversalPretrainWrapper(Module):
         self.step_options = dict(generation_batch_size=generation_batch_size, reset_first=reset_first,
                                  distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
         self.nvtx = nvtx
+        self.backend = check_backend(backend)       # the buffer's kernels follow it as the generator's do
 
         self.randomness = self.make_randomness(generator, rng_seed)
 
@@ -580,17 +593,28 @@ class UniversalPretrainWrapper(Module):
         else:
             self.data_generator.reset_()
 
+    def buffer_ops(self, device):
+        """The buffer's gather, write-back and reset: the Triton kernels (up_fast.kernels.buffer_ops) where the
+        wrapper's backend takes them on `device`, as it does for sampling, else their PyTorch twins (up_fast.buffer)."""
+        if use_triton(self.backend, torch.device(device)):
+            from up_fast.kernels import buffer_ops
+            return buffer_ops
+        return buffer_ops_torch
+
+    def read_dtype(self, buffer: Tensor, device) -> torch.dtype:
+        # rows widen to int64 where they are used; rows that cross devices cross narrow
+        return torch.long if buffer.device == torch.device(device) else buffer.dtype
+
     @torch.no_grad()
-    def data_step_(self) -> Tensor:
-        """Algorithm 1 but the loss: updates the buffer and returns the training batch,
-        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing of
-        the wrapper's: buffer, `step`, `last_step_rows` and the per-step streams stay as they were
-        (the step repeats its draws when called again). An explicit `generator=` passed to the
-        constructor has advanced, though, by the draws made before the failure."""
+    def draw_and_generate(self, step: int, randomness: StepRandomness) -> StepData:
+        """Steps 1-2 of Algorithm 1 for training step `step`: draw the rows and the reset noise, read the seeds
+        and conditions, generate. Writes nothing: it reads only the buffer and the generator's weights, so
+        that it can run ahead, while the transformer trains on the step before (prefetch=True)."""
         buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
-        step = self.num_steps + 1
-        self.randomness.begin(step)
-        generator = self.randomness.on(buffer.device)
+        ops = self.buffer_ops(buffer.device)
+        randomness.begin(step)
+        generator = randomness.on(buffer.device)
+        generator_device = module_device(self.data_generator, self.device)
 
         with phase('index draw', self.nvtx):
             rows = draw_step_rows(
@@ -609,14 +633,14 @@ class UniversalPretrainWrapper(Module):
         pending = (rows.reset_rows, noise) if rows.reset_first and exists(noise) else None
 
         with phase('gather', self.nvtx):
-            seeds = read_rows(buffer, rows.seed_rows, seed_columns(rows.seed_offsets, self.seed_length), pending=pending)   # (generation batch, seed_length)
-            conditions = read_rows(buffer, rows.condition_rows, pending=pending)                                            # (generation batch, seq_len)
-            seed, condition = self.to_device(seeds), self.to_device(conditions)
+            prefix = ops.gather_prefix(buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, self.seed_length,
+                                       pending=pending, dtype=self.read_dtype(buffer, generator_device))      # (generation batch, seed_length + seq_len)
+            prefix = self.to_device(prefix)
+            seed, condition = prefix[:, :self.seed_length], prefix[:, self.seed_length:]
 
         with phase('generate', self.nvtx):
             if self.takes_generator:        # the generator's own default temperature; noise is drawn where its weights are
-                sampling_generator = self.randomness.on(module_device(self.data_generator, self.device))
-                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=sampling_generator)
+                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=randomness.on(generator_device))
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
@@ -625,13 +649,33 @@ class UniversalPretrainWrapper(Module):
             raise ValueError(f'data_generator.generate returned shape {tuple(generated.shape)}, but the buffer needs '
                              f'(generation_batch_size, seq_len) = {expected_shape} rows')
 
-        with phase('write-back and reset', self.nvtx):
-            if exists(noise):
-                buffer[rows.reset_rows] = noise
-            buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)     # after the reset: generated rows win
-        self.last_step_rows = rows
+        return StepData(step=step, rows=rows, noise=noise, generated=generated, randomness=randomness)
 
-        # count the step, maybe re-draw the turing machine. After the writes, so that a step that
+    @torch.no_grad()
+    def data_step_(self) -> Tensor:
+        """Algorithm 1 but the loss: updates the buffer and returns the training batch,
+        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing of
+        the wrapper's: buffer, `step`, `last_step_rows` and the per-step streams stay as they were
+        (the step repeats its draws when called again). An explicit `generator=` passed to the
+        constructor has advanced, though, by the draws made before the failure."""
+        buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
+        ops = self.buffer_ops(buffer.device)
+        step = self.num_steps + 1
+
+        # 1-2. draw the rows, read seeds and conditions, generate (nothing is written yet)
+
+        made = self.draw_and_generate(step, self.randomness)
+        rows = made.rows
+
+        # 4-5. reset the reset rows, write the generated rows over the condition rows (after the reset:
+        # generated rows win)
+
+        with phase('write-back and reset', self.nvtx):
+            ops.write_rows_(buffer, rows.reset_rows, made.noise, rows.condition_rows, made.generated)
+        self.last_step_rows = rows
+        self.randomness = made.randomness
+
+        # 3. count the step, maybe re-draw the turing machine. After the writes, so that a step that
         # fails counts nothing; the re-drawn weights act from the next step's generation on
 
         self.step.add_(1)
@@ -640,10 +684,11 @@ class UniversalPretrainWrapper(Module):
         if self.reset_turing_machine_every > 0 and divisible_by(step, self.reset_turing_machine_every):
             self.redraw_data_generator_()
 
-        # a fresh training batch, widened to int64 only now
+        # 6. a fresh training batch, widened to int64 only now
 
         with phase('training-batch gather', self.nvtx):
-            return self.to_device(buffer[rows.batch_rows]).long()
+            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))     # (batch_size, seq_len)
+            return self.to_device(batch).long()
 
     def forward(self):
         # following algorithm 1
