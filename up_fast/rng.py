@@ -97,6 +97,13 @@ class StepRandomness:
         self.step = step
         self.per_device = {}
 
+    def fresh(self) -> 'StepRandomness':
+        """The same seed and rank with generators of its own: a step's draws made ahead of time, while
+        this one's generators are still in use. Per-step generators only (an explicit generator is one
+        stream, whose draws depend on the order they are made in)."""
+        assert not exists(self.generator), 'an explicit generator cannot be forked'
+        return StepRandomness(seed=self.seed, rank=self.rank)
+
     def on(self, device) -> torch.Generator:
         """The generator for draws on `device` in the current step."""
         device = torch.device(device)

@@ -31,6 +31,7 @@ from up_fast import buffer as buffer_ops_torch
 from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
+from up_fast.prefetch import Prefetcher, default_mode, versions
 from up_fast.profiling import nvtx_from_env, phase
 from up_fast.checks import (
     check_bool, check_causal_transformer, check_data_generator, check_int, check_temperature,
@@ -308,6 +309,12 @@ class UniversalPretrainWrapper(Module):
       (rows generated per step, default batch_size), `constant_init` (the buffer starts as constant
       rows), `reset_first` (reset random distinct rows before anything is read), `distinct_seed_rows`,
       `shared_seed_offset` (all seeds cropped at one random offset).
+    - `prefetch=True`: each forward() starts the next step's draws and generation right after its own data
+      is written, so that on CUDA they run on a side stream while the transformer trains (on the CPU at
+      once, before the transformer: the same data, nothing overlaps; up_fast/prefetch.py). The data,
+      the buffer and the losses are the same as without it, through save and resume and under DDP: the
+      prefetched work is never saved, and is redone from the same per-step generators whenever what it
+      read has changed. Needs per-step generators (not `generator=`) and an up_fast-form data generator.
     - `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX range for Nsight
       (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator,
       any of up_fast's (it has a `backend` attribute; see SyntheticDataGenerator, PaperDataGenerator).
@@ -339,6 +346,7 @@ class UniversalPretrainWrapper(Module):
         reset_first: bool = False,
         distinct_seed_rows: bool = False,
         shared_seed_offset: bool = False,
+        prefetch: bool = False,
     ):
         super().__init__()
 
@@ -364,6 +372,10 @@ class UniversalPretrainWrapper(Module):
         if exists(backend):
             backend = check_backend(backend)
         check_torch_generator('generator', generator)
+        check_bool('prefetch', prefetch)
+        if prefetch and exists(generator):
+            raise ValueError('prefetch=True makes the next step\'s draws while this step\'s transformer trains, which needs per-step '
+                             'generators: pass rng_seed=int (or neither) instead of generator=')
         if exists(rng_seed):
             rng_seed = check_int('rng_seed', rng_seed, low=0)
             if exists(generator):
@@ -392,9 +404,16 @@ class UniversalPretrainWrapper(Module):
         if exists(backend):
             data_generator.backend = backend        # the last check: a generator may refuse what it cannot run (PaperDataGenerator: 'triton')
 
+        takes_generator = follows_generator(data_generator)
+        if prefetch and not takes_generator:
+            raise ValueError(f'prefetch=True needs a data generator that draws from the wrapper\'s per-step generators '
+                             f'(reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=), as up_fast\'s have), '
+                             f'got data_generator of type {type(data_generator).__name__}, which draws from torch\'s global generators '
+                             f'in an order that prefetch would change')
+
         # all checked: from here on nothing fails, so a refused call changed nothing
 
-        self.takes_generator = follows_generator(data_generator)
+        self.takes_generator = takes_generator
         if exists(rng_seed) and not self.takes_generator:
             warnings.warn(f'rng_seed governs the wrapper\'s draws, but data_generator of type {type(data_generator).__name__} draws from '
                           'torch\'s global generators (it lacks reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=)): '
@@ -421,6 +440,9 @@ class UniversalPretrainWrapper(Module):
                                  distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
         self.nvtx = nvtx
         self.backend = check_backend(backend)       # the buffer's kernels follow it as the generator's do
+        self.prefetch = prefetch
+        self.prefetch_mode = None                   # 'stream', 'thread' or 'inline'; None: up_fast.prefetch.default_mode
+        self.prefetcher = Prefetcher()
 
         self.randomness = self.make_randomness(generator, rng_seed)
 
@@ -662,9 +684,12 @@ class UniversalPretrainWrapper(Module):
         ops = self.buffer_ops(buffer.device)
         step = self.num_steps + 1
 
-        # 1-2. draw the rows, read seeds and conditions, generate (nothing is written yet)
+        # 1-2. draw the rows, read seeds and conditions, generate (nothing is written yet). With prefetch,
+        # made while the transformer trained on the step before, from this step's generators
 
-        made = self.draw_and_generate(step, self.randomness)
+        made = self.prefetcher.take(step, self.prefetch_key(step))
+        if not exists(made):
+            made = self.draw_and_generate(step, self.randomness)
         rows = made.rows
 
         # 4-5. reset the reset rows, write the generated rows over the condition rows (after the reset:
@@ -690,8 +715,26 @@ class UniversalPretrainWrapper(Module):
             batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))     # (batch_size, seq_len)
             return self.to_device(batch).long()
 
+    def prefetch_key(self, step: int) -> tuple:
+        """What the data of `step` is made from, besides its generators: the buffer and the generator's weights."""
+        generator_state = (*self.data_generator.parameters(), *self.data_generator.buffers())
+        return step, versions((self.synth_data_buffer, *generator_state)), self.randomness.seed, self.randomness.rank
+
+    def prefetch_next_(self):
+        """Start making the next step's data (up_fast/prefetch.py): on a side stream on CUDA, so that it
+        runs while the transformer trains."""
+        step = self.num_steps + 1
+        randomness = self.randomness.fresh()
+        device = module_device(self.data_generator, self.device)        # where the generation runs
+        mode = default(self.prefetch_mode, default_mode(device))
+        self.prefetcher.start(partial(self.draw_and_generate, step, randomness), step, self.prefetch_key(step),
+                              (self.synth_data_buffer, *self.data_generator.parameters(), *self.data_generator.buffers()),
+                              mode=mode, device=device)
+
     def forward(self):
         # following algorithm 1
         data = self.data_step_()
+        if self.prefetch:
+            self.prefetch_next_()
         with phase('transformer', self.nvtx):
             return self.ar_wrapped(data)
