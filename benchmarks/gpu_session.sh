@@ -142,7 +142,7 @@ step bench bash -c "python3 -m pytest benchmarks --benchmark-only -q -p no:cache
 #    stalls. Clocks left alone (--clock-control none, METHOD.md); the details page goes to the log.
 if tool ncu ncu; then
     step ncu bash -c "ncu --clock-control none --nvtx --nvtx-include 'up_fast/generate/' --launch-count 2 --set full \
-        -f -o '$OUT/generate' python3 -m up_fast.profile --data-only --steps 1 --warmup 1 --backend triton \
+        -f -o '$OUT/generate' python3 -m up_fast.profiling --data-only --steps 1 --warmup 1 --backend triton \
         && ncu -i '$OUT/generate.ncu-rep' --page details"
 fi
 

@@ -166,9 +166,9 @@ def target_rows(results: dict) -> list[dict]:
 def targets_table(targets: list[dict]) -> str | None:
     if not targets:
         return None
-    header = ['target', 'issue', 'set for', 'status', 'measured', 'target value', 'measured / target', 'asserted', 'why not measured']
+    header = ['target', 'why', 'set for', 'status', 'measured', 'target value', 'measured / target', 'asserted', 'why not measured']
     lines = [
-        [t['name'], str(t['issue']), t['device'], t['status'], t.get('measured', '-'), t['target'],
+        [t['name'], t.get('reason', '-'), t['device'], t['status'], t.get('measured', '-'), t['target'],
          f'{t["ratio_to_target"]:.2f}' if exists(t.get('ratio_to_target')) else '-',
          'yes' if t['asserted'] else 'no (reported only)', t.get('why', '') or '-']
         for t in targets
@@ -201,8 +201,8 @@ def report_text(rows: list[Row], source: Path, results: dict | None = None) -> s
                         'these timings show that the suite runs, they are not figures to quote.')
     targets = targets_table(target_rows(results))
     if exists(targets):
-        parts += ['## Targets', 'Each target is asserted only on the device its issue set it for; '
-                  'elsewhere, and where its issue asked only for a report, it is reported here.', targets]
+        parts += ['## Targets', 'Each target is asserted only on the device it was set for; '
+                  'elsewhere, and where it is a goal rather than a promise, it is reported here.', targets]
     memory = memory_table(rows)
     if exists(memory):
         parts += ['## Memory', memory]

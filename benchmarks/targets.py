@@ -1,10 +1,10 @@
-"""Speed targets: what an issue asked a path to reach, measured in the same run as the reference.
+"""Speed targets: what each path promises to reach, measured in the same run as the reference.
 
 Every target is reported wherever the benchmarks run: in the extra_info of the benchmark that
 measures it (`targets`: target, measured, ratio to the target, met), in the summary printed at the
 end of `pytest benchmarks --benchmark-only` (met, not met, or not measured and why), in the saved
 JSON (`up_fast_targets`) and in `python -m benchmarks.report`. A target fails its benchmark only
-where the issue that set it says so (`asserted`) and on the device it was set for: the command is
+where it is marked `asserted`, and only on the device it was set for: the command is
 green wherever it runs, and a red run means a promise made for that machine was broken.
 
 Speed claims live here, never in unit tests: they only mean something where they were measured.
@@ -28,7 +28,7 @@ COMPARISONS = {'>=': operator.ge, '<=': operator.le}
 @dataclass(frozen=True)
 class Target:
     name: str
-    issue: int
+    reason: str             # one line: why this target, and why asserted or reported only
     device: str             # the device type it was set for: 'cpu' or 'cuda'
     workload: str
     size_name: str
@@ -36,7 +36,7 @@ class Target:
     metric: str             # SPEEDUP, STEP_SECONDS or DATA_SHARE
     comparison: str         # '>=' or '<='
     value: float
-    asserted: bool          # fail the benchmark when not met, on `device` (only where the issue says so)
+    asserted: bool          # fail the benchmark when not met, on `device`
     benchmark: str          # the test that measures it
     baseline: str = REFERENCE   # SPEEDUP: the implementation whose median is divided by impl's
 
@@ -54,29 +54,26 @@ class Target:
 
 
 TARGETS = (
-    # issue 2: the PyTorch path on a CPU. Reported only: the issue set it as a goal for the path, and
-    # on the 2-vCPU EPYC this project is developed on it measures 2.56x-2.91x
-    # (benchmarks/results/performance.md says why)
-    Target('generate 3x on a CPU', issue=2, device='cpu', workload='generate', size_name='example',
+    Target('generate 3x on a CPU',
+           reason='a goal for the PyTorch path; reported only: it depends on the CPU (benchmarks/results/performance.md)', device='cpu', workload='generate', size_name='example',
            impl='up_fast-torch', metric=SPEEDUP, comparison='>=', value=3., asserted=False,
            benchmark='test_generate.py::test_generate[example-up_fast-torch]'),
-    # issue 10: the fused kernel on the lent GPU (an H200). Set for the GPU: asserted there
-    Target('generate 30x on CUDA', issue=10, device='cuda', workload='generate', size_name='example',
+    Target('generate 30x on CUDA', reason='data generation nearly free beside training: the fused kernel on an H200', device='cuda', workload='generate', size_name='example',
            impl='up_fast-triton', metric=SPEEDUP, comparison='>=', value=30., asserted=True,
            benchmark='test_generate.py::test_generate[example-up_fast-triton]'),
-    Target('2 us a sequential step on CUDA', issue=10, device='cuda', workload='generate', size_name='example',
+    Target('2 us a sequential step on CUDA', reason='a decoding step latency-bound at a few L2 round trips on an H200', device='cuda', workload='generate', size_name='example',
            impl='up_fast-triton', metric=STEP_SECONDS, comparison='<=', value=2e-6, asserted=True,
            benchmark='test_generate.py::test_generate[example-up_fast-triton]'),
     # the same tokens per call as the reference, so tokens/s over the reference's is the speedup
-    Target('tokens/s 50x at batch 4096 on CUDA', issue=10, device='cuda', workload='generate', size_name='saturating-batch',
+    Target('tokens/s 50x at batch 4096 on CUDA', reason='throughput when the batch fills the GPU, on an H200', device='cuda', workload='generate', size_name='saturating-batch',
            impl='up_fast-triton', metric=SPEEDUP, comparison='>=', value=50., asserted=True,
            benchmark='test_generate.py::test_generate[saturating-batch-up_fast-triton]'),
-    Target('data step <= 3% of a training step on CUDA', issue=10, device='cuda', workload='train step', size_name='example',
+    Target('data step <= 3% of a training step on CUDA', reason='what a user pays for synthetic data, on an H200', device='cuda', workload='train step', size_name='example',
            impl='up_fast-triton', metric=DATA_SHARE, comparison='<=', value=0.03, asserted=True,
            benchmark='test_train_step.py::test_train_step[up_fast-triton]'),
-    # issue 11: the paper generator's PyTorch loop against the author's own sampling loop (nn.LSTM
-    # once a token), at the author's sizes. Reported only: a goal for the CPU path
-    Target("paper generate 3x the author's loop on a CPU", issue=11, device='cpu', workload='paper-generate', size_name='paper-author',
+    # the paper generator's PyTorch loop against the author's own sampling loop (nn.LSTM once a token)
+    Target("paper generate 3x the author's loop on a CPU",
+           reason="a goal at the author's sizes; reported only: fp32 products alone take a third of the author's loop", device='cpu', workload='paper-generate', size_name='paper-author',
            impl='up_fast-torch', metric=SPEEDUP, comparison='>=', value=3., asserted=False,
            benchmark='test_paper_generate.py::test_paper_generate[up_fast-torch]', baseline='author-nn.LSTM'),
 )
@@ -117,7 +114,7 @@ def measured_value(target: Target, size) -> tuple[float | None, str]:
 
 
 def result_of(target: Target, value: float | None, why: str = '') -> dict:
-    result = dict(name=target.name, issue=target.issue, device=target.device, target=target.wanted,
+    result = dict(name=target.name, reason=target.reason, device=target.device, target=target.wanted,
                   asserted=target.asserted, benchmark=target.benchmark)
     if value is None:
         return dict(result, status='not measured', why=why)
@@ -141,7 +138,7 @@ def check_targets(workload: str, size, impl: str, benchmark=None):
         if benchmark is not None:
             benchmark.extra_info.setdefault('targets', []).append(result)
         if target.asserted and result['status'] == 'not met':
-            failures.append(f'{target.name} (issue {target.issue}): measured {result["measured"]}, target {target.wanted}')
+            failures.append(f'{target.name}: measured {result["measured"]}, target {target.wanted}')
 
     assert not failures, '; '.join(failures)
 
@@ -149,7 +146,7 @@ def check_targets(workload: str, size, impl: str, benchmark=None):
 def summary(skipped: dict[str, str] | None = None, run_nodeids: set[str] | None = None) -> list[dict]:
     """Every target, measured or not, with why not: what the end-of-run summary and the JSON list.
 
-    skipped: test node id -> skip reason, for the tests skipped in this session;
+    skipped: test node id -> skip reason, for the tests skipped in this run;
     run_nodeids: the node ids of the tests that ran (passed or failed).
     """
     skipped, run_nodeids = skipped or {}, run_nodeids or set()
@@ -168,7 +165,7 @@ def summary(skipped: dict[str, str] | None = None, run_nodeids: set[str] | None 
             elif ran:
                 why = 'its benchmark failed before measuring'
             else:
-                why = 'its benchmark was not run in this session (deselected)'
+                why = 'its benchmark was not run (deselected)'
         rows.append(result_of(target, None, why))
     return rows
 
@@ -191,7 +188,7 @@ def skipped_groups(skipped: dict[str, str]) -> list[str]:
 def target_line(row: dict) -> str:
     status = row['status'].upper() if row['status'] == 'not met' else row['status']
     kind = 'asserted' if row['asserted'] else 'reported only'
-    head = f'{status:<12} {row["name"]} (issue {row["issue"]}, {row["device"]}, {kind})'
+    head = f'{status:<12} {row["name"]} ({row["device"]}, {kind})'
     if row['status'] == 'not measured':
         return f'{head}: {row["why"]}'
     return f'{head}: measured {row["measured"]}, target {row["target"]}, measured / target {row["ratio_to_target"]:.2f}'
@@ -201,6 +198,6 @@ def summary_lines(rows: list[dict], skipped: dict[str, str]) -> list[str]:
     lines = [target_line(row) for row in rows]
     unmet = [row for row in rows if row['status'] == 'not met' and not row['asserted']]
     if unmet:
-        lines.append('targets not met and reported only do not fail the run: their issue did not ask for an assertion here')
+        lines.append('targets not met and reported only do not fail the run: they are goals, not promises, on this device')
     lines += skipped_groups(skipped) or ['nothing skipped']
     return lines

@@ -6,7 +6,7 @@ Sizes (benchmarks/sizes.py): the README's example, a large vocabulary, a large h
 saturating batch, and sweeps over batch and hidden size for the report's plot; smaller on a CPU,
 labelled so. Each group times the reference first; the others record their speedup over it.
 The example size and the saturating batch carry targets (benchmarks/targets.py): reported in every
-run, asserted only on the device their issue set them for.
+run, asserted only on the device they were set for.
 """
 
 import pytest

@@ -16,8 +16,8 @@ pytest-benchmark group, in this order:
                         (batch, 128) @ (128, 512) for layer 1 and (batch, 256) @ (256, 512) for
                         each further layer, and per sampled token (batch, 128) @ (128, 256)
 
-The speedup of up_fast over the author's loop, and the floor's, are recorded in extra_info. The
-issue's goal, >= 3x on a CPU, is a target in benchmarks/targets.py (issue 11): reported as met or
+The speedup of up_fast over the author's loop, and the floor's, are recorded in extra_info. Its
+goal, >= 3x on a CPU, is a target in benchmarks/targets.py: reported as met or
 not in extra_info and the end-of-run summary, not asserted (a shared or slower machine must not
 fail the run). The floor bounds what any fp32 implementation of these products
 can reach here: author / floor is the best possible speedup on this machine.
@@ -93,7 +93,7 @@ def test_paper_generate(benchmark, measure, impl):
 
     measure(workload=WORKLOAD, size=size, impl=impl, fn=fn, tokens_per_call=size.batch * size.seq_len,
             config=dict(size.config(), depth=DEPTH, temperature=0.), warmup=1)
-    check_targets(WORKLOAD, size, impl, benchmark)     # issue 11's target (benchmarks/targets.py): reported, not asserted
+    check_targets(WORKLOAD, size, impl, benchmark)     # a target in benchmarks/targets.py: reported, not asserted
     if benchmark.disabled:
         return
 

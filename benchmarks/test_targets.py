@@ -1,5 +1,5 @@
 """benchmarks/targets.py and the end-of-run summary on made-up medians: a target that is not met is
-reported with its ratio and fails nothing unless its issue asked for an assertion on this device.
+reported with its ratio and fails nothing unless it is asserted on this device.
 
 A plain test, not a benchmark: `pytest benchmarks/test_targets.py` (--benchmark-only skips it).
 """
@@ -64,7 +64,7 @@ def test_gpu_targets_are_asserted_on_cuda_only(fresh_run, monkeypatch):
     assert targets.RESULTS == {}
 
     on(monkeypatch, 'cuda')
-    with pytest.raises(AssertionError, match=r'generate 30x on CUDA \(issue 10\): measured 10.00x, target >= 30.00x.*2 us a sequential step'):
+    with pytest.raises(AssertionError, match=r'generate 30x on CUDA: measured 10.00x, target >= 30.00x.*2 us a sequential step'):
         targets.check_targets('generate', EXAMPLE, 'up_fast-triton')
     assert targets.RESULTS['2 us a sequential step on CUDA']['measured'] == f'{0.01 / steps * 1e6:.2f} us'
 
@@ -77,7 +77,7 @@ def test_data_share_and_batch_targets(fresh_run, monkeypatch):
     on(monkeypatch, 'cuda')
     fresh_run[('data step', 'example', 'up_fast-triton')] = 0.004
     fresh_run[('train step', 'example', 'up_fast-triton')] = 0.100    # 4% of the step: over 3%
-    with pytest.raises(AssertionError, match=r'data step <= 3% of a training step on CUDA .*measured 4.0%, target <= 3.0%'):
+    with pytest.raises(AssertionError, match=r'data step <= 3% of a training step on CUDA: measured 4.0%, target <= 3.0%'):
         targets.check_targets('train step', EXAMPLE, 'up_fast-triton')
 
     fresh_run[('generate', 'saturating-batch', 'reference')] = 6.0
@@ -99,7 +99,7 @@ PAPER_AUTHOR = Size('paper-author', batch=104, hidden=128, num_tokens=256, seq_l
 
 
 def test_the_paper_generator_target_is_against_the_authors_loop(fresh_run, monkeypatch):
-    # issue 11: up_fast-torch over author-nn.LSTM (not over the reference), on a CPU, reported only
+    # up_fast-torch over author-nn.LSTM (not over the reference), on a CPU, reported only
     name = "paper generate 3x the author's loop on a CPU"
     on(monkeypatch, 'cpu')
     fresh_run[('paper-generate', 'paper-author', 'up_fast-torch')] = 0.4
@@ -109,7 +109,7 @@ def test_the_paper_generator_target_is_against_the_authors_loop(fresh_run, monke
     fresh_run[('paper-generate', 'paper-author', 'author-nn.LSTM')] = 1.0      # 2.5x: not met, and no failure
     targets.check_targets('paper-generate', PAPER_AUTHOR, 'up_fast-torch')
     result = targets.RESULTS[name]
-    assert (result['status'], result['measured'], result['issue'], result['asserted']) == ('not met', '2.50x', 11, False)
+    assert (result['status'], result['measured'], result['asserted']) == ('not met', '2.50x', False)
     rows = {row['name']: row for row in targets.summary({}, set())}
     assert rows[name]['status'] == 'not met'
 
@@ -135,7 +135,7 @@ def test_summary_says_why_each_target_was_not_measured(fresh_run, monkeypatch):
 
     lines = targets.summary_lines(list(rows.values()), skipped)
     text = '\n'.join(lines)
-    assert 'NOT MET      generate 3x on a CPU (issue 2, cpu, reported only): measured 2.50x, target >= 3.00x, measured / target 0.83' in text
+    assert 'NOT MET      generate 3x on a CPU (cpu, reported only): measured 2.50x, target >= 3.00x, measured / target 0.83' in text
     assert 'do not fail the run' in text
     assert '  2 skipped: no Triton path on a CPU: the kernel needs CUDA (test_generate.py, test_train_step.py)' in lines
     assert '  1 skipped: Skipping non-benchmark (--benchmark-only active). (test_report.py)' in lines
@@ -145,7 +145,7 @@ def test_summary_says_why_each_target_was_not_measured(fresh_run, monkeypatch):
     monkeypatch.setattr(targets, 'RESULTS', {})
     rows = {row['name']: row for row in targets.summary(skipped, set())}
     assert rows['generate 30x on CUDA']['why'] == 'its benchmark was skipped: no Triton path on a CPU: the kernel needs CUDA'
-    assert rows['tokens/s 50x at batch 4096 on CUDA']['why'] == 'its benchmark was not run in this session (deselected)'
+    assert rows['tokens/s 50x at batch 4096 on CUDA']['why'] == 'its benchmark was not run (deselected)'
 
 
 def test_report_prints_the_targets_and_the_skips(tmp_path, capsys):
@@ -159,8 +159,8 @@ def test_report_prints_the_targets_and_the_skips(tmp_path, capsys):
     path.write_text(json.dumps(results))
     assert report.main([str(path), '--no-plot', '--out', str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert '| generate 3x on a CPU | 2 | cpu | not met | 2.50x | >= 3.00x | 0.83 | no (reported only) | - |' in printed
-    assert '| generate 30x on CUDA | 10 | cuda | not measured | - | >= 30.00x | - | yes | set for CUDA; this run is on CPU |' in printed
+    assert f'| generate 3x on a CPU | {targets.TARGETS[0].reason} | cpu | not met | 2.50x | >= 3.00x | 0.83 | no (reported only) | - |' in printed
+    assert f'| generate 30x on CUDA | {targets.TARGETS[1].reason} | cuda | not measured | - | >= 30.00x | - | yes | set for CUDA; this run is on CPU |' in printed
     assert '| 1 | no Triton path on a CPU: needs CUDA | test_soak_data_path[triton] |' in printed
 
 
@@ -192,6 +192,6 @@ def test_a_session_with_an_unmet_reported_target_is_green(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert 'up_fast speed targets, and what was skipped' in out
-    assert 'NOT MET      generate 3x on a CPU (issue 2, cpu, reported only): measured 2.50x' in out
-    assert 'not measured generate 30x on CUDA (issue 10, cuda, asserted): set for CUDA; this run is on CPU' in out
+    assert 'NOT MET      generate 3x on a CPU (cpu, reported only): measured 2.50x' in out
+    assert 'not measured generate 30x on CUDA (cuda, asserted): set for CUDA; this run is on CPU' in out
     assert '1 skipped: no Triton path on a CPU: the kernel needs CUDA (test_fake.py)' in out

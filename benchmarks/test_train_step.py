@@ -7,7 +7,7 @@ max_seq_len 512) at batch 32, seq_len 512. On a CPU a 2-layer model at batch 8, 
 (labelled): the example takes about 20 s a step on 2 cores.
 
 Where the data step ran at the same size earlier in the run (with CUDA: the example), extra_info
-records `data_step_share`, the data step's median over this training step's; issue 10's target of
+records `data_step_share`, the data step's median over this training step's; the target of
 at most 3% for the Triton path is checked here (benchmarks/targets.py).
 """
 

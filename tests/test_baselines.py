@@ -1,4 +1,4 @@
-"""In-context Markov baselines (up_fast/baselines.py): hand-computed cases, proper distributions,
+"""In-context Markov baselines (up_fast/cli/baselines.py): hand-computed cases, proper distributions,
 and the positions they are scored on."""
 
 import math
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from up_fast.baselines import InContextMarkov, markov_bits_per_byte, predicted_positions, split_windows
+from up_fast.cli.baselines import InContextMarkov, markov_bits_per_byte, predicted_positions, split_windows
 
 U = 1 / 256     # P_-1: uniform over bytes
 

@@ -11,8 +11,7 @@ import sys
 import pytest
 import torch
 
-from up_fast import cli
-from up_fast.cli import main
+from up_fast.cli import baselines, build_parser, common, main, row_stats, sample
 
 # the xt source and no zero-shot evaluations unless a test asks: the fastest run there is
 TINY = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-len', '32', '--batch-size', '4', '--source', 'xt', '--eval-every', '0']
@@ -97,9 +96,9 @@ def test_pretrain_writes_a_loadable_checkpoint(tiny_checkpoint):
     assert any(key.startswith('data_generator.') for key in wrapper_state)
 
     # both state dicts load strictly into objects built from the saved config
-    model = cli.build_model(config)
+    model = common.build_model(config)
     model.load_state_dict(checkpoint['model'])
-    wrapper = cli.build(config, torch.device('cpu'))
+    wrapper = common.build(config, torch.device('cpu'))
     wrapper.load_state_dict(wrapper_state)
     assert torch.equal(wrapper.synth_data_buffer, buffer)
     assert torch.equal(wrapper.model.token_emb.emb.weight, model.token_emb.emb.weight)
@@ -166,18 +165,18 @@ def test_sample_checkpoint(tiny_checkpoint, capsys):
 
 def test_show_bytes_escapes_and_truncates():
     row = torch.tensor(list(b'ab\n\t\\') + [0, 255, 0x7f], dtype = torch.uint8)
-    assert cli.show_bytes(row, 100) == 'ab\\n\\t\\\\\\x00\\xff\\x7f'
-    short = cli.show_bytes(torch.full((50,), ord('x'), dtype = torch.uint8), 10)
+    assert sample.show_bytes(row, 100) == 'ab\\n\\t\\\\\\x00\\xff\\x7f'
+    short = sample.show_bytes(torch.full((50,), ord('x'), dtype = torch.uint8), 10)
     assert short == 'xxxxxxx...'
     # never half an escape: a second '\\x00' would leave no room for '...' in 10 characters
-    assert cli.show_bytes(torch.tensor([97, 0, 0, 0], dtype = torch.uint8), 10) == 'a\\x00...'
-    assert cli.show_bytes(torch.tensor([97, 0], dtype = torch.uint8), 5) == 'a\\x00'
+    assert sample.show_bytes(torch.tensor([97, 0, 0, 0], dtype = torch.uint8), 10) == 'a\\x00...'
+    assert sample.show_bytes(torch.tensor([97, 0], dtype = torch.uint8), 5) == 'a\\x00'
 
 
 def test_zlib_ratio_tells_noise_from_constant():
     noise = torch.randint(0, 256, (128,), dtype = torch.uint8, generator = torch.Generator().manual_seed(0))
     constant = torch.full((128,), 65, dtype = torch.uint8)
-    assert cli.zlib_ratio(noise) > 1.0 > 0.2 > cli.zlib_ratio(constant)
+    assert row_stats.zlib_ratio(noise) > 1.0 > 0.2 > row_stats.zlib_ratio(constant)
 
 
 # eval
@@ -196,7 +195,7 @@ def test_eval_on_a_text_file(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_eval_default_text_ships_with_python(tiny_checkpoint, capsys):
-    default_file = cli.default_text_file()
+    default_file = common.default_text_file()
     assert default_file.is_file()
     main(['eval', '--checkpoint', str(tiny_checkpoint), '--max-bytes', '4096'])
     out = capsys.readouterr().out
@@ -205,11 +204,11 @@ def test_eval_default_text_ships_with_python(tiny_checkpoint, capsys):
 
 
 def test_bits_per_byte_of_a_uniform_model_is_8():
-    config = {**cli.DEFAULT_CONFIG, 'dim': 16, 'depth': 1, 'heads': 2, 'seq_len': 32}
-    model = cli.build_model(config)
+    config = {**common.DEFAULT_CONFIG, 'dim': 16, 'depth': 1, 'heads': 2, 'seq_len': 32}
+    model = common.build_model(config)
     torch.nn.init.zeros_(model.to_logits.weight)        # every logit 0: a uniform guess
     data = bytes(range(256)) * 3 + b'xyz'               # windows of 32 and a short last one
-    assert cli.bits_per_byte(model, data, 32, 5, torch.device('cpu')) == pytest.approx(8.0, abs = 1e-5)
+    assert common.bits_per_byte(model, data, 32, 5, torch.device('cpu')) == pytest.approx(8.0, abs = 1e-5)
 
 
 class AlwaysA(torch.nn.Module):
@@ -225,10 +224,10 @@ def test_bits_per_byte_counts_every_predicted_position():
     # windows of 8: 'aaaaaaaa' predicts 7 bytes, all hits; 'aaab' predicts 3, one miss
     data = b'aaaaaaaa' + b'aaab'
     bits_per_miss = 1e4 / math.log(2)
-    assert cli.bits_per_byte(AlwaysA(), data, 8, 4, torch.device('cpu')) == pytest.approx(bits_per_miss / 10, rel = 1e-4)
+    assert common.bits_per_byte(AlwaysA(), data, 8, 4, torch.device('cpu')) == pytest.approx(bits_per_miss / 10, rel = 1e-4)
     # windows do not overlap, and the first byte of each is context only: these 'b's are never predicted
-    assert cli.bits_per_byte(AlwaysA(), b'baaaaaaa' * 3, 8, 2, torch.device('cpu')) < 1e-3
-    assert cli.bits_per_byte(AlwaysA(), b'aaaaaaab' * 3, 8, 2, torch.device('cpu')) == pytest.approx(bits_per_miss / 7, rel = 1e-4)
+    assert common.bits_per_byte(AlwaysA(), b'baaaaaaa' * 3, 8, 2, torch.device('cpu')) < 1e-3
+    assert common.bits_per_byte(AlwaysA(), b'aaaaaaab' * 3, 8, 2, torch.device('cpu')) == pytest.approx(bits_per_miss / 7, rel = 1e-4)
 
 
 # errors
@@ -474,27 +473,27 @@ def test_sample_seed_changes_the_output_and_repeats(capsys):
 def test_sample_uses_the_checkpoint_pretrain_just_wrote(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(['pretrain', *TINY])               # to the default path
-    assert (tmp_path / cli.DEFAULT_CHECKPOINT).is_file()
+    assert (tmp_path / common.DEFAULT_CHECKPOINT).is_file()
     capsys.readouterr()
 
     main(['sample', '--rows', '2'])
     out = capsys.readouterr().out
-    assert f'checkpoint {cli.DEFAULT_CHECKPOINT}' in out and '--fresh' in out
+    assert f'checkpoint {common.DEFAULT_CHECKPOINT}' in out and '--fresh' in out
     assert 'dim 16' in out and re.search(r'^\s+3\s', out, re.MULTILINE)     # its config, its step
 
     main(['sample', '--fresh', '--steps', '1', '--rows', '2'])
     out = capsys.readouterr().out
     assert 'fresh wrapper' in out and 'dim 128' in out
 
-    one_line_error(capsys, ['sample', '--fresh', '--checkpoint', cli.DEFAULT_CHECKPOINT])
-    one_line_error(capsys, ['sample', '--source', 'xt', '--checkpoint', cli.DEFAULT_CHECKPOINT])
+    one_line_error(capsys, ['sample', '--fresh', '--checkpoint', common.DEFAULT_CHECKPOINT])
+    one_line_error(capsys, ['sample', '--source', 'xt', '--checkpoint', common.DEFAULT_CHECKPOINT])
 
 
 def test_sample_statistics_every_few_steps_and_plot(tmp_path, capsys):
     plot = tmp_path / 'stats.png'
-    steps, stats = cli.sample(cli.build_parser().parse_args(['sample', '--source', 'xt', '--steps', '4', '--every', '2', '--rows', '1', '--plot', str(plot)]))
+    steps, stats = sample.run(build_parser().parse_args(['sample', '--source', 'xt', '--steps', '4', '--every', '2', '--rows', '1', '--plot', str(plot)]))
     out = capsys.readouterr().out
-    assert cli.STATS_HEADER in out
+    assert sample.STATS_HEADER in out
     printed = [int(line.split()[0]) for line in out.splitlines() if re.match(r'\s*\d+\s+\d+\.\d+ /', line)]
     assert printed == [0, 2, 4]
     assert steps == [0, 1, 2, 3, 4] and len(stats) == 5
@@ -518,7 +517,7 @@ class MarkovModel(torch.nn.Module):
     """The in-context Markov model of order 2 as a 'transformer': log-probabilities as logits."""
 
     def forward(self, x):
-        from up_fast.baselines import InContextMarkov
+        from up_fast.cli.baselines import InContextMarkov
         logits = torch.empty(*x.shape, 256, dtype = torch.float64)          # (batch, length, num_tokens)
         for row, tokens in enumerate(x.tolist()):
             model = InContextMarkov(2)
@@ -530,8 +529,8 @@ class MarkovModel(torch.nn.Module):
 
 def test_baselines_are_scored_on_the_models_positions():
     data = b'the cat sat on the mat; the hat sat on the cat. ' * 3
-    as_model = cli.bits_per_byte(MarkovModel(), data, 32, 2, torch.device('cpu'))
-    assert as_model == pytest.approx(cli.baseline_bits(data, 32)['markov_2'], rel = 1e-6)
+    as_model = common.bits_per_byte(MarkovModel(), data, 32, 2, torch.device('cpu'))
+    assert as_model == pytest.approx(baselines.baseline_bits(data, 32)['markov_2'], rel = 1e-6)
 
 
 def test_eval_reports_baselines_and_names_the_best(tiny_checkpoint, capsys):
@@ -637,7 +636,7 @@ def test_missing_eval_text_is_refused_before_training(tmp_path, capsys):
 
 def paper_source_available():
     import importlib.util
-    return hasattr(cli.UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
+    return hasattr(common.UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
 
 
 needs_paper = pytest.mark.skipif(not paper_source_available(), reason = 'UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator '
@@ -647,7 +646,7 @@ PAPER_TINY = [*TINY[:-4], '--source', 'paper', '--eval-every', '0']
 
 def test_source_is_in_the_help_and_the_config(tiny_checkpoint):
     assert torch.load(tiny_checkpoint, weights_only = True)['config']['source'] == 'xt'
-    assert cli.build_parser().parse_args(['pretrain']).source == cli.DEFAULT_CONFIG['source']
+    assert build_parser().parse_args(['pretrain']).source == common.DEFAULT_CONFIG['source']
 
 
 def test_checkpoint_without_a_source_is_read_as_xt(tiny_checkpoint, tmp_path, capsys):
@@ -676,7 +675,7 @@ def test_paper_source_trains_saves_and_restores(tmp_path, capsys):
     assert checkpoint['config']['source'] == 'paper'
     assert math.isfinite(checkpoint['final_loss'])
 
-    wrapper = cli.build(checkpoint['config'], torch.device('cpu'))
+    wrapper = common.build(checkpoint['config'], torch.device('cpu'))
     assert isinstance(wrapper.data_generator, PaperDataGenerator)
     assert wrapper.batch_size == 4 and wrapper.buffer_size == 20 * 2 * 4          # the author's sizes: generator batch 2x, buffer 20 generator batches
     wrapper.load_state_dict(checkpoint['wrapper'])
@@ -705,7 +704,7 @@ def test_paper_source_resumes_exactly(tmp_path):
 
 @needs_paper
 def test_sample_fresh_paper_buffer_starts_constant(capsys):
-    steps, stats = cli.sample(cli.build_parser().parse_args(['sample', '--source', 'paper', '--steps', '1', '--rows', '1']))
+    steps, stats = sample.run(build_parser().parse_args(['sample', '--source', 'paper', '--steps', '1', '--rows', '1']))
     assert 'paper source' in capsys.readouterr().out
     # the author's buffer starts as constant rows; a step resets 50 rows to uniform noise and writes generated rows
     assert stats[0].constant == 1.0 and stats[1].constant < 1.0

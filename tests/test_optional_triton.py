@@ -89,7 +89,7 @@ HIDE_TRITON = textwrap.dedent('''
 
 CPU_PATH = textwrap.dedent('''
     import torch
-    import up_fast, up_fast.cli, up_fast.profile, up_fast.sampling, up_fast.up_wrapper
+    import up_fast, up_fast.cli, up_fast.profiling, up_fast.sampling, up_fast.up_wrapper
     from up_fast import SyntheticDataGenerator
 
     torch.manual_seed(0)

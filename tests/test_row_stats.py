@@ -1,4 +1,4 @@
-"""Buffer statistics of `up-fast sample` (up_fast/row_stats.py) on hand-made rows: constant,
+"""Buffer statistics of `up-fast sample` (up_fast/cli/row_stats.py) on hand-made rows: constant,
 periodic, cycling after a transient, random."""
 
 import random
@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from up_fast.row_stats import buffer_stats, distinct_tokens, quartiles, smallest_period, zlib_ratio
+from up_fast.cli.row_stats import buffer_stats, distinct_tokens, quartiles, smallest_period, zlib_ratio
 
 CONSTANT = b'q' * 128
 PERIODIC = b'abc' * 42 + b'ab'                      # 128 bytes, period 3 to the very end

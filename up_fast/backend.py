@@ -13,11 +13,12 @@ here imports it before a backend other than 'torch' is asked to sample.
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from functools import lru_cache
 
 import torch
+
+from up_fast.config import backend_from_env, interpreted
 
 BACKENDS = ('auto', 'triton', 'torch')
 
@@ -27,7 +28,7 @@ INSTALL_TRITON = ('install it with `python3 -m pip install triton` (Linux; or `p
 
 def check_backend(backend: str | None) -> str:
     if backend is None:
-        backend = os.environ.get('UP_FAST_BACKEND', 'auto').strip().lower() or 'auto'
+        backend = backend_from_env(BACKENDS)
         source = 'the environment variable UP_FAST_BACKEND'
     else:
         source = 'backend'
@@ -58,10 +59,6 @@ def triton_problem() -> str | None:
     except Exception as err:        # ImportError, or a broken install raising anything else
         return f'Triton could not be imported ({type(err).__name__}: {err})'
     return None
-
-
-def interpreted() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 _warned = set()

@@ -31,8 +31,9 @@ from up_fast import buffer as buffer_ops_torch
 from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
+from up_fast.config import nvtx_from_env
 from up_fast.prefetch import Prefetcher, default_mode, versions
-from up_fast.profiling import nvtx_from_env, phase
+from up_fast.profiling import phase
 from up_fast.checks import (
     check_bool, check_causal_transformer, check_data_generator, check_int, check_temperature,
     check_token_tensor, check_torch_generator, check_uniform_noise,

@@ -124,3 +124,36 @@ def markov_bits_per_byte(
             count += 1
 
     return {k: total_bits[k] / count for k in orders}
+
+
+# the baselines as the commands report them: by name, with labels, and which side of them a model is on
+
+UNIFORM_BITS = 8.                       # log2(256): a byte guessed uniformly at random
+
+
+def markov_name(order: int) -> str:
+    return f'markov_{order}'
+
+
+BASELINE_LABELS = {
+    **{markov_name(order): f'in-context Markov, order {order}' for order in MARKOV_ORDERS},
+    'uniform': 'uniform guessing',
+}
+
+
+def baseline_bits(data: bytes, seq_len: int) -> dict[str, float]:
+    """Bits per byte of the in-context Markov models and of uniform guessing, on the positions
+    `bits_per_byte` scores a model of context `seq_len` on."""
+    markov = markov_bits_per_byte(data, seq_len, MARKOV_ORDERS, MARKOV_STRENGTH)
+    return {**{markov_name(order): bits for order, bits in markov.items()}, 'uniform': UNIFORM_BITS}
+
+
+def best_markov(results: dict[str, float]) -> str:
+    return min((markov_name(order) for order in MARKOV_ORDERS), key = results.__getitem__)
+
+
+def versus_counting(bits: float, results: dict[str, float]) -> tuple[str, float]:
+    """('below' or 'above', margin): which side of in-context counting `bits` is on, and by how much."""
+    best = results[best_markov(results)]
+    return ('below' if bits < best else 'above'), abs(bits - best)
+

@@ -1,0 +1,58 @@
+"""The environment variables up_fast reads, in one place, with one parser each for flags and choices.
+
+    UP_FAST_BACKEND        'auto' (default), 'triton' or 'torch': the default `backend=` of the generators
+    UP_FAST_NVTX           a flag: NVTX ranges around the phases of a training step (the wrapper's `nvtx=`)
+    UP_FAST_KERNEL_CHECK   a flag: the sampling kernel reads its error flag after every launch (`check=`)
+    TRITON_INTERPRET       a flag, Triton's own: run the kernels in Triton's CPU interpreter
+
+A flag is on for 1, true, yes or on and off for 0, false, no, off or empty (any case); anything else is
+an error naming the variable, so that a typo never silently means "off".
+"""
+
+from __future__ import annotations
+
+import os
+
+TRUE_WORDS = ('1', 'true', 'yes', 'on')
+FALSE_WORDS = ('', '0', 'false', 'no', 'off')
+
+BACKEND = 'UP_FAST_BACKEND'
+NVTX = 'UP_FAST_NVTX'
+KERNEL_CHECK = 'UP_FAST_KERNEL_CHECK'
+TRITON_INTERPRET = 'TRITON_INTERPRET'
+
+
+def env_flag(name: str) -> bool:
+    """The boolean environment variable `name`; unset is off."""
+    value = os.environ.get(name, '').strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ValueError(f'the environment variable {name} must be one of {TRUE_WORDS + FALSE_WORDS[1:]} (any case), '
+                     f'got {os.environ[name]!r}')
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """The environment variable `name`, one of `choices` (any case); unset or empty is `default`."""
+    value = os.environ.get(name, '').strip().lower() or default
+    if value not in choices:
+        raise ValueError(f'the environment variable {name} must be one of {choices}, got {os.environ[name]!r}')
+    return value
+
+
+def backend_from_env(choices: tuple[str, ...]) -> str:
+    return env_choice(BACKEND, choices, 'auto')
+
+
+def nvtx_from_env() -> bool:
+    return env_flag(NVTX)
+
+
+def kernel_check_from_env() -> bool:
+    return env_flag(KERNEL_CHECK)
+
+
+def interpreted() -> bool:
+    """Whether Triton runs its CPU interpreter (read when kernels are decorated, so set it before importing them)."""
+    return env_flag(TRITON_INTERPRET)
