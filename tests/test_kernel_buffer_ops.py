@@ -15,11 +15,11 @@ import pytest
 
 pytest.importorskip('triton')
 
+from conftest import tiny_model  # noqa: E402
+
 from up_fast import buffer as twin  # noqa: E402
 from up_fast.kernels import buffer_ops as kernel  # noqa: E402
 from up_fast.up_wrapper import UniversalPretrainWrapper  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
 
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
+from test_distributed import saved_by_ranks, torchrun
 
 from up_fast import UniversalPretrainWrapper
 from up_fast.prefetch import Prefetcher
-
-from conftest import tiny_model
-from test_distributed import saved_by_ranks, torchrun
 
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
@@ -168,6 +167,12 @@ def test_prefetch_needs_per_step_generators_and_an_up_fast_generator():
         UniversalPretrainWrapper(tiny_model(), data_generator=Foreign(), seq_len=16, batch_size=4, prefetch=True)
     with pytest.raises(TypeError, match='prefetch must be True or False'):
         UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, prefetch='yes')
+
+    # switched on later, the same checks; the wrapper is left as it was
+    wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, generator=torch.Generator())
+    with pytest.raises(ValueError, match='prefetch=True .* rng_seed'):
+        wrapper.prefetch = True
+    assert wrapper.prefetch is False
 
 
 DDP_SCRIPT = '''

@@ -97,7 +97,7 @@ class StepRandomness:
         self.step = step
         self.per_device = {}
 
-    def fresh(self) -> 'StepRandomness':
+    def fresh(self) -> StepRandomness:
         """The same seed and rank with generators of its own: a step's draws made ahead of time, while
         this one's generators are still in use. Per-step generators only (an explicit generator is one
         stream, whose draws depend on the order they are made in)."""

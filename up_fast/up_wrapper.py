@@ -32,7 +32,7 @@ from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
 from up_fast.config import nvtx_from_env
-from up_fast.prefetch import Prefetcher, default_mode, versions
+from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
 from up_fast.checks import (
     check_bool, check_causal_transformer, check_data_generator, check_int, check_temperature,
@@ -374,9 +374,6 @@ class UniversalPretrainWrapper(Module):
             backend = check_backend(backend)
         check_torch_generator('generator', generator)
         check_bool('prefetch', prefetch)
-        if prefetch and exists(generator):
-            raise ValueError('prefetch=True makes the next step\'s draws while this step\'s transformer trains, which needs per-step '
-                             'generators: pass rng_seed=int (or neither) instead of generator=')
         if exists(rng_seed):
             rng_seed = check_int('rng_seed', rng_seed, low=0)
             if exists(generator):
@@ -406,11 +403,7 @@ class UniversalPretrainWrapper(Module):
             data_generator.backend = backend        # the last check: a generator may refuse what it cannot run (PaperDataGenerator: 'triton')
 
         takes_generator = follows_generator(data_generator)
-        if prefetch and not takes_generator:
-            raise ValueError(f'prefetch=True needs a data generator that draws from the wrapper\'s per-step generators '
-                             f'(reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=), as up_fast\'s have), '
-                             f'got data_generator of type {type(data_generator).__name__}, which draws from torch\'s global generators '
-                             f'in an order that prefetch would change')
+        check_prefetch(prefetch, exists(generator), takes_generator, data_generator)
 
         # all checked: from here on nothing fails, so a refused call changed nothing
 
@@ -441,7 +434,7 @@ class UniversalPretrainWrapper(Module):
                                  distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
         self.nvtx = nvtx
         self.backend = check_backend(backend)       # the buffer's kernels follow it as the generator's do
-        self.prefetch = prefetch
+        self._prefetch = prefetch
         self.prefetch_mode = None                   # 'stream', 'thread' or 'inline'; None: up_fast.prefetch.default_mode
         self.prefetcher = Prefetcher()
 
@@ -715,6 +708,19 @@ class UniversalPretrainWrapper(Module):
         with phase('training-batch gather', self.nvtx):
             batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))     # (batch_size, seq_len)
             return self.to_device(batch).long()
+
+    @property
+    def prefetch(self) -> bool:
+        """Whether forward() makes the next step's data ahead (see the class docstring); may be switched between steps."""
+        return self._prefetch
+
+    @prefetch.setter
+    def prefetch(self, prefetch: bool):
+        check_bool('prefetch', prefetch)
+        check_prefetch(prefetch, exists(self.randomness.generator), self.takes_generator, self.data_generator)
+        self._prefetch = prefetch
+        if not prefetch:
+            self.prefetcher.drop()
 
     def prefetch_key(self, step: int) -> tuple:
         """What the data of `step` is made from, besides its generators: the buffer and the generator's weights."""
