@@ -107,13 +107,13 @@ def write_kernel(
         # a reset row that is also a condition row ends with its generated row: leave it to that program
         found = index_of(condition_rows_ptr, num_conditions, row, BLOCK_MATCH)
         keep = mask & ((cols * 0 + found) < 0)          # (BLOCK,) the scalar test as a column mask
-        value = tl.load(noise_ptr + p * noise_stride + cols, mask=keep, other=0)
-        tl.store(buffer_ptr + row * buffer_stride + cols, value.to(buffer_ptr.dtype.element_ty), mask=keep)
+        noise = tl.load(noise_ptr + p * noise_stride + cols, mask=keep, other=0)
+        tl.store(buffer_ptr + row * buffer_stride + cols, noise.to(buffer_ptr.dtype.element_ty), mask=keep)
     else:
         c = p - num_reset
         row = tl.load(condition_rows_ptr + c)
-        value = tl.load(generated_ptr + c * generated_stride + cols, mask=mask, other=0)
-        tl.store(buffer_ptr + row * buffer_stride + cols, value.to(buffer_ptr.dtype.element_ty), mask=mask)
+        generated = tl.load(generated_ptr + c * generated_stride + cols, mask=mask, other=0)
+        tl.store(buffer_ptr + row * buffer_stride + cols, generated.to(buffer_ptr.dtype.element_ty), mask=mask)
 
 
 # launchers

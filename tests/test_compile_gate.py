@@ -21,20 +21,25 @@ from up_fast.kernels import aot
 from up_fast.kernels.aot import AotConfig, CompileResult
 
 KERNEL_MODULE = 'up_fast.kernels.recurrent_sample'
+KERNEL_MODULES = (KERNEL_MODULE, 'up_fast.kernels.buffer_ops')
 TRITONS = ('installed', aot.SIDE_TRITON_VERSION)
 
 
 def gate_configurations():
-    """(arch, name) of every configuration, or the reason there are none."""
-    module = importlib.import_module(KERNEL_MODULE)
-    if not hasattr(module, 'aot_configurations'):
-        return [], f'{KERNEL_MODULE} has no aot_configurations() yet'
-    return [(arch, cfg.name) for arch in aot.GATE_ARCHS for cfg in aot.configurations(KERNEL_MODULE, arch)], None
+    """(module, arch, name) of every configuration, or the reason there are none."""
+    found, missing = [], []
+    for module_name in KERNEL_MODULES:
+        module = importlib.import_module(module_name)
+        if not hasattr(module, 'aot_configurations'):
+            missing.append(f'{module_name} has no aot_configurations() yet')
+            continue
+        found += [(module_name, arch, cfg.name) for arch in aot.GATE_ARCHS for cfg in aot.configurations(module_name, arch)]
+    return found, '; '.join(missing) if not found else None
 
 
 CONFIGS, NO_CONFIGS = gate_configurations()
-CASES = [pytest.param(version, arch, name, id=f'triton-{version}-sm{arch}-{name}')
-         for version in TRITONS for arch, name in CONFIGS]
+CASES = [pytest.param(version, module, arch, name, id=f'triton-{version}-sm{arch}-{name}')
+         for version in TRITONS for module, arch, name in CONFIGS]
 
 
 _compiled: dict = {}
@@ -70,9 +75,9 @@ def compile_now(version: str, module: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.skipif(bool(NO_CONFIGS), reason=NO_CONFIGS or '')
-@pytest.mark.parametrize('version, arch, name', CASES or [pytest.param(None, None, None, id='none')])
-def test_configuration_compiles_without_spills_within_shared_memory(version, arch, name):
-    result = compiled(version)[(arch, name)]
+@pytest.mark.parametrize('version, module, arch, name', CASES or [pytest.param(None, None, None, None, id='none')])
+def test_configuration_compiles_without_spills_within_shared_memory(version, module, arch, name):
+    result = compiled(version, module)[(arch, name)]
     if version != 'installed':
         assert result.triton_version == version
     assert result.problems() == [], f'{name} on sm_{arch}, Triton {result.triton_version}: {result.problems()}'
