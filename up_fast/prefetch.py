@@ -40,18 +40,19 @@ MODES = ('stream', 'thread', 'inline')
 CPU_MODE = 'inline'
 
 
-def check_prefetch(prefetch: bool, explicit_generator: bool, takes_generator: bool, data_generator):
-    """Refuse prefetch=True where made-ahead draws would differ from the step's own."""
+def check_prefetch(prefetch: bool, explicit_generator: bool, takes_generator: bool, data_generator, *, option: str = 'prefetch'):
+    """Refuse prefetch=True (or cuda_graph=True, `option`) where draws made ahead, or replayed, would differ
+    from the step's own."""
     if not prefetch:
         return
     if explicit_generator:
-        raise ValueError('prefetch=True makes the next step\'s draws while this step\'s transformer trains, which needs '
-                         'per-step generators: pass rng_seed=int (or neither) instead of generator=')
+        raise ValueError(f'{option}=True makes a step\'s draws from generators of its own, seeded per step, '
+                         'which needs per-step generators: pass rng_seed=int (or neither) instead of generator=')
     if not takes_generator:
-        raise ValueError(f'prefetch=True needs a data generator that draws from the wrapper\'s per-step generators '
+        raise ValueError(f'{option}=True needs a data generator that draws from the wrapper\'s per-step generators '
                          f'(reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=), as '
                          f'up_fast\'s have), got data_generator of type {type(data_generator).__name__}, which draws from '
-                         f'torch\'s global generators in an order that prefetch would change')
+                         f'torch\'s global generators in an order that {option} would change')
 
 
 def default_mode(device: torch.device) -> str:

@@ -32,6 +32,7 @@ from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
 from up_fast.config import nvtx_from_env
+from up_fast.graph import GraphedStepData
 from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
 from up_fast.checks import (
@@ -316,6 +317,9 @@ class UniversalPretrainWrapper(Module):
       the buffer and the losses are the same as without it, through save and resume and under DDP: the
       prefetched work is never saved, and is redone from the same per-step generators whenever what it
       read has changed. Needs per-step generators (not `generator=`) and an up_fast-form data generator.
+    - `cuda_graph=True`: each step's draws, prefix gather and generation are one CUDA graph replay
+      (up_fast/graph.py): the same draws as without it. Off by default until validated on a GPU; needs
+      what prefetch needs and the buffer on the GPU. Off CUDA the same body runs eagerly.
     - `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX range for Nsight
       (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator,
       any of up_fast's (it has a `backend` attribute; see SyntheticDataGenerator, PaperDataGenerator).
@@ -348,6 +352,7 @@ class UniversalPretrainWrapper(Module):
         distinct_seed_rows: bool = False,
         shared_seed_offset: bool = False,
         prefetch: bool = False,
+        cuda_graph: bool = False,
     ):
         super().__init__()
 
@@ -374,6 +379,10 @@ class UniversalPretrainWrapper(Module):
             backend = check_backend(backend)
         check_torch_generator('generator', generator)
         check_bool('prefetch', prefetch)
+        check_bool('cuda_graph', cuda_graph)
+        if cuda_graph and keep_buffer_on_cpu:
+            raise ValueError('cuda_graph=True captures the data step on the GPU, where the buffer must live: '
+                             'pass keep_buffer_on_cpu=False')
         if exists(rng_seed):
             rng_seed = check_int('rng_seed', rng_seed, low=0)
             if exists(generator):
@@ -404,6 +413,7 @@ class UniversalPretrainWrapper(Module):
 
         takes_generator = follows_generator(data_generator)
         check_prefetch(prefetch, exists(generator), takes_generator, data_generator)
+        check_prefetch(cuda_graph, exists(generator), takes_generator, data_generator, option='cuda_graph')
 
         # all checked: from here on nothing fails, so a refused call changed nothing
 
@@ -437,6 +447,8 @@ class UniversalPretrainWrapper(Module):
         self._prefetch = prefetch
         self.prefetch_mode = None                   # 'stream', 'thread' or 'inline'; None: up_fast.prefetch.default_mode
         self.prefetcher = Prefetcher()
+        self.cuda_graph = cuda_graph
+        self.graphed = GraphedStepData()
 
         self.randomness = self.make_randomness(generator, rng_seed)
 
@@ -667,6 +679,13 @@ class UniversalPretrainWrapper(Module):
 
         return StepData(step=step, rows=rows, noise=noise, generated=generated, randomness=randomness)
 
+    def make_step_data(self, step: int, randomness: StepRandomness | None = None) -> StepData:
+        """draw_and_generate for `step`: replayed from a CUDA graph with cuda_graph=True (up_fast/graph.py), else eagerly
+        from `randomness` (default: the wrapper's own)."""
+        if self.cuda_graph:
+            return self.graphed.make(self, step, module_device(self.data_generator, self.device))
+        return self.draw_and_generate(step, default(randomness, self.randomness))
+
     @torch.no_grad()
     def data_step_(self) -> Tensor:
         """Algorithm 1 but the loss: updates the buffer and returns the training batch,
@@ -683,7 +702,7 @@ class UniversalPretrainWrapper(Module):
 
         made = self.prefetcher.take(step, self.prefetch_key(step))
         if not exists(made):
-            made = self.draw_and_generate(step, self.randomness)
+            made = self.make_step_data(step)
         rows = made.rows
 
         # 4-5. reset the reset rows, write the generated rows over the condition rows (after the reset:
@@ -734,7 +753,7 @@ class UniversalPretrainWrapper(Module):
         randomness = self.randomness.fresh()
         device = module_device(self.data_generator, self.device)        # where the generation runs
         mode = default(self.prefetch_mode, default_mode(device))
-        self.prefetcher.start(partial(self.draw_and_generate, step, randomness), step, self.prefetch_key(step),
+        self.prefetcher.start(partial(self.make_step_data, step, randomness), step, self.prefetch_key(step),
                               (self.synth_data_buffer, *self.data_generator.parameters(), *self.data_generator.buffers()),
                               mode=mode, device=device)
 
