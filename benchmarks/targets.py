@@ -74,12 +74,15 @@ TARGETS = (
            impl='up_fast-triton', metric=DATA_SHARE, comparison='<=', value=0.03, asserted=True,
            benchmark='test_train_step.py::test_train_step[up_fast-triton]'),
     # the whole training step against the same step on a fixed batch: what the data step adds to it
-    Target('data visible <= 3% of a training step on CUDA', reason='synthetic data nearly free beside training, measured inside the step, on an H200',
+    Target('data visible <= 3% of a training step on CUDA',
+           reason='synthetic data nearly free beside training, measured inside the step, on an H200',
            device='cuda', workload='training step', size_name='example', impl='up_fast-triton', metric=VISIBLE_SHARE,
-           comparison='<=', value=0.03, asserted=True, benchmark='test_data_share.py::test_data_share[up_fast-triton-training step]'),
+           comparison='<=', value=0.03, asserted=True,
+           benchmark='test_data_share.py::test_data_share[up_fast-triton-training step]'),
     Target('data visible <= 1% of a training step with prefetch on CUDA',
            reason='with prefetch the data is made while the transformer trains: about nothing left to see, on an H200',
-           device='cuda', workload='training step, prefetch', size_name='example', impl='up_fast-triton', metric=VISIBLE_SHARE,
+           device='cuda', workload='training step, prefetch', size_name='example', impl='up_fast-triton',
+           metric=VISIBLE_SHARE,
            comparison='<=', value=0.01, asserted=True,
            benchmark='test_data_share.py::test_data_share[up_fast-triton-training step, prefetch]'),
     # the paper generator's PyTorch loop against the author's own sampling loop (nn.LSTM once a token)
@@ -124,7 +127,8 @@ def measured_value(target: Target, size) -> tuple[float | None, str]:
     if target.metric == VISIBLE_SHARE:
         transformer = MEDIANS.get((TRANSFORMER_ONLY, size.label, target.impl))
         if transformer is None:
-            return None, f'the {TRANSFORMER_ONLY} of {target.impl} at {size.label} did not run before it in this process'
+            return None, (f'the {TRANSFORMER_ONLY} of {target.impl} at {size.label} '
+                          'did not run before it in this process')
         return 1 - transformer / median, ''
 
     raise ValueError(f'unknown metric {target.metric!r}')

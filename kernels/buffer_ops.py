@@ -76,7 +76,8 @@ def gather_kernel(
         source_row = tl.zeros((BLOCK,), tl.int64) + row
         source_col = cols
 
-    value = tl.load(buffer_ptr + source_row * buffer_stride + source_col, mask=mask, other=0).to(out_ptr.dtype.element_ty)
+    value = tl.load(buffer_ptr + source_row * buffer_stride + source_col, mask=mask, other=0)
+    value = value.to(out_ptr.dtype.element_ty)
 
     if HAS_PENDING:
         # a row about to be reset reads its noise row instead (the reset-first order)
@@ -125,7 +126,8 @@ def block_for(width: int) -> int:
 
 def check_buffer(buffer: Tensor) -> Tensor:
     if buffer.dim() != 2 or buffer.stride(1) != 1 or buffer.dtype not in TRITON_DTYPES:
-        raise ValueError(f'buffer must be a (rows, seq_len) integer tensor with contiguous rows, got shape {tuple(buffer.shape)}, '
+        raise ValueError(f'buffer must be a (rows, seq_len) integer tensor with contiguous rows, '
+                         f'got shape {tuple(buffer.shape)}, '
                          f'strides {buffer.stride()}, dtype {buffer.dtype}')
     return buffer
 
@@ -184,8 +186,10 @@ def gather_rows(buffer: Tensor, rows: Tensor, *, dtype: torch.dtype = torch.long
     return out
 
 
-def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor, generated: Tensor) -> Tensor:
-    """In place: noise (r, seq_len) over reset_rows (r,), then generated (n, seq_len) over condition_rows (n,). One launch."""
+def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor,
+                generated: Tensor) -> Tensor:
+    """In place: noise (r, seq_len) over reset_rows (r,), then generated (n, seq_len) over condition_rows (n,).
+    One launch."""
     check_buffer(buffer)
     seq_len = buffer.shape[1]
     num_reset = reset_rows.shape[0] if noise is not None else 0
@@ -193,7 +197,10 @@ def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condit
     if num_reset + num_conditions == 0:
         return buffer
     condition_rows, generated = on_buffer(buffer, condition_rows), on_buffer(buffer, generated)
-    reset_rows, noise = (on_buffer(buffer, reset_rows), on_buffer(buffer, noise)) if num_reset else (condition_rows, generated)
+    if num_reset:
+        reset_rows, noise = on_buffer(buffer, reset_rows), on_buffer(buffer, noise)
+    else:
+        reset_rows, noise = condition_rows, generated       # placeholders: no reset program runs
     block = block_for(seq_len)
     write_kernel[(num_reset + num_conditions, triton.cdiv(seq_len, block))](
         buffer, reset_rows, noise, condition_rows, generated,
@@ -216,11 +223,13 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         for name, has_seed, has_pending, width in (('prefix', True, False, seed_length + seq_len),
                                                    ('prefix-pending', True, True, seed_length + seq_len),
                                                    ('batch', False, False, seq_len)):
-            signature = dict(buffer_ptr='*' + buffer_type, seed_rows_ptr='*i64', seed_offsets_ptr='*i64', rows_ptr='*i64',
+            signature = dict(buffer_ptr='*' + buffer_type, seed_rows_ptr='*i64', seed_offsets_ptr='*i64',
+                             rows_ptr='*i64',
                              reset_rows_ptr='*i64', noise_ptr='*' + buffer_type, out_ptr='*i64',
                              seq_len='i32', seed_length='i32', num_reset='i32',
                              buffer_stride='i32', noise_stride='i32', out_stride='i32')
-            constexprs = dict(HAS_SEED=has_seed, HAS_PENDING=has_pending, BLOCK=block_for(width), BLOCK_MATCH=BLOCK_MATCH)
+            constexprs = dict(HAS_SEED=has_seed, HAS_PENDING=has_pending, BLOCK=block_for(width),
+                              BLOCK_MATCH=BLOCK_MATCH)
             configs.append(AotConfig(name=f'gather-{name}-{buffer_type}', fn=gather_kernel, signature=signature,
                                      constexprs=constexprs, num_warps=NUM_WARPS, num_stages=1, programs=64))
         signature = dict(buffer_ptr='*' + buffer_type, reset_rows_ptr='*i64', noise_ptr='*' + buffer_type,

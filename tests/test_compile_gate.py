@@ -33,7 +33,8 @@ def gate_configurations():
         if not hasattr(module, 'aot_configurations'):
             missing.append(f'{module_name} has no aot_configurations() yet')
             continue
-        found += [(module_name, arch, cfg.name) for arch in aot.GATE_ARCHS for cfg in aot.configurations(module_name, arch)]
+        found += [(module_name, arch, cfg.name)
+                  for arch in aot.GATE_ARCHS for cfg in aot.configurations(module_name, arch)]
     return found, '; '.join(missing) if not found else None
 
 

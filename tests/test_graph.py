@@ -6,12 +6,11 @@ tests check that function against the eager step; the tests marked for CUDA capt
 
 import pytest
 import torch
+from conftest import tiny_model
+from test_prefetch import ORDERS, assert_same_state, train
 
 from up_fast import UniversalPretrainWrapper
 from up_fast.graph import GraphedStepData
-
-from conftest import tiny_model
-from test_prefetch import ORDERS, assert_same_state, train
 
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 cuda_only = pytest.mark.skipif(DEVICE.type != 'cuda', reason='capturing and replaying a CUDA graph needs a GPU')
@@ -19,7 +18,9 @@ cuda_only = pytest.mark.skipif(DEVICE.type != 'cuda', reason='capturing and repl
 
 def build(order, **options):
     torch.manual_seed(0)
-    wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, **{**ORDERS[order], **options}).to(DEVICE)
+    wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, **{**ORDERS[order], **options}).to(
+        DEVICE
+    )
     return wrapper, torch.optim.AdamW(wrapper.model.parameters(), lr=1e-2)
 
 
@@ -75,7 +76,7 @@ def test_cuda_graph_refuses_what_it_cannot_replay():
 @pytest.mark.parametrize('backend', ['torch', 'triton'])
 def test_the_graph_is_replayed_without_a_host_sync(backend):
     wrapper, _ = build('reference', cuda_graph=True, backend=backend)
-    wrapper.data_step_()                # captures
+    wrapper.data_step_()  # captures
     torch.cuda.synchronize()
     graph = wrapper.graphed.graph
     torch.cuda.set_sync_debug_mode('error')

@@ -23,7 +23,7 @@ from up_fast.up_wrapper import UniversalPretrainWrapper  # noqa: E402
 
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
-DTYPES = {'uint8': (torch.uint8, 256), 'int16': (torch.int16, 32768), 'int32': (torch.int32, 2 ** 31)}
+DTYPES = {'uint8': (torch.uint8, 256), 'int16': (torch.int16, 32768), 'int32': (torch.int32, 2**31)}
 
 PAPER = dict(reset_first=True, distinct_seed_rows=True, shared_seed_offset=True)
 
@@ -45,18 +45,37 @@ def draw(case, dtype, seed=0):
     dtype, high = DTYPES[dtype]
     generator = torch.Generator(device=DEVICE).manual_seed(seed)
     buffer = torch.randint(0, high, (buffer_size, seq_len), device=DEVICE, generator=generator).to(dtype)
-    rows = twin.draw_step_rows(buffer_size, batch_size, num_reset, seq_len, seed_length, generation_batch_size=source_batch,
-                               device=DEVICE, generator=generator, **options)
-    noise = torch.randint(0, high, (num_reset, seq_len), device=DEVICE, generator=generator).to(dtype) if num_reset else None
-    generated = torch.randint(0, high, (source_batch, seq_len), device=DEVICE, generator=generator)       # int64, as generated
+    rows = twin.draw_step_rows(
+        buffer_size,
+        batch_size,
+        num_reset,
+        seq_len,
+        seed_length,
+        generation_batch_size=source_batch,
+        device=DEVICE,
+        generator=generator,
+        **options,
+    )
+    noise = (
+        torch.randint(0, high, (num_reset, seq_len), device=DEVICE, generator=generator).to(dtype)
+        if num_reset
+        else None
+    )
+    generated = torch.randint(
+        0, high, (source_batch, seq_len), device=DEVICE, generator=generator
+    )  # int64, as generated
     return buffer, rows, noise, generated, seed_length
 
 
 def step(ops, buffer, rows, noise, generated, seed_length):
     """One step's buffer work in the wrapper's order: the prefix (all reads), then the writes, then the batch."""
     pending = (rows.reset_rows, noise) if rows.reset_first and noise is not None else None
-    prefix = ops.gather_prefix(buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, seed_length, pending=pending)
-    narrow = ops.gather_prefix(buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, seed_length, pending=pending, dtype=buffer.dtype)
+    prefix = ops.gather_prefix(
+        buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, seed_length, pending=pending
+    )
+    narrow = ops.gather_prefix(
+        buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, seed_length, pending=pending, dtype=buffer.dtype
+    )
     ops.write_rows_(buffer, rows.reset_rows, noise, rows.condition_rows, generated)
     batch = ops.gather_rows(buffer, rows.batch_rows)
     return prefix, narrow, batch
@@ -90,7 +109,9 @@ def test_the_twins_are_what_the_step_means():
 
     for b in range(6):
         offset = int(rows.seed_offsets[b])
-        assert torch.equal(prefix[b, :seed_length], after_reset[rows.seed_rows[b], offset:offset + seed_length].long())
+        assert torch.equal(
+            prefix[b, :seed_length], after_reset[rows.seed_rows[b], offset : offset + seed_length].long()
+        )
         assert torch.equal(prefix[b, seed_length:], after_reset[rows.condition_rows[b]].long())
     assert torch.equal(buffer[rows.condition_rows].long(), generated)
     others = [r for r in rows.reset_rows.tolist() if r not in rows.condition_rows.tolist()]
@@ -115,11 +136,23 @@ def test_the_wrapper_with_buffer_kernels_steps_like_the_pytorch_path(monkeypatch
         torch.manual_seed(0)
         model = tiny_model(num_tokens=40, dim=16)
         if order == 'paper':
-            wrapper = UniversalPretrainWrapper.paper(model, batch_size=3, seq_len=12, num_reset=10, rng_seed=7, backend='torch')
+            wrapper = UniversalPretrainWrapper.paper(
+                model, batch_size=3, seq_len=12, num_reset=10, rng_seed=7, backend='torch'
+            )
         else:
-            wrapper = UniversalPretrainWrapper(model, seq_len=12, batch_size=3, buffer_size=11, num_reset=10, seed_length=4,
-                                               generation_batch_size=5, reset_turing_machine_every=2, rng_seed=7, backend='torch')
-        wrapper.backend = backend       # the buffer's ops only: the generator samples on its PyTorch path in both
+            wrapper = UniversalPretrainWrapper(
+                model,
+                seq_len=12,
+                batch_size=3,
+                buffer_size=11,
+                num_reset=10,
+                seed_length=4,
+                generation_batch_size=5,
+                reset_turing_machine_every=2,
+                rng_seed=7,
+                backend='torch',
+            )
+        wrapper.backend = backend  # the buffer's ops only: the generator samples on its PyTorch path in both
         return wrapper.to(DEVICE)
 
     expected_batches, expected_buffer = run_steps(build('torch'), 3)

@@ -15,15 +15,25 @@ DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 ORDERS = {
     'reference': dict(buffer_size=24, num_reset=4, reset_turing_machine_every=2),
-    'paper': dict(reset_first=True, distinct_seed_rows=True, shared_seed_offset=True, generation_batch_size=8,
-                  constant_init=True, buffer_size=24, num_reset=6, reset_turing_machine_every=1),
+    'paper': dict(
+        reset_first=True,
+        distinct_seed_rows=True,
+        shared_seed_offset=True,
+        generation_batch_size=8,
+        constant_init=True,
+        buffer_size=24,
+        num_reset=6,
+        reset_turing_machine_every=1,
+    ),
 }
 MODES = ['inline', 'thread'] + (['stream'] if DEVICE.type == 'cuda' else [])
 
 
 def build(order, prefetch, mode=None, **overrides):
     torch.manual_seed(0)
-    wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, prefetch=prefetch, **{**ORDERS[order], **overrides}).to(DEVICE)
+    wrapper = UniversalPretrainWrapper(
+        tiny_model(), seq_len=16, batch_size=4, prefetch=prefetch, **{**ORDERS[order], **overrides}
+    ).to(DEVICE)
     wrapper.prefetch_mode = mode
     optimizer = torch.optim.AdamW(wrapper.model.parameters(), lr=1e-2)
     return wrapper, optimizer
@@ -47,8 +57,8 @@ def count_taken(monkeypatch):
     taken = []
     real_take = Prefetcher.take
 
-    def take(self, step, key):
-        made = real_take(self, step, key)
+    def take(self, step, key_of):
+        made = real_take(self, step, key_of)
         taken.append(made is not None)
         return made
 
@@ -85,7 +95,9 @@ def test_prefetch_gives_the_same_batches_buffer_and_losses(monkeypatch, order, m
 def test_save_and_resume_with_prefetch_continues_exactly(monkeypatch, order):
     whole, whole_optimizer = build(order, prefetch=True)
     first = train(whole, whole_optimizer, 3)
-    saved = copy.deepcopy(dict(wrapper=whole.state_dict(), optimizer=whole_optimizer.state_dict()))    # a prefetch of step 4 is pending
+    saved = copy.deepcopy(
+        dict(wrapper=whole.state_dict(), optimizer=whole_optimizer.state_dict())
+    )  # a prefetch of step 4 is pending
     rest = train(whole, whole_optimizer, 3)
 
     # a fresh wrapper; one with a prefetch of step 4 pending, made from other data; one that ran ahead to
@@ -95,9 +107,9 @@ def test_save_and_resume_with_prefetch_continues_exactly(monkeypatch, order):
         if other_data:
             resumed.synth_data_buffer[:5] = 1
         train(resumed, optimizer, steps_before)
-        torch.manual_seed(123)          # the global generator does not matter
+        torch.manual_seed(123)  # the global generator does not matter
         resumed.load_state_dict(saved['wrapper'])
-        optimizer.load_state_dict(copy.deepcopy(saved['optimizer']))     # an optimizer keeps the loaded tensors themselves
+        optimizer.load_state_dict(copy.deepcopy(saved['optimizer']))  # an optimizer keeps the loaded tensors themselves
         taken = count_taken(monkeypatch)
         assert train(resumed, optimizer, 3) == rest
         assert taken == [False, True, True], 'after loading, the first step redoes its data, the rest use the prefetch'
@@ -112,7 +124,7 @@ def test_a_write_into_the_buffer_drops_the_prefetched_data(monkeypatch):
     def run(prefetch):
         wrapper, optimizer = build('reference', prefetch=prefetch)
         train(wrapper, optimizer, 2)
-        wrapper.synth_data_buffer[:5] = 7         # e.g. a buffer restored by hand
+        wrapper.synth_data_buffer[:5] = 7  # e.g. a buffer restored by hand
         wrapper.data_generator.to_logits.weight.mul_(0.5)
         return train(wrapper, optimizer, 2), wrapper
 
@@ -135,7 +147,7 @@ def test_a_failed_prefetch_is_redone_and_fails_in_its_step(monkeypatch):
 
     train(wrapper, optimizer, 1)
     monkeypatch.setattr(wrapper.data_generator, 'generate_unchecked', flaky)
-    loss = wrapper()            # step 2 was prefetched before the failures began; step 3's prefetch fails
+    loss = wrapper()  # step 2 was prefetched before the failures began; step 3's prefetch fails
     loss.backward()
     before = {k: v.clone() for k, v in wrapper.state_dict().items()}
     with pytest.raises(ZeroDivisionError):
@@ -143,7 +155,7 @@ def test_a_failed_prefetch_is_redone_and_fails_in_its_step(monkeypatch):
     assert wrapper.num_steps == 2 and all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items())
 
     failing[0] = False
-    loss = wrapper()            # step 3 again: the data is made now, as without prefetch
+    loss = wrapper()  # step 3 again: the data is made now, as without prefetch
 
     expected, expected_optimizer = build('reference', prefetch=False)
     train(expected, expected_optimizer, 1)
@@ -175,7 +187,7 @@ def test_prefetch_needs_per_step_generators_and_an_up_fast_generator():
     assert wrapper.prefetch is False
 
 
-DDP_SCRIPT = '''
+DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, {tests!r})
@@ -203,7 +215,7 @@ for prefetch in (False, True):
 torch.save(seen, {out!r} + f'/rank{{rank}}.pt')
 dist.barrier()
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow

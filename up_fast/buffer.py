@@ -172,7 +172,8 @@ def gather_prefix(
 ) -> Tensor:
     """(n, seed_length + seq_len) of `dtype`: each seed crop buffer[seed_rows[b], offset[b]:offset[b] + seed_length],
     then its condition row, as the buffer reads once `pending` = (reset_rows, noise) is written (not writing it)."""
-    seeds = read_rows(buffer, seed_rows, seed_columns(seed_offsets, seed_length), pending=pending)     # (n, seed_length)
+    columns = seed_columns(seed_offsets, seed_length)
+    seeds = read_rows(buffer, seed_rows, columns, pending=pending)                                     # (n, seed_length)
     conditions = read_rows(buffer, condition_rows, pending=pending)                                    # (n, seq_len)
     return torch.cat((seeds, conditions), dim=-1).to(dtype)
 
@@ -182,8 +183,10 @@ def gather_rows(buffer: Tensor, rows: Tensor, *, dtype: torch.dtype = torch.long
     return buffer[rows].to(dtype)
 
 
-def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor, generated: Tensor) -> Tensor:
-    """In place: noise over reset_rows (when given), then generated over condition_rows, which wins where a row is both."""
+def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor,
+                generated: Tensor) -> Tensor:
+    """In place: noise over reset_rows (when given), then generated over condition_rows, which wins where a
+    row is both."""
     if exists(noise):
         buffer[reset_rows] = noise.to(buffer.device, buffer.dtype)
     buffer[condition_rows] = generated.to(buffer.device, buffer.dtype)

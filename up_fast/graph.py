@@ -32,9 +32,14 @@ from up_fast.helpers import exists
 
 def clone_rows(rows: StepRows) -> StepRows:
     # a replay overwrites the graph's outputs: the step's record of its rows must not change with it
-    return StepRows(condition_rows=rows.condition_rows.clone(), reset_rows=rows.reset_rows.clone(),
-                    seed_rows=rows.seed_rows.clone(), seed_offsets=rows.seed_offsets.clone(),
-                    batch_rows=rows.batch_rows.clone(), reset_first=rows.reset_first)
+    return StepRows(
+        condition_rows=rows.condition_rows.clone(),
+        reset_rows=rows.reset_rows.clone(),
+        seed_rows=rows.seed_rows.clone(),
+        seed_offsets=rows.seed_offsets.clone(),
+        batch_rows=rows.batch_rows.clone(),
+        reset_first=rows.reset_first,
+    )
 
 
 class GraphedStepData:
@@ -64,18 +69,19 @@ class GraphedStepData:
     def make(self, wrapper, step: int, device: torch.device):
         randomness = self.kept_randomness(wrapper)
         if device.type != 'cuda':
-            return wrapper.draw_and_generate(step, randomness)       # the body, eagerly
+            return wrapper.draw_and_generate(step, randomness)  # the body, eagerly
 
         key = self.tensors_key(wrapper, device)
         if self.graph is None or key != self.key:
             self.capture(wrapper, step, device)
             self.key = key
 
-        randomness.begin(step)          # re-seeds the registered generators for this step's replay
+        randomness.begin(step)  # re-seeds the registered generators for this step's replay
         self.graph.replay()
         made = self.static
-        return type(made)(step=step, rows=clone_rows(made.rows), noise=made.noise, generated=made.generated,
-                          randomness=randomness)
+        return type(made)(
+            step=step, rows=clone_rows(made.rows), noise=made.noise, generated=made.generated, randomness=randomness
+        )
 
     def capture(self, wrapper, step: int, device: torch.device):
         randomness = self.randomness
@@ -83,14 +89,14 @@ class GraphedStepData:
         side = torch.cuda.Stream(device=device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            wrapper.draw_and_generate(step, randomness)     # warm-up: lazy initialisation, the kept generators made
+            wrapper.draw_and_generate(step, randomness)  # warm-up: lazy initialisation, the kept generators made
         current.wait_stream(side)
 
         graph = torch.cuda.CUDAGraph()
         for generator in randomness.per_device.values():
             if generator.device.type == 'cuda':
                 graph.register_generator_state(generator)
-        wrapper.data_generator.invalidate_folded()          # folded inside the graph, on every replay
+        wrapper.data_generator.invalidate_folded()  # folded inside the graph, on every replay
         randomness.begin(step)
         with torch.cuda.graph(graph):
             self.static = wrapper.draw_and_generate(step, randomness)

@@ -22,8 +22,10 @@ How it runs ahead (`mode`):
   the side stream and calls `record_stream` on every tensor that crosses, so that the caching
   allocator does not hand their memory out while the current stream still reads them.
 - 'thread' (CPU): in a background thread, which overlaps the transformer where torch's kernels
-  release the GIL. On the 2-core CPU this project is developed on it measured slower than
-  'inline' (benchmarks/test_data_step.py, prefetch cases), so the CPU default is 'inline'.
+  release the GIL. On the shared 2-core CPU this was developed on it measured no faster than
+  'inline' (training step median 1.74 s against 1.67 s, dim 256, depth 2, batch 8, seq_len 256,
+  6 rounds, at a load average of 11), so the CPU default is 'inline'; `wrapper.prefetch_mode =
+  'thread'` chooses it.
 - 'inline': made at once, before the transformer: nothing overlaps, the same semantics and data.
 """
 
@@ -40,19 +42,25 @@ MODES = ('stream', 'thread', 'inline')
 CPU_MODE = 'inline'
 
 
-def check_prefetch(prefetch: bool, explicit_generator: bool, takes_generator: bool, data_generator, *, option: str = 'prefetch'):
+def check_prefetch(
+    prefetch: bool, explicit_generator: bool, takes_generator: bool, data_generator, *, option: str = 'prefetch'
+):
     """Refuse prefetch=True (or cuda_graph=True, `option`) where draws made ahead, or replayed, would differ
     from the step's own."""
     if not prefetch:
         return
     if explicit_generator:
-        raise ValueError(f'{option}=True makes a step\'s draws from generators of its own, seeded per step, '
-                         'which needs per-step generators: pass rng_seed=int (or neither) instead of generator=')
+        raise ValueError(
+            f"{option}=True makes a step's draws from generators of its own, seeded per step, "
+            'which needs per-step generators: pass rng_seed=int (or neither) instead of generator='
+        )
     if not takes_generator:
-        raise ValueError(f'{option}=True needs a data generator that draws from the wrapper\'s per-step generators '
-                         f'(reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=), as '
-                         f'up_fast\'s have), got data_generator of type {type(data_generator).__name__}, which draws from '
-                         f'torch\'s global generators in an order that {option} would change')
+        raise ValueError(
+            f"{option}=True needs a data generator that draws from the wrapper's per-step generators "
+            f'(reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=), as '
+            f"up_fast's have), got data_generator of type {type(data_generator).__name__}, which draws from "
+            f"torch's global generators in an order that {option} would change"
+        )
 
 
 def default_mode(device: torch.device) -> str:
@@ -73,12 +81,12 @@ def versions(tensors) -> tuple:
 @dataclass
 class Pending:
     step: int
-    key: tuple                 # what the work read: compared before it is used
-    keep_alive: tuple          # the tensors named by id() in key, held so that no id is reused
-    made: object = None        # the StepData, once done
+    key: tuple  # what the work read: compared before it is used
+    keep_alive: tuple  # the tensors named by id() in key, held so that no id is reused
+    made: object = None  # the StepData, once done
     error: BaseException | None = None
     thread: threading.Thread | None = None
-    stream: object = None      # the CUDA side stream it was enqueued on
+    stream: object = None  # the CUDA side stream it was enqueued on
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -108,7 +116,7 @@ class Prefetcher:
         def run():
             try:
                 pending.made = make()
-            except BaseException as error:      # surfaced by redoing the step where it is taken
+            except BaseException as error:  # surfaced by redoing the step where it is taken
                 pending.error = error
             finally:
                 pending.done.set()
@@ -116,7 +124,7 @@ class Prefetcher:
         if mode == 'stream':
             device = torch.device(device)
             stream = self.side_stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))     # the step's writes and re-drawn weights first
+            stream.wait_stream(torch.cuda.current_stream(device))  # the step's writes and re-drawn weights first
             with torch.cuda.stream(stream):
                 run()
             pending.stream = stream
@@ -133,14 +141,14 @@ class Prefetcher:
         if exists(pending.stream):
             torch.cuda.current_stream(pending.stream.device).wait_stream(pending.stream)
 
-    def take(self, step: int, key: tuple):
-        """The StepData made for `step` if nothing it read has changed since, else None. Either way
-        nothing stays pending."""
+    def take(self, step: int, key_of):
+        """The StepData made for `step` if nothing it read has changed since (`key_of(step)` is what it
+        read now), else None. Either way nothing stays pending."""
         pending, self.pending = self.pending, None
         if not exists(pending):
             return None
         self.wait(pending)
-        if pending.step != step or pending.key != key or exists(pending.error):
+        if pending.step != step or exists(pending.error) or pending.key != key_of(step):
             return None
         if exists(pending.stream):
             current = torch.cuda.current_stream(pending.stream.device)
@@ -158,5 +166,13 @@ class Prefetcher:
 
 def tensors_of(made) -> list:
     rows = made.rows
-    found = [rows.condition_rows, rows.reset_rows, rows.seed_rows, rows.seed_offsets, rows.batch_rows, made.noise, made.generated]
+    found = [
+        rows.condition_rows,
+        rows.reset_rows,
+        rows.seed_rows,
+        rows.seed_offsets,
+        rows.batch_rows,
+        made.noise,
+        made.generated,
+    ]
     return [t for t in found if isinstance(t, torch.Tensor)]

@@ -131,4 +131,5 @@ class StepRandomness:
         return self.per_device[device]
 
     def seed_for(self, device: torch.device) -> int:
-        return mix_seed(self.seed, self.rank, self.step, crc32(str(device).encode()))     # crc32, not hash(): hash is salted per process
+        # crc32, not hash(): hash is salted per process
+        return mix_seed(self.seed, self.rank, self.step, crc32(str(device).encode()))

@@ -445,7 +445,7 @@ class UniversalPretrainWrapper(Module):
         self.nvtx = nvtx
         self.backend = check_backend(backend)       # the buffer's kernels follow it as the generator's do
         self._prefetch = prefetch
-        self.prefetch_mode = None                   # 'stream', 'thread' or 'inline'; None: up_fast.prefetch.default_mode
+        self.prefetch_mode = None                   # 'stream', 'thread', 'inline'; None: prefetch.default_mode
         self.prefetcher = Prefetcher()
         self.cuda_graph = cuda_graph
         self.graphed = GraphedStepData()
@@ -661,14 +661,16 @@ class UniversalPretrainWrapper(Module):
         pending = (rows.reset_rows, noise) if rows.reset_first and exists(noise) else None
 
         with phase('gather', self.nvtx):
+            # (generation batch, seed_length + seq_len)
             prefix = ops.gather_prefix(buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, self.seed_length,
-                                       pending=pending, dtype=self.read_dtype(buffer, generator_device))      # (generation batch, seed_length + seq_len)
+                                       pending=pending, dtype=self.read_dtype(buffer, generator_device))
             prefix = self.to_device(prefix)
             seed, condition = prefix[:, :self.seed_length], prefix[:, self.seed_length:]
 
         with phase('generate', self.nvtx):
             if self.takes_generator:        # the generator's own default temperature; noise is drawn where its weights are
-                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=randomness.on(generator_device))
+                sampling_generator = randomness.on(generator_device)
+                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=sampling_generator)
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
@@ -680,8 +682,8 @@ class UniversalPretrainWrapper(Module):
         return StepData(step=step, rows=rows, noise=noise, generated=generated, randomness=randomness)
 
     def make_step_data(self, step: int, randomness: StepRandomness | None = None) -> StepData:
-        """draw_and_generate for `step`: replayed from a CUDA graph with cuda_graph=True (up_fast/graph.py), else eagerly
-        from `randomness` (default: the wrapper's own)."""
+        """draw_and_generate for `step`: replayed from a CUDA graph with cuda_graph=True (up_fast/graph.py),
+        else eagerly from `randomness` (default: the wrapper's own)."""
         if self.cuda_graph:
             return self.graphed.make(self, step, module_device(self.data_generator, self.device))
         return self.draw_and_generate(step, default(randomness, self.randomness))
@@ -700,7 +702,7 @@ class UniversalPretrainWrapper(Module):
         # 1-2. draw the rows, read seeds and conditions, generate (nothing is written yet). With prefetch,
         # made while the transformer trained on the step before, from this step's generators
 
-        made = self.prefetcher.take(step, self.prefetch_key(step))
+        made = self.prefetcher.take(step, self.prefetch_key)
         if not exists(made):
             made = self.make_step_data(step)
         rows = made.rows
@@ -725,12 +727,12 @@ class UniversalPretrainWrapper(Module):
         # 6. a fresh training batch, widened to int64 only now
 
         with phase('training-batch gather', self.nvtx):
-            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))     # (batch_size, seq_len)
+            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))    # (batch, seq_len)
             return self.to_device(batch).long()
 
     @property
     def prefetch(self) -> bool:
-        """Whether forward() makes the next step's data ahead (see the class docstring); may be switched between steps."""
+        """Whether forward() makes the next step's data ahead (see the class docstring); may change between steps."""
         return self._prefetch
 
     @prefetch.setter
@@ -754,7 +756,8 @@ class UniversalPretrainWrapper(Module):
         device = module_device(self.data_generator, self.device)        # where the generation runs
         mode = default(self.prefetch_mode, default_mode(device))
         self.prefetcher.start(partial(self.make_step_data, step, randomness), step, self.prefetch_key(step),
-                              (self.synth_data_buffer, *self.data_generator.parameters(), *self.data_generator.buffers()),
+                              (self.synth_data_buffer, *self.data_generator.parameters(),
+                               *self.data_generator.buffers()),
                               mode=mode, device=device)
 
     def forward(self):
