@@ -167,3 +167,17 @@ def test_the_wrapper_with_buffer_kernels_steps_like_the_pytorch_path(monkeypatch
     assert torch.equal(buffer, expected_buffer)
     for got, want in zip(batches, expected_batches):
         assert got.dtype == torch.long and torch.equal(got, want)
+
+
+def test_a_buffer_the_kernels_cannot_reach_takes_the_pytorch_twins(monkeypatch):
+    # keep_buffer_on_cpu beside a GPU generator with backend='triton': the buffer's side stays on the CPU twins
+    from up_fast import backend, up_wrapper
+
+    wrapper = UniversalPretrainWrapper(tiny_model(num_tokens=40, dim=16), seq_len=12, batch_size=3, buffer_size=11,
+                                       num_reset=2, backend='torch', keep_buffer_on_cpu=True)
+    wrapper.backend = 'triton'
+    monkeypatch.setattr(up_wrapper, 'interpreted', lambda: False)
+    assert wrapper.buffer_ops(torch.device('cpu')) is twin
+    monkeypatch.setattr(up_wrapper, 'interpreted', lambda: True)
+    monkeypatch.setattr(backend, 'interpreted', lambda: True)
+    assert wrapper.buffer_ops(torch.device('cpu')) is kernel

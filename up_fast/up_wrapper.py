@@ -31,7 +31,7 @@ from up_fast import buffer as buffer_ops_torch
 from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
-from up_fast.config import nvtx_from_env
+from up_fast.config import interpreted, nvtx_from_env
 from up_fast.graph import GraphedStepData
 from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
@@ -624,7 +624,10 @@ class UniversalPretrainWrapper(Module):
     def buffer_ops(self, device):
         """The buffer's gather, write-back and reset: the Triton kernels (up_fast.kernels.buffer_ops) where the
         wrapper's backend takes them on `device`, as it does for sampling, else their PyTorch twins (up_fast.buffer)."""
-        if use_triton(self.backend, torch.device(device)):
+        device = torch.device(device)
+        # a buffer kept on the CPU beside a GPU generator: the kernels cannot reach it, and need not
+        kernels_reach = device.type == 'cuda' or interpreted()
+        if kernels_reach and use_triton(self.backend, device):
             from up_fast.kernels import buffer_ops
             return buffer_ops
         return buffer_ops_torch
@@ -727,7 +730,7 @@ class UniversalPretrainWrapper(Module):
         # 6. a fresh training batch, widened to int64 only now
 
         with phase('training-batch gather', self.nvtx):
-            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))    # (batch, seq_len)
+            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))   # (batch, seq)
             return self.to_device(batch).long()
 
     @property
