@@ -730,7 +730,7 @@ class UniversalPretrainWrapper(Module):
         # 6. a fresh training batch, widened to int64 only now
 
         with phase('training-batch gather', self.nvtx):
-            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))   # (batch, seq)
+            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))  # (batch, seq)
             return self.to_device(batch).long()
 
     @property
