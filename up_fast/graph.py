@@ -93,9 +93,14 @@ class GraphedStepData:
         current.wait_stream(side)
 
         graph = torch.cuda.CUDAGraph()
+        register = getattr(graph, 'register_generator_state', None)
+        if register is None:
+            raise RuntimeError(f'cuda_graph=True replays draws from generators of its own, which needs '
+                               f'torch.cuda.CUDAGraph.register_generator_state (torch >= 2.5), not in torch '
+                               f'{torch.__version__}: pass cuda_graph=False')
         for generator in randomness.per_device.values():
             if generator.device.type == 'cuda':
-                graph.register_generator_state(generator)
+                register(generator)
         wrapper.data_generator.invalidate_folded()  # folded inside the graph, on every replay
         randomness.begin(step)
         with torch.cuda.graph(graph):
