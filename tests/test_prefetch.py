@@ -232,3 +232,17 @@ def test_prefetch_under_ddp_gives_each_rank_the_same_data_as_without(tmp_path, m
         for name, weight in seen[False]['model'].items():
             assert torch.equal(seen[True]['model'][name], weight), name
     assert not torch.equal(ranks[0][True]['buffer'], ranks[1][True]['buffer']), 'each rank still draws its own data'
+
+
+@pytest.mark.skipif(DEVICE.type != 'cuda', reason='the side stream needs CUDA: torch.cuda.set_sync_debug_mode')
+def test_prefetch_on_a_side_stream_never_syncs():
+    wrapper, optimizer = build('reference', prefetch=True)
+    train(wrapper, optimizer, 2)            # lazy CUDA initialisation, AdamW's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for _ in range(3):
+            wrapper().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert wrapper.num_steps == 5 and wrapper.prefetcher.pending is not None
