@@ -377,6 +377,7 @@ class UniversalPretrainWrapper(Module):
         nvtx = check_bool('nvtx', nvtx) if exists(nvtx) else nvtx_from_env()
         if exists(backend):
             backend = check_backend(backend)
+        buffer_backend = check_backend(backend)     # the buffer's kernels follow it as the generator's do
         check_torch_generator('generator', generator)
         check_bool('prefetch', prefetch)
         check_bool('cuda_graph', cuda_graph)
@@ -443,7 +444,7 @@ class UniversalPretrainWrapper(Module):
         self.step_options = dict(generation_batch_size=generation_batch_size, reset_first=reset_first,
                                  distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
         self.nvtx = nvtx
-        self.backend = check_backend(backend)       # the buffer's kernels follow it as the generator's do
+        self.backend = buffer_backend
         self._prefetch = prefetch
         self.prefetch_mode = None                   # 'stream', 'thread', 'inline'; None: prefetch.default_mode
         self.prefetcher = Prefetcher()
