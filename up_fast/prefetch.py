@@ -20,7 +20,10 @@ How it runs ahead (`mode`):
 - 'stream' (CUDA): on a side stream that first waits for the current stream (the step's writes and
   the re-drawn weights are then done). The step that takes it makes the current stream wait for
   the side stream and calls `record_stream` on every tensor that crosses, so that the caching
-  allocator does not hand their memory out while the current stream still reads them.
+  allocator does not hand their memory out while the current stream still reads them. The host
+  enqueues the whole generation before the transformer's forward: with the PyTorch sampling path
+  (a few launches a token) that host work is what is left to see; the sampling kernel or
+  cuda_graph=True make it a few launches.
 - 'thread' (CPU): in a background thread, which overlaps the transformer where torch's kernels
   release the GIL. On the shared 2-core CPU this was developed on it measured no faster than
   'inline' (training step median 1.74 s against 1.67 s, dim 256, depth 2, batch 8, seq_len 256,
