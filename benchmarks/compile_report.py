@@ -4,7 +4,7 @@
     python -m benchmarks.compile_report --triton 3.6 --arch 90
 
 No GPU needed: each configuration of `aot_configurations()` is compiled with `triton.compile` for
-an explicit target (up_fast/kernels/aot.py). One row per configuration and arch: registers per
+an explicit target (benchmarks/aot_compile.py). One row per configuration and arch: registers per
 thread, spill stores/loads (bytes), shared memory (Triton's request + the cubin's static part)
 against the arch's limit, programs launched, warps, and what the gate says; then the floor numbers
 the kernel module states for each configuration (`AotConfig.floor`).
@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from up_fast.kernels import aot
+from benchmarks import aot_compile as aot
 
 
 def fmt(value) -> str:
@@ -86,7 +86,7 @@ def report(results: list) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--triton', default='installed',
-                        help="'installed', or a version run from a side environment made on first use (3.6)")
+                        help="'installed', or a version run from a side environment made on first use in .cache/ (3.6)")
     parser.add_argument('--arch', type=int, nargs='+', default=list(aot.GATE_ARCHS), choices=sorted(aot.SHARED_MEMORY_LIMITS))
     parser.add_argument('--module', default=aot.DEFAULT_MODULE, help='kernel module with aot_configurations()')
     parser.add_argument('--jobs', type=int, default=None, help='parallel compiles (default: CPU count)')

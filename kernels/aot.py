@@ -1,20 +1,11 @@
-"""Ahead-of-time compile checks for the Triton kernels: no GPU needed.
+"""The compile configurations of the sampling kernels: every one the launcher can choose, for the compile gate.
 
-A kernel module lists every configuration its launcher can choose as `AotConfig`s through a
-function `aot_configurations(arch)` (or `aot_configurations()`). `compile_config` compiles one
-for a GPU target with `triton.compile` and the ptxas that ships inside Triton, and reads what
-ptxas allocated: registers per thread, spill stores and loads, stack, shared memory. The compile
-gate (tests/test_compile_gate.py) fails on a compile error, a spill or shared memory over the
-limit; `python -m benchmarks.compile_report` prints the table.
+`aot_configurations(arch)` lists them as `AotConfig`s, complete enough to compile with
+`triton.compile` for sm_`arch` without a GPU; the compile gate (tests/test_compile_gate.py, with
+the tooling in benchmarks/aot_compile.py) fails on a compile error, a register spill or shared
+memory over the limit, and `python -m benchmarks.compile_report` prints the table.
 
-This lives next to the kernels, not in benchmarks/, because the kernel modules import `AotConfig`
-from here and are installed as `up_fast.kernels`: benchmarks/ is not installed.
-
-The contract a kernel module satisfies (checked by `check_config` before anything compiles):
-- `aot_configurations(arch: int)` (or without arguments) returns a list of `AotConfig`, one per
-  configuration its launcher can choose for the gate's shapes on sm_`arch`, sized for
-  `TARGET_SMS[arch]` SMs (132 for sm_90, 108 for sm_80); names unique per arch, readable
-  ('lstm-fp32-sample-example'). It must not touch a GPU: it runs where there is none.
+The contract a configuration satisfies (checked before anything compiles):
 - `fn` is the @triton.jit kernel itself; `signature` maps every non-constexpr argument to its
   Triton type ('*fp32', '*bf16', '*i64', 'i32', 'i64', 'fp32'), `constexprs` every tl.constexpr
   argument to its value; no argument missing, none in both.
@@ -23,45 +14,19 @@ The contract a kernel module satisfies (checked by `check_config` before anythin
 - `programs` (grid size launched) and `floor` (any dict, nested dicts flattened in the report:
   bytes and FLOPs per program per phase, barriers per step, floor us per step) are only reported.
 - `divisible_by_16`: the arguments the JIT sees as multiples of 16 (default: every pointer).
-
-The GPU machines run Triton 3.6 while CI installs a newer one, so the same compiles also run in a
-side environment: `side_environment('3.6.0')` pip-installs that Triton (no dependencies) into
-~/.cache/up_fast/triton-3.6.0 once, and `compile_all(triton='3.6.0')` runs this module in a
-subprocess with that folder first on PYTHONPATH:
-
-    python -m up_fast.kernels.aot --module up_fast.kernels.recurrent_sample --arch 90 80 --json out.json
+- names unique per arch, readable; nothing here touches a GPU.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import inspect
-import io
-import json
-import os
-import re
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-# Largest shared memory one block may use (static + dynamic, opt-in), per compute capability:
-# sm_90 227 KiB (H100/H200: 228 KiB per SM, 1 KiB of it reserved by CUDA for each block), sm_80
-# 163 KiB (A100: 164 KiB per SM). NVIDIA's Hopper and Ampere tuning guides ("Unified Shared
-# Memory/L1/Texture Cache"), docs.nvidia.com/cuda/hopper-tuning-guide, .../ampere-tuning-guide,
-# and the CUDA C++ Programming Guide's table of technical specifications per compute capability.
-SHARED_MEMORY_LIMITS = {90: 227 * 1024, 80: 163 * 1024}
+from up_fast.kernels.launch_plan import COMPILE_OPTIONS, PHASE_NUM_WARPS, plan_launch
+from up_fast.kernels.perf_model import design_floor
+from up_fast.kernels.recurrent_sample import kernel_constexprs, recurrent_phase_kernel, recurrent_sample_kernel
 
 # SMs of the part each target stands for (H100 SXM / H200, A100): launchers size grids by them
 TARGET_SMS = {90: 132, 80: 108}
-
-GATE_ARCHS = (90, 80)
-SIDE_TRITON_VERSION = '3.6.0'
-DEFAULT_MODULE = 'up_fast.kernels.recurrent_sample'
 
 
 @dataclass(frozen=True)
@@ -82,322 +47,80 @@ class AotConfig:
     divisible_by_16: tuple | None = None
 
 
-@dataclass
-class CompileResult:
-    name: str
-    arch: int
-    triton_version: str
-    compiled: bool
-    error: str | None = None
-    registers: int | None = None       # per thread
-    spill_stores: int | None = None    # bytes, ptxas -v
-    spill_loads: int | None = None     # bytes, ptxas -v
-    stack_bytes: int | None = None     # stack frame, ptxas -v
-    local_bytes: int | None = None     # local memory, cuobjdump (spills of non-ABI code land here)
-    dynamic_shared: int | None = None  # bytes Triton requests at launch (metadata 'shared')
-    static_shared: int | None = None   # bytes the cubin declares, cuobjdump
-    shared_limit: int | None = None
-    num_warps: int | None = None
-    num_stages: int | None = None
-    cooperative: bool = False
-    programs: int | None = None
-    floor: dict = field(default_factory=dict)
-    compile_seconds: float | None = None
-    ptxas: str | None = None           # ptxas version line
-
-    @property
-    def shared_bytes(self) -> int | None:
-        if self.dynamic_shared is None:
-            return None
-        return self.dynamic_shared + (self.static_shared or 0)
-
-    @property
-    def spills(self) -> int | None:
-        if self.spill_stores is None:
-            return None
-        return self.spill_stores + self.spill_loads + (self.local_bytes or 0)
-
-    def problems(self) -> list[str]:
-        """What the compile gate fails on: empty when the configuration is fine."""
-        if not self.compiled:
-            return [f'compile error: {self.error}']
-        found = []
-        if self.spills is None:
-            found.append('no ptxas report: spills unknown')
-        elif self.spills > 0:
-            found.append(f'register spills: {self.spill_stores} B stores, {self.spill_loads} B loads, '
-                         f'{self.local_bytes} B local memory ({self.registers} registers per thread)')
-        if self.shared_bytes > self.shared_limit:
-            found.append(f'shared memory {self.shared_bytes} B > sm_{self.arch} limit {self.shared_limit} B')
-        return found
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> 'CompileResult':
-        return cls(**d)
+AOT_SHAPES = {                  # name: (batch, hidden, num_tokens)
+    'example': (32, 256, 256),
+    'vocab32768': (32, 256, 32768),
+    'hidden1024': (32, 1024, 256),
+    'batch4096': (4096, 256, 256),
+}
 
 
-# configurations
+def kernel_signature(fn, weight_type: str, constexprs: dict) -> dict:
+    """Every non-constexpr argument of `fn` -> its Triton type, as the launcher passes them."""
+    types = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            continue
+        if name in ('input_table_ptr', 'weight_hh_ptr', 'bias_hn_ptr', 'weight_out_ptr', 'bias_out_ptr'):
+            types[name] = '*' + weight_type
+        elif name in ('prefix_ptr', 'tokens_ptr', 'seed_ptr', 'offset_ptr'):
+            types[name] = '*i64'
+        elif name in ('noise_ptr', 'h_ptr', 'c_ptr', 'partial_score_ptr'):
+            types[name] = '*fp32'
+        elif name in ('partial_token_ptr', 'sync_ptr', 'error_ptr'):
+            types[name] = '*i32'
+        elif name in ('temperature', 'g_hi', 'g_lo'):
+            types[name] = 'fp32'
+        else:
+            types[name] = 'i32'
+    return types
 
 
-def configurations(module: str = DEFAULT_MODULE, arch: int = 90) -> list[AotConfig]:
-    """The module's `aot_configurations(arch)` (or `aot_configurations()`, the same for every arch).
-    Raises AttributeError when the module has none."""
-    mod = importlib.import_module(module)
-    if not hasattr(mod, 'aot_configurations'):
-        raise AttributeError(f'{module} has no aot_configurations()')
-    fn = mod.aot_configurations
-    configs = fn(arch) if 'arch' in inspect.signature(fn).parameters else fn()
-    names = [c.name for c in configs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f'{module}.aot_configurations({arch}) repeats names {duplicates}')
-    return list(configs)
+def aot_configurations(arch: int = 90) -> list[AotConfig]:
+    """Every kernel configuration the launcher chooses for the gate's shapes on sm_`arch` with the
+    SM count of its part (TARGET_SMS: an H200 for 90, an A100 for 80): LSTM and GRU, fp32 and bf16
+    weights, sampling and greedy, the persistent kernel and the three per-phase kernels; plus
+    injected noise and 'ieee' at the example size (the GPU tests)."""
+    sms, capability = TARGET_SMS[arch], arch
+    configs, seen = [], set()
 
+    def add(name, fn, constexprs, plan, floor):
+        weight_type = constexprs.pop('_weight_type')
+        signature = kernel_signature(fn, weight_type, constexprs)
+        num_warps = plan.num_warps if fn is recurrent_sample_kernel else PHASE_NUM_WARPS
+        key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), num_warps)
+        if key in seen:
+            return
+        seen.add(key)
+        configs.append(AotConfig(name=name, fn=fn, signature=signature, constexprs=constexprs,
+                                 num_warps=num_warps, num_stages=1, programs=plan.grid, floor=floor,
+                                 cooperative=fn is recurrent_sample_kernel and plan.cooperative,
+                                 options=dict(COMPILE_OPTIONS)))
 
-def check_config(cfg: AotConfig):
-    """Every kernel argument named exactly once, as a typed argument or as a constexpr."""
-    fn = cfg.fn
-    if not hasattr(fn, 'arg_names') or not hasattr(fn, 'params'):
-        raise TypeError(f'{cfg.name}: fn must be a @triton.jit kernel, got {type(fn).__name__} '
-                        '(under TRITON_INTERPRET=1 kernels cannot be compiled: unset it)')
-    args = list(fn.arg_names)
-    constexpr_args = {p.name for p in fn.params if p.is_constexpr}
-    both = set(cfg.signature) & set(cfg.constexprs)
-    missing = [a for a in args if a not in cfg.signature and a not in cfg.constexprs]
-    unknown = [a for a in list(cfg.signature) + list(cfg.constexprs) if a not in args]
-    typed_constexprs = [a for a in cfg.signature if a in constexpr_args]
-    untyped = [a for a in cfg.constexprs if a not in constexpr_args]
-    unknown += [a for a in (cfg.divisible_by_16 or ()) if a not in cfg.signature]
-    for what, names in (('named twice', both), ('missing', missing), ('not arguments of the kernel', unknown),
-                        ('tl.constexpr arguments given a type in signature', typed_constexprs)):
-        if names:
-            raise ValueError(f'{cfg.name}: {what}: {sorted(names)}')
-    if untyped:
-        # a plain argument given a value in constexprs: Triton specialises it, the launcher would not
-        raise ValueError(f'{cfg.name}: constexprs holds arguments that are not tl.constexpr: {sorted(untyped)}')
+    variants = []
+    for shape in AOT_SHAPES:
+        for cell in ('lstm', 'gru'):
+            for weights in ('fp32', 'bf16'):
+                for sample in (True, False):
+                    variants.append((shape, cell, weights, sample, False, 'tf32x3'))
+    variants += [('example', cell, 'fp32', True, True, 'tf32x3') for cell in ('lstm', 'gru')]
+    variants += [('example', cell, 'fp32', sample, False, 'ieee')
+                 for cell in ('lstm', 'gru') for sample in (True, False)]
 
-
-# compiling
-
-
-def triton_bin(tool: str) -> str:
-    import triton
-    return os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', tool)
-
-
-def make_source(cfg: AotConfig):
-    """ASTSource for Triton >= 3.2 (3.6 and 3.9 alike): the signature names every argument, the
-    constexprs with the type 'constexpr', and their values go in `constexprs` by name."""
-    from triton.compiler import ASTSource
-    if 'constexprs' not in inspect.signature(ASTSource.__init__).parameters:
-        import triton
-        raise RuntimeError(f'Triton {triton.__version__} is too old for this compile gate (needs >= 3.2)')
-    args = list(cfg.fn.arg_names)
-    signature = {name: cfg.signature.get(name, 'constexpr') for name in args}
-    aligned = cfg.divisible_by_16
-    if aligned is None:
-        aligned = [name for name, kind in cfg.signature.items() if kind.startswith('*')]
-    attrs = {(args.index(name),): [['tt.divisibility', 16]] for name in aligned}
-    return ASTSource(fn=cfg.fn, signature=signature, constexprs=dict(cfg.constexprs), attrs=attrs)
-
-
-PTXAS_USED = re.compile(r'Used (\d+) registers')
-PTXAS_FRAME = re.compile(r'(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads')
-CUOBJDUMP_FUNCTION = re.compile(r'REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)')
-
-
-def parse_ptxas_log(log: str) -> dict:
-    used, frame = PTXAS_USED.search(log), PTXAS_FRAME.search(log)
-    if not used or not frame:
-        return {}
-    stack, stores, loads = map(int, frame.groups())
-    return dict(registers=int(used.group(1)), stack_bytes=stack, spill_stores=stores, spill_loads=loads)
-
-
-def resource_usage(cubin: bytes) -> dict:
-    """cuobjdump --dump-resource-usage of the one kernel in `cubin`."""
-    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([triton_bin('cuobjdump'), '--dump-resource-usage', f.name],
-                             capture_output=True, text=True, check=True).stdout
-    match = CUOBJDUMP_FUNCTION.search(out)
-    if not match:
-        raise RuntimeError(f'cuobjdump printed no resource usage:\n{out}')
-    reg, stack, shared, local = map(int, match.groups())
-    return dict(registers=reg, stack_bytes=stack, static_shared=shared, local_bytes=local)
-
-
-def ptxas_version() -> str:
-    out = subprocess.run([triton_bin('ptxas'), '--version'], capture_output=True, text=True).stdout
-    return out.strip().splitlines()[-1] if out.strip() else 'unknown'
-
-
-def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
-    """Compile `cfg` for sm_`arch` (no GPU needed) and read registers, spills and shared memory.
-
-    Always compiles (Triton's cache would skip ptxas and its -v report, where the spill figures
-    come from); errors of the compiler are returned in the result, not raised.
-    """
-    import triton
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
-
-    if arch not in SHARED_MEMORY_LIMITS:
-        raise ValueError(f'arch must be one of {sorted(SHARED_MEMORY_LIMITS)}, got {arch!r}')
-    check_config(cfg)
-    result = CompileResult(
-        name=cfg.name, arch=arch, triton_version=triton.__version__, compiled=False,
-        shared_limit=SHARED_MEMORY_LIMITS[arch], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        cooperative=cfg.cooperative, programs=cfg.programs, floor=dict(cfg.floor), ptxas=ptxas_version())
-    options = dict(cfg.options, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if cfg.cooperative:
-        options['launch_cooperative_grid'] = True
-
-    saved = knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log
-    log = io.StringIO()
-    start = time.perf_counter()
-    try:
-        knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = True, True
-        with contextlib.redirect_stdout(log):
-            kernel = triton.compile(make_source(cfg), target=GPUTarget('cuda', arch, 32), options=options)
-    except Exception as e:      # a compile error is a finding, not a crash of the gate
-        result.error = f'{type(e).__name__}: {e}'[:4000]
-        return result
-    finally:
-        knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = saved
-    result.compile_seconds = round(time.perf_counter() - start, 2)
-
-    usage = resource_usage(kernel.asm['cubin'])
-    ptxas = parse_ptxas_log(log.getvalue())
-    result.compiled = True
-    result.registers = ptxas.get('registers', usage['registers'])
-    result.stack_bytes = ptxas.get('stack_bytes', usage['stack_bytes'])
-    result.spill_stores = ptxas.get('spill_stores')
-    result.spill_loads = ptxas.get('spill_loads')
-    result.local_bytes = usage['local_bytes']
-    result.static_shared = usage['static_shared']
-    result.dynamic_shared = int(kernel.metadata.shared)
-    return result
-
-
-def compile_key(cfg: AotConfig, arch: int) -> tuple:
-    """Configurations that differ only in shape compile to the same binary: compile those once."""
-    return (id(cfg.fn), arch, tuple(sorted(cfg.signature.items())),
-            tuple(sorted((k, repr(v)) for k, v in cfg.constexprs.items())),
-            cfg.num_warps, cfg.num_stages, cfg.cooperative, tuple(sorted((k, repr(v)) for k, v in cfg.options.items())))
-
-
-_worker_jobs: list = []
-
-
-def _compile_job(index: int) -> CompileResult:
-    cfg, arch = _worker_jobs[index]
-    return compile_config(cfg, arch)
-
-
-def compile_module(module: str = DEFAULT_MODULE, archs=GATE_ARCHS, jobs: int | None = None) -> list[CompileResult]:
-    """Compile every configuration of `module` for every arch, in this process (and forked
-    workers): distinct binaries only, the results copied to every configuration that shares one."""
-    import multiprocessing
-    from dataclasses import replace
-
-    todo = [(cfg, arch) for arch in archs for cfg in configurations(module, arch)]
-    for cfg, _ in todo:
-        check_config(cfg)
-    unique = {}
-    for cfg, arch in todo:
-        unique.setdefault(compile_key(cfg, arch), (cfg, arch))
-    keys = list(unique)
-    global _worker_jobs
-    _worker_jobs = [unique[k] for k in keys]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(keys)))
-    if jobs == 1:
-        compiled = [_compile_job(i) for i in range(len(keys))]
-    else:
-        # fork: the workers inherit the imported kernels (JITFunctions do not pickle)
-        with multiprocessing.get_context('fork').Pool(jobs) as pool:
-            compiled = pool.map(_compile_job, range(len(keys)), chunksize=1)
-    by_key = dict(zip(keys, compiled))
-    return [replace(by_key[compile_key(cfg, arch)], name=cfg.name, programs=cfg.programs, floor=dict(cfg.floor))
-            for cfg, arch in todo]
-
-
-# running it under another Triton
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get('UP_FAST_CACHE', Path.home() / '.cache' / 'up_fast'))
-
-
-def side_environment(version: str = SIDE_TRITON_VERSION) -> Path:
-    """A folder holding triton==`version` alone (pip --target, no dependencies), made on first use.
-
-    Made in a temporary folder and renamed into place, so that two concurrent callers never see
-    half an install. Raises RuntimeError with pip's output when the install fails (e.g. offline).
-    """
-    target = cache_root() / f'triton-{version}'
-    if (target / 'triton' / '__init__.py').exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f'triton-{version}.partial-', dir=target.parent))
-    proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
-                           '--no-deps', '--target', str(partial), f'triton=={version}'],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        subprocess.run(['rm', '-rf', str(partial)])
-        raise RuntimeError(f'pip install triton=={version} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}')
-    try:
-        partial.rename(target)
-    except OSError:             # another caller finished first
-        subprocess.run(['rm', '-rf', str(partial)])
-    return target
-
-
-def compile_all(triton: str = 'installed', module: str = DEFAULT_MODULE, archs=GATE_ARCHS,
-                jobs: int | None = None, timeout: float = 1800, pythonpath=()) -> list[CompileResult]:
-    """`compile_module` in a fresh subprocess: under the installed Triton (triton='installed') or
-    a side environment's (triton='3.6' or '3.6.0'). A subprocess because the caller may run under
-    TRITON_INTERPRET=1 (the test suite without a GPU), where kernels cannot be compiled, and a
-    second Triton cannot be imported next to the first. `pythonpath`: more folders to import
-    `module` from."""
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    paths = [str(p) for p in pythonpath] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
-    if triton != 'installed':
-        version = triton if triton.count('.') == 2 else f'{triton}.0'
-        paths.insert(0, str(side_environment(version)))
-    env['PYTHONPATH'] = os.pathsep.join(paths)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, 'results.json')
-        cmd = [sys.executable, '-m', 'up_fast.kernels.aot', '--module', module, '--json', out,
-               '--arch', *map(str, archs)] + (['--jobs', str(jobs)] if jobs else [])
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not os.path.exists(out):
-            raise RuntimeError(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
-        with open(out) as f:
-            payload = json.load(f)
-    if triton != 'installed' and not payload['triton_version'].startswith(triton):
-        raise RuntimeError(f'asked for Triton {triton}, the subprocess imported {payload["triton_version"]}')
-    return [CompileResult.from_json(r) for r in payload['results']]
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Compile every AOT configuration of a kernel module (no GPU needed).')
-    parser.add_argument('--module', default=DEFAULT_MODULE)
-    parser.add_argument('--arch', type=int, nargs='+', default=list(GATE_ARCHS), choices=sorted(SHARED_MEMORY_LIMITS))
-    parser.add_argument('--jobs', type=int, default=None, help='parallel compiles (default: CPU count)')
-    parser.add_argument('--json', required=True, help='write the results here')
-    args = parser.parse_args(argv)
-    if os.environ.get('TRITON_INTERPRET', '0') == '1':
-        parser.error('TRITON_INTERPRET=1 is set: kernels cannot be compiled under the interpreter')
-    import triton
-    results = compile_module(args.module, tuple(args.arch), args.jobs)
-    with open(args.json, 'w') as f:
-        json.dump(dict(triton_version=triton.__version__, results=[r.to_json() for r in results]), f, default=repr)
-
-
-if __name__ == '__main__':
-    main()
+    for shape, cell, weights, sample, injected, precision in variants:
+        batch, hidden, num_tokens = AOT_SHAPES[shape]
+        weight_bytes = 2 if weights == 'bf16' else 4
+        plan = plan_launch(batch, hidden, num_tokens, sms, weight_bytes=weight_bytes, capability=capability)
+        gates = 4 if cell == 'lstm' else 3
+        base = kernel_constexprs(plan, cell == 'lstm', True, sample, injected, precision)
+        floor = design_floor(plan, hidden, num_tokens, gates, weight_bytes, precision, sample)
+        kind = ('sample' if sample else 'greedy') + ('-injected' if injected else '')
+        stem = f'{shape}-{cell}-{weights}-{kind}-{precision}'
+        add(f'persistent-{stem}', recurrent_sample_kernel, dict(base, _weight_type=weights), plan, floor)
+        for phase in (0, 1, 2):
+            add(f'phase{phase}-{stem}', recurrent_phase_kernel, dict(base, PHASE=phase, _weight_type=weights),
+                plan, floor)
+    # the buffer kernels (gather, write-back): their configurations live beside them; imported here, not at
+    # the top, because they take AotConfig from this module
+    from up_fast.kernels.buffer_ops import aot_configurations as buffer_configurations
+    return configs + buffer_configurations(arch)

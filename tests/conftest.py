@@ -16,6 +16,12 @@ import torch
 from x_transformers import Decoder, TransformerWrapper
 
 
+def pytest_addoption(parser):
+    parser.addoption('--triton-side', action='store_true', default=False,
+                     help='also run the compile gate under Triton 3.6, from a side environment made on first use '
+                          'in .cache/ (CI does it by default; see tests/test_compile_gate.py)')
+
+
 def tiny_model(num_tokens=256, dim=32, depth=1, heads=2, max_seq_len=64):
     return TransformerWrapper(
         num_tokens=num_tokens,

@@ -1,58 +1,59 @@
 """The ahead-of-time compile gate: every kernel configuration the launcher can choose compiles for
 sm_90 and sm_80, with no register spill and shared memory within the SM's limit. No GPU needed:
-`triton.compile` with an explicit target and the ptxas inside Triton (up_fast/kernels/aot.py).
+`triton.compile` with an explicit target and the ptxas inside Triton (benchmarks/aot_compile.py).
 
-Runs under the installed Triton and under Triton 3.6 (what the GPU machines run), the latter from
-a side environment pip-installed on first use into ~/.cache/up_fast/triton-3.6.0 (188 MB wheel,
-about 12 s here from the package index mirror). Both compile in a subprocess without
-TRITON_INTERPRET, which this suite sets when there is no GPU.
+Runs under the installed Triton always, and under Triton 3.6 (what the GPU machines run) when asked
+for: CI does it (CI set to a true value), and so does
+
+    python -m pytest tests/test_compile_gate.py --triton-side      # or UP_FAST_TRITON_SIDE=1
+
+which makes a side environment on first use under the repository, in .cache/triton-3.6.0/
+(git-ignored; a 188 MB wheel). UP_FAST_TRITON_SIDE=0 turns it off even in CI. Both compile in a
+subprocess without TRITON_INTERPRET, which this suite sets when there is no GPU.
 """
 
 import importlib
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
-import triton
-import triton.language as tl
 
-from up_fast.kernels import aot
-from up_fast.kernels.aot import AotConfig, CompileResult
+triton = pytest.importorskip('triton', reason='the compile gate needs Triton: pip install -e ".[test,triton]"')
+import triton.language as tl  # noqa: E402
 
-KERNEL_MODULE = 'up_fast.kernels.recurrent_sample'
-KERNEL_MODULES = (KERNEL_MODULE, 'up_fast.kernels.buffer_ops')
-TRITONS = ('installed', aot.SIDE_TRITON_VERSION)
+from benchmarks import aot_compile  # noqa: E402
+from benchmarks.aot_compile import CompileResult  # noqa: E402
+from benchmarks.triton_side_env import SIDE_TRITON_VERSION, side_environment, side_wanted  # noqa: E402
+from up_fast.kernels.aot import AotConfig  # noqa: E402
+
+KERNEL_MODULE = aot_compile.DEFAULT_MODULE
+TRITONS = ('installed', SIDE_TRITON_VERSION)
 
 
 def gate_configurations():
-    """(module, arch, name) of every configuration, or the reason there are none."""
-    found, missing = [], []
-    for module_name in KERNEL_MODULES:
-        module = importlib.import_module(module_name)
-        if not hasattr(module, 'aot_configurations'):
-            missing.append(f'{module_name} has no aot_configurations() yet')
-            continue
-        found += [(module_name, arch, cfg.name)
-                  for arch in aot.GATE_ARCHS for cfg in aot.configurations(module_name, arch)]
-    return found, '; '.join(missing) if not found else None
+    """(arch, name) of every configuration, or the reason there are none."""
+    module = importlib.import_module(KERNEL_MODULE)
+    if not hasattr(module, 'aot_configurations'):
+        return [], f'{KERNEL_MODULE} has no aot_configurations() yet'
+    return [(arch, cfg.name) for arch in aot_compile.GATE_ARCHS
+            for cfg in aot_compile.configurations(KERNEL_MODULE, arch)], None
 
 
 CONFIGS, NO_CONFIGS = gate_configurations()
-CASES = [pytest.param(version, module, arch, name, id=f'triton-{version}-sm{arch}-{name}')
-         for version in TRITONS for module, arch, name in CONFIGS]
+CASES = [pytest.param(version, arch, name, id=f'triton-{version}-sm{arch}-{name}')
+         for version in TRITONS for arch, name in CONFIGS]
 
 
 _compiled: dict = {}
 
 
-def compiled(version: str, module: str = KERNEL_MODULE) -> dict:
+def compiled(version: str, module: str = KERNEL_MODULE, side_option: bool = False) -> dict:
     """{(arch, name): CompileResult} of `module` under Triton `version`, compiled once per session
     (a skip or an error too is kept, so that 64 cases do not retry a failing install)."""
     key = (version, module)
     if key not in _compiled:
         try:
-            _compiled[key] = compile_now(version, module)
+            _compiled[key] = compile_now(version, module, side_option)
         except BaseException as e:          # pytest's Skipped is a BaseException
             _compiled[key] = e
     if isinstance(_compiled[key], BaseException):
@@ -60,25 +61,25 @@ def compiled(version: str, module: str = KERNEL_MODULE) -> dict:
     return _compiled[key]
 
 
-def compile_now(version: str, module: str) -> dict:
+def compile_now(version: str, module: str, side_option: bool = False) -> dict:
     if version != 'installed':
         if triton.__version__.split('+')[0] == version:
             pytest.skip(f'the installed Triton is {version} already')
-        if os.environ.get('UP_FAST_TRITON_SIDE', '1') == '0':
-            pytest.skip(f'UP_FAST_TRITON_SIDE=0: no Triton {version} side environment')
+        if not side_wanted(side_option):
+            pytest.skip(f'Triton {version} runs with --triton-side, UP_FAST_TRITON_SIDE=1 or in CI')
         try:
-            aot.side_environment(version)
+            side_environment(version)
         except RuntimeError as e:
             pytest.skip(f'no Triton {version} side environment (pip failed, offline?): {str(e)[-300:]}')
-    results = aot.compile_all(version, module=module, pythonpath=[Path(__file__).parent])
+    results = aot_compile.compile_all(version, module=module, pythonpath=[Path(__file__).parent])
     return {(r.arch, r.name): r for r in results}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(bool(NO_CONFIGS), reason=NO_CONFIGS or '')
-@pytest.mark.parametrize('version, module, arch, name', CASES or [pytest.param(None, None, None, None, id='none')])
-def test_configuration_compiles_without_spills_within_shared_memory(version, module, arch, name):
-    result = compiled(version, module)[(arch, name)]
+@pytest.mark.parametrize('version, arch, name', CASES or [pytest.param(None, None, None, id='none')])
+def test_configuration_compiles_without_spills_within_shared_memory(version, arch, name, request):
+    result = compiled(version, side_option=request.config.getoption('--triton-side'))[(arch, name)]
     if version != 'installed':
         assert result.triton_version == version
     assert result.problems() == [], f'{name} on sm_{arch}, Triton {result.triton_version}: {result.problems()}'
@@ -124,7 +125,7 @@ def test_gate_catches_spills_shared_memory_and_compile_errors():
     results = compiled('installed', module=Path(__file__).stem)
 
     assert results[(90, 'spill-small')].problems() == []
-    for arch in aot.GATE_ARCHS:
+    for arch in aot_compile.GATE_ARCHS:
         large = results[(arch, 'spill-large')]
         assert large.compiled and large.spill_stores > 0, large
         assert any('spill' in p for p in large.problems())
@@ -140,7 +141,7 @@ def test_gate_catches_spills_shared_memory_and_compile_errors():
 
 
 def test_shared_memory_limits_and_problems():
-    assert aot.SHARED_MEMORY_LIMITS == {90: 232448, 80: 166912}
+    assert aot_compile.SHARED_MEMORY_LIMITS == {90: 232448, 80: 166912}
     ok = CompileResult(name='x', arch=80, triton_version='t', compiled=True, registers=100, spill_stores=0,
                        spill_loads=0, stack_bytes=0, local_bytes=0, dynamic_shared=166912 - 1024,
                        static_shared=1024, shared_limit=166912)
@@ -155,18 +156,18 @@ def test_shared_memory_limits_and_problems():
 def test_config_must_name_every_argument_once():
     fn = triton.runtime.jit.JITFunction(spill_canary.fn)     # a compilable kernel even under TRITON_INTERPRET
     spill = dict(x_ptr='*fp32', y_ptr='*fp32')
-    aot.check_config(AotConfig('c', fn, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
+    aot_compile.check_config(AotConfig('c', fn, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
     with pytest.raises(ValueError, match=r"missing: \['COLS'\]"):
-        aot.check_config(AotConfig('c', fn, spill, dict(ROWS=16), 1, 1, 1))
+        aot_compile.check_config(AotConfig('c', fn, spill, dict(ROWS=16), 1, 1, 1))
     with pytest.raises(ValueError, match='not arguments'):
-        aot.check_config(AotConfig('c', fn, {**spill, 'z_ptr': '*fp32'}, dict(ROWS=16, COLS=16), 1, 1, 1))
+        aot_compile.check_config(AotConfig('c', fn, {**spill, 'z_ptr': '*fp32'}, dict(ROWS=16, COLS=16), 1, 1, 1))
     with pytest.raises(ValueError, match='given a type'):
-        aot.check_config(AotConfig('c', fn, {**spill, 'ROWS': 'i32'}, dict(COLS=16), 1, 1, 1))
+        aot_compile.check_config(AotConfig('c', fn, {**spill, 'ROWS': 'i32'}, dict(COLS=16), 1, 1, 1))
     with pytest.raises(ValueError, match='not tl.constexpr'):
-        aot.check_config(AotConfig('c', fn, dict(x_ptr='*fp32'), dict(y_ptr=0, ROWS=16, COLS=16), 1, 1, 1))
+        aot_compile.check_config(AotConfig('c', fn, dict(x_ptr='*fp32'), dict(y_ptr=0, ROWS=16, COLS=16), 1, 1, 1))
     if not hasattr(spill_canary, 'params'):     # the interpreter's wrapper cannot be compiled: say so
         with pytest.raises(TypeError, match='TRITON_INTERPRET'):
-            aot.check_config(AotConfig('c', spill_canary, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
+            aot_compile.check_config(AotConfig('c', spill_canary, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
 
 
 def test_compile_report_table():

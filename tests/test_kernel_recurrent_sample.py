@@ -25,8 +25,11 @@ from torch import nn
 
 pytest.importorskip('triton')
 
+from up_fast.band import PHILOX_GUMBEL_BOUNDS, injected_gumbel_bounds  # noqa: E402
+from up_fast.kernels import aot  # noqa: E402
 from up_fast.kernels import recurrent_sample as rs  # noqa: E402
-from up_fast.kernels.recurrent_sample import LaunchPlan, fused_recurrent_sample, plan_launch  # noqa: E402
+from up_fast.kernels.launch_plan import LaunchPlan, check_plan, plan_launch  # noqa: E402
+from up_fast.kernels.recurrent_sample import fused_recurrent_sample  # noqa: E402
 from up_fast.naive import naive_recurrent_sample  # noqa: E402
 from up_fast.sampling import FoldedRecurrentNet, gumbel  # noqa: E402
 
@@ -291,7 +294,7 @@ def test_band_reads_only_candidates():
 
     # the oracle's logits at each sampling step, along its own tokens
     poisoned = noise.clone()
-    g_lo, g_hi = rs.injected_gumbel_bounds(torch.float32)
+    g_lo, g_hi = injected_gumbel_bounds(torch.float32)
     for row in range(batch):
         for t in range(length):
             logits = twin_logits_after(net.folded, torch.cat([prefix[row], ref_tokens[row, :t]]))
@@ -342,11 +345,11 @@ def test_philox_band_is_full_gumbel_max_from_the_same_counters(mode):
 
 
 def test_gumbel_bounds_come_from_the_grid():
-    g_lo, g_hi = rs.PHILOX_GUMBEL_BOUNDS
+    g_lo, g_hi = PHILOX_GUMBEL_BOUNDS
     assert g_hi == pytest.approx(-math.log(-math.log1p(-2. ** -24)), rel=1e-6)
     assert g_lo == pytest.approx(-math.log(-math.log(2. ** -24)), rel=1e-6)
     assert 16.5 < g_hi < 16.7 and -2.9 < g_lo < -2.7
-    assert rs.injected_gumbel_bounds(torch.float64)[1] == math.inf, 'float64 noise can round to 1.0 in fp32: no band'
+    assert injected_gumbel_bounds(torch.float64)[1] == math.inf, 'float64 noise can round to 1.0 in fp32: no band'
 
 
 # the in-kernel Philox sampler
@@ -525,7 +528,7 @@ def test_debug_env_var_turns_the_check_on(monkeypatch):
 @pytest.mark.parametrize('num_tokens', [2, 256, 5000, 32768])
 def test_plans_cover_the_shapes_and_fit_the_device(batch, hidden, num_tokens):
     plan = plan_launch(batch, hidden, num_tokens, 132)
-    rs.check_plan(plan, batch, hidden, num_tokens)
+    check_plan(plan, batch, hidden, num_tokens)
     if plan.cooperative:
         assert plan.grid <= 132, 'a cooperative grid must be co-resident: one program per SM'
     assert 4 * plan.block_u * plan.block_b <= 4096 and plan.block_v * plan.block_b <= 8192, 'accumulators too large'
@@ -539,9 +542,9 @@ def test_plan_of_the_example():
 
 
 def test_aot_configurations_cover_the_launcher_choices():
-    configs = rs.aot_configurations()
+    configs = aot.aot_configurations()
     names = {c.name for c in configs}
-    for shape in rs.AOT_SHAPES:
+    for shape in aot.AOT_SHAPES:
         for cell in ('lstm', 'gru'):
             for weights in ('fp32', 'bf16'):
                 for sampling in ('sample', 'greedy'):

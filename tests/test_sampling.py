@@ -258,7 +258,8 @@ def test_an_empty_batch_samples_nothing():
 
 
 from up_fast.naive import gumbel_max_full  # noqa: E402
-from up_fast.sampling import Band, GumbelNoise, GumbelPool, gumbel, gumbel_, gumbel_max  # noqa: E402
+from up_fast.band import Band  # noqa: E402
+from up_fast.sampling import GumbelNoise, GumbelPool, gumbel, gumbel_, gumbel_max  # noqa: E402
 
 FORMULATIONS = [True, False]
 FORMULATION_IDS = ['lazy', 'dense']

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import Module
 
 from up_fast.backend import check_backend
+from up_fast.cells import lstm_update_
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.checks import check_int, check_positive_real, check_scale_range, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.helpers import exists
@@ -60,12 +61,7 @@ def lstm_cell(gates: Tensor, half_h: Tensor, double_c: Tensor):
     """
     i, f, o, g = gates.chunk(4, dim=1)
 
-    def cell():
-        double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)     # 2 c = f 2 c + 2 i tanh(g)
-        torch.sigmoid(double_c, out=half_h).mul_(o)
-        half_h.sub_(o, alpha=0.5)                                       # h / 2 = o tanh(c) / 2
-
-    return cell
+    return partial(lstm_update_, i, f, o, g, half_h, double_c)
 
 
 # the folded network

@@ -17,48 +17,21 @@ from functools import partial
 from itertools import repeat
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from up_fast.band import Band
+from up_fast.cells import gru_update_, lstm_update_
 from up_fast.checks import check_uniform_noise
 from up_fast.helpers import default, exists
 
-# Gumbel-max, drawing noise only where it can matter
-#
-# At temperature T > 0 the token is argmax_j(logits_j + T * G_j), G_j = -log(-log u_j), u_j ~ U[0, 1):
-# a sample of softmax(logits / T), ties to the lowest token id (torch.max's first maximum). The
-# uniforms come from a finite set, so every finite G lies in [g_min, g_max] (see uniform_range;
-# torch.rand on the CPU: about -2.81 and 16.64): a token whose logit is more than
-# T * (g_max - g_min) below its row's largest can never win. Only the tokens within that band
-# (the candidates) get noise: about 1.1 a row at the default T = 1e-4 on the example's logits.
-#
-# Why the winner is exactly full Gumbel-max's on the same uniforms (Band below):
-# - candidates are the tokens with logit >= floor = top - T * (g_max - g_min) - 2 slack, top the
-#   row's largest logit; a non-candidate's score, with any noise value up to T * g_max, is then
-#   below certificate = top + T * g_min - slack. `slack` is 2^-16 of the magnitudes involved: it
-#   covers the float32 rounding of the scores, of G, and of floor and certificate themselves (a few
-#   roundings of 2^-24 each); a wider band is always exact, it only costs draws. Rounding is
-#   monotone, so non-candidates far below the floor score no higher than those just below it.
-# - a row whose best candidate scores >= certificate is won by that candidate: the candidates'
-#   scores are computed as full Gumbel-max computes them (fl(l + fl(T * G))), in token order, so
-#   ties go the same way. The top token scores >= certificate unless its u == 0 (G = -inf); a row
-#   failing the check (u == 0 at the top, no other candidate making up) takes noise for every token.
-# - logits are finite or -inf (a row of -inf makes every token a candidate); a NaN logit wins as
-#   it does in full Gumbel-max.
-#
-# The G of a value can differ in its last bit between ATen's vectorised and scalar loops (the
-# Sleef and libm logs): full Gumbel-max itself computes G that way, so "the same token" holds up to
-# a tie of two scores within one rounding step.
-#
-# Two formulations of the one rule:
+# Gumbel-max, drawing noise only where it can matter: only the tokens in the band (up_fast/band.py)
+# can win, so only they get noise. Two formulations of the one rule:
 # - lazy (CPU): count the candidates, draw (or read) noise for them only, place it in the band.
 #   Counting reads a number back, which on the CPU costs nothing. With generator noise, once a
 #   step has every token in the band (high temperatures), the call draws for every token.
 # - dense (other devices): full noise for every token and the band as a mask, so no value is read
 #   back to the host; it gives the same winner (and ignores noise outside the band, as lazy does).
 #   It saves no draws: on CUDA the Triton kernel is the fast path.
-
-SLACK = 2. ** -16       # relative to the magnitudes in a score; float32 rounds each op to 2^-24
 
 LAZY_DEVICE_TYPES = frozenset({'cpu'})      # where reading a count back is free; dense everywhere else
 
@@ -72,55 +45,9 @@ def gumbel(uniform: Tensor) -> Tensor:
     return gumbel_(uniform.clone())
 
 
-def uniform_range(device: torch.device, injected: bool) -> tuple[float, float]:
-    """The smallest positive and the largest value a step's U[0, 1) numbers can take, in float32."""
-    eps = torch.finfo(torch.float32).eps                         # 2^-23
-    largest = 1. - eps / 2                                        # the float32 just below 1, whatever the source
-    if device.type == 'cpu' and not injected:
-        # torch.rand on the CPU keeps 24 bits of a 32-bit draw and scales them by 2^-24 (ATen's
-        # transformation::uniform_real): the grid k * 2^-24, 0 <= k < 2^24
-        return eps / 2, largest
-    # injected noise may be any float32 in [0, 1) (CUDA's torch.rand, a curand grid offset by
-    # 2^-33, is among them): down to the smallest subnormal
-    return torch.finfo(torch.float32).tiny * eps, largest
-
-
-class Band:
-    """Which tokens can win argmax(logits + T * G) when every finite G lies in [g_min, g_max]
-    (see the notes above). floor() and certificate() take each row's largest logit, (batch, 1)."""
-
-    def __init__(self, temperature: float, g_min: float, g_max: float):
-        self.temperature, self.g_min, self.g_max = temperature, g_min, g_max
-        magnitude = temperature * (abs(g_min) + abs(g_max))            # the noise's share of a score's magnitude
-        # floor = top - 2 SLACK |top| - floor_offset, as (1 - 2 SLACK) leaky_relu(top) - floor_offset: two ops a step
-        self.floor_slope = (1 + 2 * SLACK) / (1 - 2 * SLACK)
-        # a 0-dim CPU tensor acts as a scalar on any device, without a copy
-        self.floor_offset = torch.tensor(-(temperature * (g_max - g_min) + 2 * SLACK * magnitude), dtype=torch.float32)
-        self.certificate_offset = temperature * g_min - SLACK * magnitude
-
-    @classmethod
-    def of(cls, temperature: float, device: torch.device, injected: bool) -> Band:
-        smallest, largest = uniform_range(device, injected)
-        g = lambda u: -math.log(-math.log(u))                      # in float64: slack covers float32's G
-        return cls(temperature, g(smallest), g(largest))           # CPU torch.rand: about -2.81 and 16.64
-
-    def floor(self, top: Tensor) -> Tensor:
-        # top - T (g_max - g_min) - 2 slack, slack = SLACK (|top| + magnitude)
-        return torch.add(self.floor_offset, F.leaky_relu(top, self.floor_slope), alpha=1 - 2 * SLACK)
-
-    def certificate(self, top: Tensor) -> Tensor:
-        # top + T g_min - slack
-        return torch.add(top, top.abs(), alpha=-SLACK).add_(self.certificate_offset)
-
-    def candidates(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Each row's largest logit (batch, 1), and the candidates (batch, num_tokens) bool."""
-        top = torch.amax(logits, dim=-1, keepdim=True)
-        return top, torch.ge(logits, self.floor(top))
-
-
 def gumbel_max(logits: Tensor, temperature: float, noise: StepNoise | None, *, out: Tensor | None = None) -> Tensor:
     """Sample from softmax(logits / temperature) by Gumbel-max, drawing noise only for the tokens
-    that can win (see the notes above); plain argmax at temperature 0, which needs no noise.
+    that can win (see up_fast/band.py); plain argmax at temperature 0, which needs no noise.
 
     argmax(logits / T + G) == argmax(logits + T * G) for T > 0; the second form never overflows
     for tiny T (the reference's 1e-4 default) and reduces to plain argmax at T == 0.
@@ -498,7 +425,7 @@ class FoldedRecurrentNet:
         """
         gates = self.input_table.new_empty(state[0].shape[0], self.input_table.shape[1])   # (batch, gates * hidden), reused every step
         gate_views = gates.split(self.hidden_size, dim=-1)
-        table, index_select, sigmoid = self.input_table, torch.index_select, torch.sigmoid
+        table, index_select = self.input_table, torch.index_select
 
         if self.cell == 'lstm':
             half_h, double_c = state
@@ -507,9 +434,7 @@ class FoldedRecurrentNet:
             def lstm_step(tokens: Tensor, hidden_gates: Tensor) -> Tensor:
                 index_select(table, 0, tokens, out=gates).add_(hidden_gates)
                 gates.sigmoid_()                                         # g block holds sigmoid(2 g)
-                double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)  # 2 c = f 2 c + 2 i tanh(g)
-                sigmoid(double_c, out=half_h).mul_(o)
-                return half_h.sub_(o, alpha=0.5)                         # h / 2 = o sigmoid(2 c) - o / 2 = o tanh(c) / 2
+                return lstm_update_(i, f, o, g, half_h, double_c)
 
             return lstm_step
 
@@ -521,9 +446,7 @@ class FoldedRecurrentNet:
             index_select(table, 0, tokens, out=gates)
             hidden_reset_update, hidden_n = hidden_gates.split((2 * hidden, hidden), dim=1)
             reset_update.add_(hidden_reset_update).sigmoid_()
-            n.addcmul_(r, hidden_n).sigmoid_()                           # hidden_gates holds b_hn already
-            n.add_(n).sub_(1.)                                           # n = tanh(...)
-            return h.sub_(n).mul_(z).add_(n)                             # (1 - z) * n + z * h
+            return gru_update_(r, z, n, hidden_n, h)                     # hidden_gates holds b_hn already
 
         return gru_step
 

@@ -1,0 +1,133 @@
+"""The launch plan of the sampling kernels: how a launch splits batch, hidden units and vocabulary over programs.
+
+`plan_launch` is the launcher rule (docs/kernel.md, "Launch rule"); `check_plan` checks a hand-made
+plan; `capability` and `num_sms` read what the rule needs from the device. No Triton import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# the largest (BLOCK_B, columns) accumulator of a phase: 16 registers a thread at 4 warps, which
+# leaves room for the tf32x3 operand splits without spills (ptxas, sm_90)
+ACCUMULATOR_ELEMENTS = 2048
+# the per-phase kernels: at 8 warps ptxas capped some at 128 registers and spilled (sm_90); at 4,
+# none spilled. Warps split a tile's rows and columns, never K, so the arithmetic is the same
+PHASE_NUM_WARPS = 4
+# Compile options of every launch: without a register cap ptxas chose 128 registers for some
+# configurations and spilled (sm_90, Triton 3.6 and 3.9); 255 is one program of 8 warps an SM
+COMPILE_OPTIONS = dict(maxnreg=255)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+_num_sms_cache: dict = {}
+
+
+def capability(device: torch.device) -> int:
+    """Compute capability as 10 * major + minor (90 on an H200); 90 off CUDA (the interpreter)."""
+    if device.type != 'cuda':
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def num_sms(device: torch.device) -> int:
+    """Multiprocessors of `device` (132 on an H200); 1 off CUDA (the interpreter)."""
+    if device.type != 'cuda':
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _num_sms_cache:
+        _num_sms_cache[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _num_sms_cache[index]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How a launch splits the work (see plan_launch and docs/kernel.md, "Launch rule")."""
+    block_b: int          # batch rows of a group
+    groups: int           # batch tiles, each with a full set of slices
+    programs: int         # programs per group, splitting the weights
+    block_u: int          # hidden units of a gate tile (4 * block_u columns)
+    unit_tiles: int       # gate tiles per program
+    block_v: int          # tokens of a vocabulary tile
+    vocab_tiles: int      # vocabulary tiles per program
+    num_slices: int       # programs of a group with a vocabulary slice
+    block_k: int          # hidden (reduction) tile
+    block_p: int          # partials reduced at a time: next_pow2(num_slices), at most 32
+    num_warps: int
+
+    @property
+    def grid(self) -> int:
+        return self.groups * self.programs
+
+    @property
+    def cooperative(self) -> bool:
+        return self.programs > 1
+
+    def slice_bytes(self, hidden: int, weight_bytes: int = 4) -> int:
+        """Weight bytes a program reads each step (W_hh^T of its units padded to 4 gates, W_out^T of its slice)."""
+        return hidden * (4 * self.block_u * self.unit_tiles + self.block_v * self.vocab_tiles) * weight_bytes
+
+
+def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_bytes: int = 4,
+                programs: int | None = None, capability: int = 90) -> LaunchPlan:
+    """The launcher rule. `programs` forces the programs per group (tests: P > 1 under the
+    interpreter, phase per launch); otherwise they follow from `sms`. `capability` (90: sm_90)
+    sizes the accumulators: sm_80's mma.sync operands need more registers (halved there)."""
+    block_b = min(64, max(16, next_power_of_2(batch)))
+    # 64 rows take the wgmma path on sm_90, whose operands cost more registers (Triton 3.6 spilled)
+    accumulator = ACCUMULATOR_ELEMENTS if capability >= 90 and block_b <= 32 else ACCUMULATOR_ELEMENTS // 2
+    groups = cdiv(batch, block_b)
+    per_group = max(1, sms // groups) if programs is None else programs
+
+    units = cdiv(hidden, per_group)                                   # hidden units a program should own
+    block_u = min(max(4, next_power_of_2(units)), max(4, accumulator // (4 * block_b)))
+    unit_tiles = cdiv(units, block_u)
+    hidden_programs = cdiv(hidden, unit_tiles * block_u)
+    if programs is None:
+        programs = min(per_group, max(hidden_programs, min(per_group, cdiv(num_tokens, 128))))
+    else:
+        programs = per_group
+
+    tokens = cdiv(num_tokens, programs)
+    block_v = min(max(16, next_power_of_2(tokens)), max(16, accumulator // block_b))
+    vocab_tiles = cdiv(tokens, block_v)
+    num_slices = cdiv(num_tokens, block_v * vocab_tiles)
+
+    block_k = min(max(16, next_power_of_2(hidden)), 32 if capability >= 90 else 16)
+    num_warps = 8
+    return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
+                      min(32, max(2, next_power_of_2(num_slices))), num_warps)
+
+
+def check_plan(plan, batch: int, hidden: int, num_tokens: int):
+    """A hand-made plan must cover the shapes with tiles tl.dot accepts."""
+    if not isinstance(plan, LaunchPlan):
+        raise TypeError(f'plan must be a LaunchPlan, got {type(plan).__name__}')
+    pow2 = lambda n, low: n >= low and n & (n - 1) == 0
+    for name, low in (('block_b', 16), ('block_u', 4), ('block_v', 16), ('block_k', 16), ('block_p', 2)):
+        if not pow2(getattr(plan, name), low):
+            raise ValueError(f'plan.{name} must be a power of two >= {low}, got {getattr(plan, name)}')
+    slice_tokens = plan.vocab_tiles * plan.block_v
+    problems = [
+        (plan.groups * plan.block_b < batch, f'groups * block_b = {plan.groups * plan.block_b} < batch {batch}'),
+        (plan.programs * plan.unit_tiles * plan.block_u < hidden, f'programs * unit_tiles * block_u < hidden {hidden}'),
+        (plan.num_slices * slice_tokens < num_tokens, f'num_slices * vocab_tiles * block_v < num_tokens {num_tokens}'),
+        ((plan.num_slices - 1) * slice_tokens >= num_tokens,
+         f'slice {plan.num_slices - 1} of {plan.num_slices} is empty'),
+        (plan.num_slices > plan.programs, f'num_slices {plan.num_slices} > programs {plan.programs}'),
+        (plan.num_warps not in (1, 2, 4, 8, 16), f'num_warps {plan.num_warps} is not a power of two <= 16'),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise ValueError(
+                f'plan {plan} does not fit batch {batch}, hidden {hidden}, num_tokens {num_tokens}: {what}')
