@@ -1,4 +1,4 @@
-"""The compile configurations of the sampling kernels: every one the launcher can choose, for the compile gate.
+"""The compile configurations of the Triton kernels (sampling, buffer) that the launchers can choose.
 
 `aot_configurations(arch)` lists them as `AotConfig`s, complete enough to compile with
 `triton.compile` for sm_`arch` without a GPU; the compile gate (tests/test_compile_gate.py, with
