@@ -56,7 +56,7 @@ def test_top_level_help_teaches(capsys):
 
 
 @pytest.mark.parametrize('command, options', [
-    ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device',
+    ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device', '--prefetch',
                   'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384',
                   '--save-every', '--keep-best', '--override', '--resume']),
     ('sample', ['--checkpoint', '--fresh', '--source', '--steps', '--every', '--max-period', '--plot', '--rows', '--width', '--seed']),
@@ -98,6 +98,14 @@ def test_version_and_help_import_no_torch(tmp_path, argv):
 
 
 # pretrain
+
+
+def test_pretrain_with_prefetch_saves_the_same_run(tiny_checkpoint, tmp_path):
+    prefetched = pretrain_tiny(tmp_path / 'prefetch.pt', '--prefetch')
+    plain = torch.load(tiny_checkpoint, map_location = 'cpu', weights_only = True)
+    assert prefetched['config'] == plain['config']
+    for key, value in plain['wrapper'].items():
+        assert torch.equal(prefetched['wrapper'][key], value), key
 
 
 def test_pretrain_writes_a_loadable_checkpoint(tiny_checkpoint):

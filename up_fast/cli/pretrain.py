@@ -305,6 +305,7 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
 
     wrapper = build(config, device)
     wrapper.train()
+    wrapper.prefetch = args.prefetch        # how the data is made, not what: not part of the run's configuration
 
     optimizer = torch.optim.AdamW(wrapper.model.parameters(), lr = config['lr'], weight_decay = config['weight_decay'])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config['warmup'], config['steps']))
@@ -486,6 +487,7 @@ def add_parser(commands):
     p.add_argument('--heads', metavar = 'N', type = positive_int, default = None, help = f'attention heads per layer (default: {c["heads"]})')
     p.add_argument('--lr', metavar = 'LR', type = positive_float, default = None, help = f'peak AdamW learning rate, after a linear warm-up, decayed to a tenth by a cosine (default: {c["lr"]})')
     p.add_argument('--seed', type = int, metavar = 'SEED', default = None, help = f'seeds the weights, the buffer and every draw: the same seed repeats a run (default: {c["seed"]})')
+    p.add_argument('--prefetch', action = 'store_true', help = 'make the next step\'s synthetic batch while the transformer trains on this one (on a GPU, on a side stream); the same data and losses as without it (default: off)')
     p.add_argument('--gru', action = 'store_true', default = None, help = 'xt source only: a GRU instead of an LSTM as the random "turing machine" that generates the data (default: LSTM)')
     p.add_argument('--reset-every', metavar = 'N', type = non_negative_int, default = None, help = f'xt source only: re-draw the generator\'s random weights every this many steps, 0 for never: a new machine brings new kinds of structure (default: {c["reset_turing_machine_every"]})')
     p.add_argument('--eval-every', metavar = 'N', type = non_negative_int, default = None, help = f'measure zero-shot bits per byte on --eval-text every N steps (and before the first and after the last), 0 for never (default: {EVAL_EVERY}, or the resumed run\'s own)')
