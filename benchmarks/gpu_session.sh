@@ -12,6 +12,7 @@
 #              persistent mode and the GPU-only cases included; the compile gate too          170
 #   compile    python -m benchmarks.compile_report under the machine's Triton (sm_90)          30
 #   memcheck   compute-sanitizer memcheck on the kernel tests selected by SANITIZER_SELECTION   45
+#              (the sampling kernel's, and the buffer kernels' parity cases)
 #   racecheck  compute-sanitizer racecheck (shared-memory hazards), same selection               45
 #   bench      pytest benchmarks --benchmark-only, then python -m benchmarks.report             110
 #   ncu        Nsight Compute on the sampling kernel of one data step                            40
@@ -127,11 +128,13 @@ step compile python3 -m benchmarks.compile_report --arch 90 --json "$OUT/compile
 #    allocation per tensor so that memcheck sees out-of-bounds accesses inside the caching allocator
 if tool compute-sanitizer memcheck; then
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
-        python3 -m pytest tests/test_kernel_recurrent_sample.py -q -p no:cacheprovider -x -k "$SANITIZER_SELECTION"
+        python3 -m pytest tests/test_kernel_recurrent_sample.py tests/test_kernel_buffer_ops.py::test_kernels_equal_the_pytorch_twins \
+        -q -p no:cacheprovider -x -k "$SANITIZER_SELECTION"
 fi
 if tool compute-sanitizer racecheck; then
     step racecheck compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
-        python3 -m pytest tests/test_kernel_recurrent_sample.py -q -p no:cacheprovider -x -k "$SANITIZER_SELECTION"
+        python3 -m pytest tests/test_kernel_recurrent_sample.py tests/test_kernel_buffer_ops.py::test_kernels_equal_the_pytorch_twins \
+        -q -p no:cacheprovider -x -k "$SANITIZER_SELECTION"
 fi
 
 # 5. the benchmarks, reference first in each group, then the report (table + plot)

@@ -86,6 +86,23 @@ def test_data_share_and_batch_targets(fresh_run, monkeypatch):
     assert targets.RESULTS['tokens/s 50x at batch 4096 on CUDA']['status'] == 'met'
 
 
+def test_visible_data_share_with_and_without_prefetch(fresh_run, monkeypatch):
+    on(monkeypatch, 'cuda')
+    fresh_run[(targets.TRANSFORMER_ONLY, 'example', 'up_fast-triton')] = 0.0960
+    fresh_run[('training step', 'example', 'up_fast-triton')] = 0.1000         # 4% visible: over 3%
+    with pytest.raises(AssertionError, match=r'data visible <= 3% of a training step on CUDA: measured 4.0%'):
+        targets.check_targets('training step', EXAMPLE, 'up_fast-triton')
+
+    fresh_run[('training step, prefetch', 'example', 'up_fast-triton')] = 0.0965    # 0.5% visible
+    targets.check_targets('training step, prefetch', EXAMPLE, 'up_fast-triton')
+    result = targets.RESULTS['data visible <= 1% of a training step with prefetch on CUDA']
+    assert result['status'] == 'met' and result['measured'] == '0.5%'
+
+    del fresh_run[(targets.TRANSFORMER_ONLY, 'example', 'up_fast-triton')]
+    targets.check_targets('training step, prefetch', EXAMPLE, 'up_fast-triton')
+    assert 'transformer only' in targets.RESULTS['data visible <= 1% of a training step with prefetch on CUDA']['why']
+
+
 def test_missing_reference_is_not_measured_not_a_failure(fresh_run, monkeypatch):
     on(monkeypatch, 'cuda')
     fresh_run[('generate', 'example', 'up_fast-triton')] = 0.0015    # the reference was deselected

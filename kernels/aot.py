@@ -1,4 +1,4 @@
-"""The compile configurations of the sampling kernels: every one the launcher can choose, for the compile gate.
+"""The compile configurations of the Triton kernels (sampling, buffer) that the launchers can choose.
 
 `aot_configurations(arch)` lists them as `AotConfig`s, complete enough to compile with
 `triton.compile` for sm_`arch` without a GPU; the compile gate (tests/test_compile_gate.py, with
@@ -120,4 +120,7 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         for phase in (0, 1, 2):
             add(f'phase{phase}-{stem}', recurrent_phase_kernel, dict(base, PHASE=phase, _weight_type=weights),
                 plan, floor)
-    return configs
+    # the buffer kernels (gather, write-back): their configurations live beside them; imported here, not at
+    # the top, because they take AotConfig from this module
+    from up_fast.kernels.buffer_ops import aot_configurations as buffer_configurations
+    return configs + buffer_configurations(arch)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from up_fast.cli import baselines, build_parser, common, main, row_stats, sample
+from up_fast.cli import checkpoint as checkpoint_module
 
 # the xt source and no zero-shot evaluations unless a test asks: the fastest run there is
 TINY = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-len', '32', '--batch-size', '4', '--source', 'xt', '--eval-every', '0']
@@ -20,6 +21,12 @@ TINY = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-le
 def pretrain_tiny(path, *extra):
     main(['pretrain', *TINY, '--out', str(path), *extra])
     return torch.load(path, map_location = 'cpu', weights_only = True)
+
+
+@pytest.fixture(autouse = True)
+def in_a_fresh_directory(tmp_path, monkeypatch):
+    # what a user's working directory holds (a checkpoints/up_fast.pt of an earlier run) must not change a test
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope = 'module')
@@ -49,8 +56,9 @@ def test_top_level_help_teaches(capsys):
 
 
 @pytest.mark.parametrize('command, options', [
-    ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device',
-                  'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384']),
+    ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device', '--prefetch',
+                  'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384',
+                  '--save-every', '--keep-best', '--override', '--resume']),
     ('sample', ['--checkpoint', '--fresh', '--source', '--steps', '--every', '--max-period', '--plot', '--rows', '--width', '--seed']),
     ('eval', ['--checkpoint', '--text', '--max-bytes', '--seed', '--json', '65536', 'Markov', 'pseudo-counts']),
 ])
@@ -69,16 +77,35 @@ def test_no_command_prints_help(capsys):
     assert 'pretrain' in capsys.readouterr().out
 
 
-def test_entry_point_is_installed():
+def test_entry_point_is_installed(tmp_path):
     exe = shutil.which('up-fast')
     if exe is None:
         pytest.skip('the up-fast console script is not on PATH (pip install -e .)')
-    result = subprocess.run([exe, '--help'], capture_output = True, text = True, timeout = 120)
+    result = subprocess.run([exe, '--help'], capture_output = True, text = True, timeout = 120, cwd = tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'pretrain' in result.stdout and 'eval' in result.stdout
 
 
+@pytest.mark.parametrize('argv', [['--version'], ['--help'], ['pretrain', '--help'], ['eval', '--help'], ['sample', '--help']])
+def test_version_and_help_import_no_torch(tmp_path, argv):
+    # a fast start: what the call does not need is not imported (torch alone takes seconds)
+    result = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'up_fast.cli', *argv],
+                            capture_output = True, text = True, timeout = 120, cwd = tmp_path)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split('|')[-1].strip().split('.')[0] for line in result.stderr.splitlines() if line.startswith('import time:')}
+    assert 'up_fast' in imported
+    assert not imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'}, sorted(imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'})
+
+
 # pretrain
+
+
+def test_pretrain_with_prefetch_saves_the_same_run(tiny_checkpoint, tmp_path):
+    prefetched = pretrain_tiny(tmp_path / 'prefetch.pt', '--prefetch')
+    plain = torch.load(tiny_checkpoint, map_location = 'cpu', weights_only = True)
+    assert prefetched['config'] == plain['config']
+    for key, value in plain['wrapper'].items():
+        assert torch.equal(prefetched['wrapper'][key], value), key
 
 
 def test_pretrain_writes_a_loadable_checkpoint(tiny_checkpoint):
@@ -423,7 +450,7 @@ def test_state_dict_mismatch_is_fully_described(tiny_checkpoint, tmp_path, capsy
     del model['to_logits.weight']                                        # missing
     model['token_emb.emb.weight'] = torch.zeros(256, 8)                  # wrong shape: dim 16 in the config
     edited = tmp_path / 'edited.pt'
-    torch.save(checkpoint, edited)
+    checkpoint_module.save_checkpoint(checkpoint, edited)       # edited, with a checksum that matches
 
     err = one_line_error(capsys, ['eval', '--checkpoint', str(edited)])
     assert 'does not fit the model built from its own config' in err
@@ -637,7 +664,9 @@ def test_missing_eval_text_is_refused_before_training(tmp_path, capsys):
 
 def paper_source_available():
     import importlib.util
-    return hasattr(common.UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
+
+    from up_fast import UniversalPretrainWrapper
+    return hasattr(UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
 
 
 needs_paper = pytest.mark.skipif(not paper_source_available(), reason = 'UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator '
@@ -647,13 +676,15 @@ PAPER_TINY = [*TINY[:-4], '--source', 'paper', '--eval-every', '0']
 
 def test_source_is_in_the_help_and_the_config(tiny_checkpoint):
     assert torch.load(tiny_checkpoint, weights_only = True)['config']['source'] == 'xt'
-    assert build_parser().parse_args(['pretrain']).source == common.DEFAULT_CONFIG['source']
+    from up_fast.cli.pretrain import new_config
+    assert new_config(build_parser().parse_args(['pretrain']))['source'] == common.DEFAULT_CONFIG['source']
 
 
 def test_checkpoint_without_a_source_is_read_as_xt(tiny_checkpoint, tmp_path, capsys):
     # written before the option existed: the x-transformers generator
     checkpoint = torch.load(tiny_checkpoint, weights_only = True)
     del checkpoint['config']['source']
+    del checkpoint['checksum'], checkpoint['format_version']
     old = tmp_path / 'old.pt'
     torch.save(checkpoint, old)
     main(['sample', '--checkpoint', str(old), '--rows', '1'])
@@ -716,7 +747,7 @@ def test_resume_with_a_damaged_optimizer_state_is_a_clean_error(tmp_path, capsys
     pretrain_tiny(path, '--stop-after', '1')
     checkpoint = torch.load(path, weights_only = True)
     checkpoint['optimizer']['param_groups'] = checkpoint['optimizer']['param_groups'] * 2       # two groups for one
-    torch.save(checkpoint, path)
+    checkpoint_module.save_checkpoint(checkpoint, path)
     capsys.readouterr()
     err = one_line_error(capsys, ['pretrain', '--resume', str(path)])
     assert 'cannot be resumed: its optimizer state does not fit' in err

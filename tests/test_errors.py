@@ -127,3 +127,20 @@ def test_a_failed_step_leaves_the_wrapper_unchanged(monkeypatch):
         wrapper()
     assert wrapper.num_steps == 0
     assert all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items())
+
+
+def test_seq_len_is_limited_only_by_absolute_positions():
+    # x-transformers limits the length only through a learned absolute position embedding: a rotary model
+    # built with max_seq_len=64 trains at seq_len=128, as under x_transformers.up_wrapper
+    from x_transformers import Decoder
+    from x_transformers.up_wrapper import UniversalPretrainWrapper as Reference
+
+    rotary = TransformerWrapper(num_tokens=256, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2, rotary_pos_emb=True))
+    for klass in (Reference, UniversalPretrainWrapper):
+        torch.manual_seed(0)
+        loss = klass(rotary, seq_len=128, batch_size=2, buffer_size=8, num_reset=2)()
+        assert torch.isfinite(loss), klass
+
+    with pytest.raises(ValueError) as exc_info:
+        UniversalPretrainWrapper(tiny_model(max_seq_len=64), seq_len=128, batch_size=2, buffer_size=8, num_reset=2)
+    assert_clear(exc_info, ['seq_len', 'max_seq_len (64)', '128', 'absolute position'])

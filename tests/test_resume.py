@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent('''
     def build():
         torch.manual_seed(0)
         wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4,
-                                           reset_turing_machine_every=3, rng_seed=1234)
+                                           reset_turing_machine_every=3, rng_seed=1234, prefetch=prefetch)
         optimizer = torch.optim.AdamW(wrapper.model.parameters(), lr=1e-3)
         return wrapper, optimizer
 
@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent('''
         return losses
 
     mode, path, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    prefetch = len(sys.argv) > 4 and sys.argv[4] == 'prefetch'
     wrapper, optimizer = build()
     torch.manual_seed(999)          # the global RNG must not matter: the run follows rng_seed
     if mode == 'resume':
@@ -42,10 +43,11 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def run(tmp_path, mode, path, steps):
+def run(tmp_path, mode, path, steps, *extra):
     script = tmp_path / 'train.py'
     script.write_text(SCRIPT.format(tests=str(__import__('pathlib').Path(__file__).parent)))
-    result = subprocess.run([sys.executable, str(script), mode, str(path), str(steps)], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(script), mode, str(path), str(steps), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(path)
 
@@ -60,6 +62,18 @@ def test_resume_in_a_fresh_process_continues_exactly(tmp_path):
     for key, value in whole['wrapper'].items():
         assert torch.equal(second['wrapper'][key], value), key
     assert int(second['wrapper']['step']) == 7
+
+
+@pytest.mark.slow
+def test_resume_with_prefetch_continues_exactly_as_a_run_without(tmp_path):
+    # a prefetched step is never saved: the resumed process makes step 5's data itself, from the same draws
+    whole = run(tmp_path, 'fresh', tmp_path / 'whole.pt', 7)
+    first = run(tmp_path, 'fresh', tmp_path / 'part.pt', 4, 'prefetch')
+    second = run(tmp_path, 'resume', tmp_path / 'part.pt', 3, 'prefetch')
+
+    assert first['losses'] + second['losses'] == whole['losses']
+    for key, value in whole['wrapper'].items():
+        assert torch.equal(second['wrapper'][key], value), key
 
 
 def test_rng_seed_streams_differ_by_seed_and_rank():

@@ -65,12 +65,16 @@ def injected_gumbel_bounds(dtype: torch.dtype) -> tuple[float, float]:
     return gumbel_bounds(FP32_SMALLEST, below_one)
 
 
-def uniform_range(device: torch.device, injected: bool) -> tuple[float, float]:
-    """The smallest positive and the largest value a step's U[0, 1) numbers can take, in float32,
-    as the PyTorch sampler reads them (injected noise converted to float32)."""
+# any float32 uniform below 1 that the PyTorch sampler may read: CUDA's torch.rand, injected noise
+FP32_GUMBEL_BOUNDS = gumbel_bounds(FP32_SMALLEST, GRID_LARGEST)
+
+
+def noise_bounds(device: torch.device, injected: bool) -> tuple[float, float]:
+    """(g_min, g_max) of a step's noise as the PyTorch sampler reads it (injected noise converted to
+    float32). Computed once at import: a sampling step must not read tensors back to the host."""
     if device.type == 'cpu' and not injected:
-        return GRID_SMALLEST, GRID_LARGEST
-    return FP32_SMALLEST, GRID_LARGEST
+        return PHILOX_GUMBEL_BOUNDS         # the same k * 2^-24 grid as the kernel's Philox
+    return FP32_GUMBEL_BOUNDS
 
 
 class Band:
@@ -88,7 +92,7 @@ class Band:
 
     @classmethod
     def of(cls, temperature: float, device: torch.device, injected: bool) -> Band:
-        return cls(temperature, *gumbel_bounds(*uniform_range(device, injected)))   # CPU torch.rand: about -2.81, 16.64
+        return cls(temperature, *noise_bounds(device, injected))   # CPU torch.rand: about -2.81, 16.64
 
     def floor(self, top: Tensor) -> Tensor:
         # top - T (g_max - g_min) - 2 slack, slack = SLACK (|top| + magnitude)

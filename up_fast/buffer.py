@@ -153,3 +153,41 @@ def seed_columns(offsets: Tensor, seed_length: int) -> Tensor:
 def gather_seeds(buffer: Tensor, rows: Tensor, offsets: Tensor, seed_length: int) -> Tensor:
     """Crops buffer[rows[b], offsets[b] : offsets[b] + seed_length] -> (batch, seed_length)."""
     return read_rows(buffer, rows, seed_columns(offsets, seed_length))
+
+
+# the buffer's side of a data step: each has a Triton twin with the same signature in
+# up_fast.kernels.buffer_ops (the wrapper picks one by its backend). All reads of a step come
+# before any write: gather_prefix before the generator, write_rows_ after it, gather_rows last.
+
+
+def gather_prefix(
+    buffer: Tensor,
+    seed_rows: Tensor,
+    seed_offsets: Tensor,
+    condition_rows: Tensor,
+    seed_length: int,
+    *,
+    pending: tuple[Tensor, Tensor] | None = None,
+    dtype: torch.dtype = torch.long,
+) -> Tensor:
+    """(n, seed_length + seq_len) of `dtype`: each seed crop buffer[seed_rows[b], offset[b]:offset[b] + seed_length],
+    then its condition row, as the buffer reads once `pending` = (reset_rows, noise) is written (not writing it)."""
+    columns = seed_columns(seed_offsets, seed_length)
+    seeds = read_rows(buffer, seed_rows, columns, pending=pending)                                     # (n, seed_length)
+    conditions = read_rows(buffer, condition_rows, pending=pending)                                    # (n, seq_len)
+    return torch.cat((seeds, conditions), dim=-1).to(dtype)
+
+
+def gather_rows(buffer: Tensor, rows: Tensor, *, dtype: torch.dtype = torch.long) -> Tensor:
+    """buffer[rows] as `dtype`, (n, seq_len)."""
+    return buffer[rows].to(dtype)
+
+
+def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor,
+                generated: Tensor) -> Tensor:
+    """In place: noise over reset_rows (when given), then generated over condition_rows, which wins where a
+    row is both."""
+    if exists(noise):
+        buffer[reset_rows] = noise.to(buffer.device, buffer.dtype)
+    buffer[condition_rows] = generated.to(buffer.device, buffer.dtype)
+    return buffer

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from x_transformers import Decoder, TransformerWrapper
 
+from up_fast.cli.baselines import split_windows  # the windows the in-context baselines are scored on too
 from up_fast.helpers import default, exists
 
 ARCHITECTURE_KEYS = ('num_tokens', 'dim', 'depth', 'heads', 'seq_len')
@@ -45,16 +46,6 @@ def architecture_from_state(state: dict) -> dict:
     if exists(query) and query.dim() == 2 and query.shape[0] % DIM_HEAD == 0:
         found['heads'] = query.shape[0] // DIM_HEAD
     return {key: int(value) for key, value in found.items()}
-
-
-def split_windows(data: bytes, seq_len: int) -> list[bytes]:
-    """The rows a model is scored on: non-overlapping windows of `seq_len` bytes, the last one
-    maybe shorter; a window of one byte predicts nothing and is dropped. Within each window,
-    every byte after the first is predicted from the bytes before it."""
-    if seq_len < 2:
-        raise ValueError(f'seq_len must be at least 2 (one byte of context, one predicted), got {seq_len}')
-    windows = [data[start : start + seq_len] for start in range(0, len(data), seq_len)]
-    return [window for window in windows if len(window) > 1]
 
 
 @torch.no_grad()

@@ -110,6 +110,17 @@ def check_causal_transformer(name: str, model):
     return model
 
 
+def check_seq_len(seq_len: int, model) -> int:
+    """seq_len within what limits the model: the length of its learned absolute position embedding, the only
+    limit x-transformers enforces. A model without one (rotary, ALiBi, relative or no positions) takes any length,
+    whatever its max_seq_len says, as under the reference."""
+    limit = getattr(getattr(model, 'pos_emb', None), 'max_seq_len', None)
+    if isinstance(limit, int) and limit > 0 and seq_len > limit:
+        raise ValueError(f'seq_len must be at most the model\'s max_seq_len ({limit}), the length of its absolute position embedding, '
+                         f'got {seq_len} (a model without absolute positions, e.g. rotary, has no such limit)')
+    return seq_len
+
+
 def check_data_generator(name: str, data_generator):
     if not isinstance(data_generator, torch.nn.Module) or not callable(getattr(data_generator, 'generate', None)):
         raise TypeError(f'{name} must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}')

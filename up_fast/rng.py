@@ -84,8 +84,10 @@ def device_key(device) -> torch.device:
 class StepRandomness:
     """The generators of the current step: `begin(step)`, then `on(device)` for each draw."""
 
-    def __init__(self, generator: torch.Generator | None = None, seed: int | None = None, rank: int = 0):
+    def __init__(self, generator: torch.Generator | None = None, seed: int | None = None, rank: int = 0, *,
+                 keep_generators: bool = False):
         assert exists(generator) != exists(seed), 'one of generator and seed'
+        self.keep_generators = keep_generators
         self.generator = generator
         self.seed = seed
         self.rank = rank
@@ -93,9 +95,21 @@ class StepRandomness:
         self.per_device = {}
 
     def begin(self, step: int):
-        """Start the draws of `step` (0: construction, n: the n-th training step)."""
+        """Start the draws of `step` (0: construction, n: the n-th training step). With keep_generators the
+        generators already made are re-seeded in place (the same draws as new ones): a captured CUDA graph
+        holds on to the generator objects it was captured with."""
         self.step = step
-        self.per_device = {}
+        if not self.keep_generators:
+            self.per_device = {}
+        for device, generator in self.per_device.items():
+            generator.manual_seed(self.seed_for(device))
+
+    def fresh(self, *, keep_generators: bool = False) -> StepRandomness:
+        """The same seed and rank with generators of its own: a step's draws made ahead of time, while
+        this one's generators are still in use. Per-step generators only (an explicit generator is one
+        stream, whose draws depend on the order they are made in)."""
+        assert not exists(self.generator), 'an explicit generator cannot be forked'
+        return StepRandomness(seed=self.seed, rank=self.rank, keep_generators=keep_generators)
 
     def on(self, device) -> torch.Generator:
         """The generator for draws on `device` in the current step."""
@@ -111,7 +125,11 @@ class StepRandomness:
         device = device_key(device)
         if device not in self.per_device:
             generator = torch.Generator(device=device)
-            generator.manual_seed(mix_seed(self.seed, self.rank, self.step, crc32(str(device).encode())))   # crc32, not hash(): hash is salted per process
+            generator.manual_seed(self.seed_for(device))
             self.per_device[device] = generator
 
         return self.per_device[device]
+
+    def seed_for(self, device: torch.device) -> int:
+        # crc32, not hash(): hash is salted per process
+        return mix_seed(self.seed, self.rank, self.step, crc32(str(device).encode()))

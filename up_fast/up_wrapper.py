@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -26,13 +27,16 @@ from torch.nn import GRU, LSTM, Module
 
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
-from up_fast.buffer import draw_step_rows, noise_rows, read_rows, seed_columns, token_dtype
+from up_fast import buffer as buffer_ops_torch
+from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.backend import check_backend, use_triton
-from up_fast.config import nvtx_from_env
+from up_fast.config import interpreted, nvtx_from_env
+from up_fast.graph import GraphedStepData
+from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
 from up_fast.checks import (
-    check_bool, check_causal_transformer, check_data_generator, check_int, check_temperature,
+    check_bool, check_causal_transformer, check_data_generator, check_int, check_seq_len, check_temperature,
     check_token_tensor, check_torch_generator, check_uniform_noise,
 )
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
@@ -250,6 +254,16 @@ class SyntheticDataGenerator(FoldedWeightsCache, Module):
 # the wrapper
 
 
+@dataclass
+class StepData:
+    """What a training step draws and generates before it writes anything (see draw_and_generate)."""
+    step: int
+    rows: StepRows
+    noise: Tensor | None                 # (num_reset, seq_len) in the buffer's dtype
+    generated: Tensor                    # (generation batch, seq_len) int64, where the generator lives
+    randomness: StepRandomness           # the step's generators, after its draws
+
+
 def model_num_tokens(module: Module) -> int | None:
     num_tokens = getattr(module, 'num_tokens', None)
     if exists(num_tokens):
@@ -297,6 +311,15 @@ class UniversalPretrainWrapper(Module):
       (rows generated per step, default batch_size), `constant_init` (the buffer starts as constant
       rows), `reset_first` (reset random distinct rows before anything is read), `distinct_seed_rows`,
       `shared_seed_offset` (all seeds cropped at one random offset).
+    - `prefetch=True`: each forward() starts the next step's draws and generation right after its own data
+      is written, so that on CUDA they run on a side stream while the transformer trains (on the CPU at
+      once, before the transformer: the same data, nothing overlaps; up_fast/prefetch.py). The data,
+      the buffer and the losses are the same as without it, through save and resume and under DDP: the
+      prefetched work is never saved, and is redone from the same per-step generators whenever what it
+      read has changed. Needs per-step generators (not `generator=`) and an up_fast-form data generator.
+    - `cuda_graph=True`: each step's draws, prefix gather and generation are one CUDA graph replay
+      (up_fast/graph.py): the same draws as without it. Off by default until validated on a GPU; needs
+      what prefetch needs and the buffer on the GPU. Off CUDA the same body runs eagerly.
     - `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX range for Nsight
       (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator,
       any of up_fast's (it has a `backend` attribute; see SyntheticDataGenerator, PaperDataGenerator).
@@ -328,15 +351,15 @@ class UniversalPretrainWrapper(Module):
         reset_first: bool = False,
         distinct_seed_rows: bool = False,
         shared_seed_offset: bool = False,
+        prefetch: bool = False,
+        cuda_graph: bool = False,
     ):
         super().__init__()
 
         check_causal_transformer('model', model)
         batch_size = check_int('batch_size', batch_size, low=1)
         seq_len = check_int('seq_len', seq_len, low=2)
-        max_seq_len = getattr(model, 'max_seq_len', 0) or 0
-        if max_seq_len > 0 and seq_len > max_seq_len:
-            raise ValueError(f'seq_len must be at most the model\'s max_seq_len ({max_seq_len}), got {seq_len}')
+        seq_len = check_seq_len(seq_len, model)
         seed_length = check_int('seed_length', seed_length, low=1, high=seq_len - 1, allowed=f'an int in (0, seq_len={seq_len})')
         buffer_size = check_int('buffer_size', default(buffer_size, batch_size * 20), low=batch_size + 1, allowed=f'an int > batch_size ({batch_size})')
         generation_batch_size = check_int('generation_batch_size', default(generation_batch_size, batch_size), low=1, high=buffer_size,
@@ -352,7 +375,13 @@ class UniversalPretrainWrapper(Module):
         nvtx = check_bool('nvtx', nvtx) if exists(nvtx) else nvtx_from_env()
         if exists(backend):
             backend = check_backend(backend)
+        buffer_backend = check_backend(backend)     # the buffer's kernels follow it as the generator's do
         check_torch_generator('generator', generator)
+        check_bool('prefetch', prefetch)
+        check_bool('cuda_graph', cuda_graph)
+        if cuda_graph and keep_buffer_on_cpu:
+            raise ValueError('cuda_graph=True captures the data step on the GPU, where the buffer must live: '
+                             'pass keep_buffer_on_cpu=False')
         if exists(rng_seed):
             rng_seed = check_int('rng_seed', rng_seed, low=0)
             if exists(generator):
@@ -381,9 +410,13 @@ class UniversalPretrainWrapper(Module):
         if exists(backend):
             data_generator.backend = backend        # the last check: a generator may refuse what it cannot run (PaperDataGenerator: 'triton')
 
+        takes_generator = follows_generator(data_generator)
+        check_prefetch(prefetch, exists(generator), takes_generator, data_generator)
+        check_prefetch(cuda_graph, exists(generator), takes_generator, data_generator, option='cuda_graph')
+
         # all checked: from here on nothing fails, so a refused call changed nothing
 
-        self.takes_generator = follows_generator(data_generator)
+        self.takes_generator = takes_generator
         if exists(rng_seed) and not self.takes_generator:
             warnings.warn(f'rng_seed governs the wrapper\'s draws, but data_generator of type {type(data_generator).__name__} draws from '
                           'torch\'s global generators (it lacks reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=)): '
@@ -409,6 +442,12 @@ class UniversalPretrainWrapper(Module):
         self.step_options = dict(generation_batch_size=generation_batch_size, reset_first=reset_first,
                                  distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
         self.nvtx = nvtx
+        self.backend = buffer_backend
+        self._prefetch = prefetch
+        self.prefetch_mode = None                   # 'stream', 'thread', 'inline'; None: prefetch.default_mode
+        self.prefetcher = Prefetcher()
+        self.cuda_graph = cuda_graph
+        self.graphed = GraphedStepData()
 
         self.randomness = self.make_randomness(generator, rng_seed)
 
@@ -581,17 +620,31 @@ class UniversalPretrainWrapper(Module):
         else:
             self.data_generator.reset_()
 
+    def buffer_ops(self, device):
+        """The buffer's gather, write-back and reset: the Triton kernels (up_fast.kernels.buffer_ops) where the
+        wrapper's backend takes them on `device`, as it does for sampling, else their PyTorch twins (up_fast.buffer)."""
+        device = torch.device(device)
+        # a buffer kept on the CPU beside a GPU generator: the kernels cannot reach it, and need not
+        kernels_reach = device.type == 'cuda' or interpreted()
+        if kernels_reach and use_triton(self.backend, device):
+            from up_fast.kernels import buffer_ops
+            return buffer_ops
+        return buffer_ops_torch
+
+    def read_dtype(self, buffer: Tensor, device) -> torch.dtype:
+        # rows widen to int64 where they are used; rows that cross devices cross narrow
+        return torch.long if buffer.device == torch.device(device) else buffer.dtype
+
     @torch.no_grad()
-    def data_step_(self) -> Tensor:
-        """Algorithm 1 but the loss: updates the buffer and returns the training batch,
-        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing of
-        the wrapper's: buffer, `step`, `last_step_rows` and the per-step streams stay as they were
-        (the step repeats its draws when called again). An explicit `generator=` passed to the
-        constructor has advanced, though, by the draws made before the failure."""
+    def draw_and_generate(self, step: int, randomness: StepRandomness) -> StepData:
+        """Steps 1-2 of Algorithm 1 for training step `step`: draw the rows and the reset noise, read the seeds
+        and conditions, generate. Writes nothing: it reads only the buffer and the generator's weights, so
+        that it can run ahead, while the transformer trains on the step before (prefetch=True)."""
         buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
-        step = self.num_steps + 1
-        self.randomness.begin(step)
-        generator = self.randomness.on(buffer.device)
+        ops = self.buffer_ops(buffer.device)
+        randomness.begin(step)
+        generator = randomness.on(buffer.device)
+        generator_device = module_device(self.data_generator, self.device)
 
         with phase('index draw', self.nvtx):
             rows = draw_step_rows(
@@ -610,13 +663,15 @@ class UniversalPretrainWrapper(Module):
         pending = (rows.reset_rows, noise) if rows.reset_first and exists(noise) else None
 
         with phase('gather', self.nvtx):
-            seeds = read_rows(buffer, rows.seed_rows, seed_columns(rows.seed_offsets, self.seed_length), pending=pending)   # (generation batch, seed_length)
-            conditions = read_rows(buffer, rows.condition_rows, pending=pending)                                            # (generation batch, seq_len)
-            seed, condition = self.to_device(seeds), self.to_device(conditions)
+            # (generation batch, seed_length + seq_len)
+            prefix = ops.gather_prefix(buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, self.seed_length,
+                                       pending=pending, dtype=self.read_dtype(buffer, generator_device))
+            prefix = self.to_device(prefix)
+            seed, condition = prefix[:, :self.seed_length], prefix[:, self.seed_length:]
 
         with phase('generate', self.nvtx):
             if self.takes_generator:        # the generator's own default temperature; noise is drawn where its weights are
-                sampling_generator = self.randomness.on(module_device(self.data_generator, self.device))
+                sampling_generator = randomness.on(generator_device)
                 generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=sampling_generator)
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
@@ -626,13 +681,43 @@ class UniversalPretrainWrapper(Module):
             raise ValueError(f'data_generator.generate returned shape {tuple(generated.shape)}, but the buffer needs '
                              f'(generation_batch_size, seq_len) = {expected_shape} rows')
 
-        with phase('write-back and reset', self.nvtx):
-            if exists(noise):
-                buffer[rows.reset_rows] = noise
-            buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)     # after the reset: generated rows win
-        self.last_step_rows = rows
+        return StepData(step=step, rows=rows, noise=noise, generated=generated, randomness=randomness)
 
-        # count the step, maybe re-draw the turing machine. After the writes, so that a step that
+    def make_step_data(self, step: int, randomness: StepRandomness | None = None) -> StepData:
+        """draw_and_generate for `step`: replayed from a CUDA graph with cuda_graph=True (up_fast/graph.py),
+        else eagerly from `randomness` (default: the wrapper's own)."""
+        if self.cuda_graph:
+            return self.graphed.make(self, step, module_device(self.data_generator, self.device))
+        return self.draw_and_generate(step, default(randomness, self.randomness))
+
+    @torch.no_grad()
+    def data_step_(self) -> Tensor:
+        """Algorithm 1 but the loss: updates the buffer and returns the training batch,
+        (batch_size, seq_len) int64 on the model's device. A step that fails changes nothing of
+        the wrapper's: buffer, `step`, `last_step_rows` and the per-step streams stay as they were
+        (the step repeats its draws when called again). An explicit `generator=` passed to the
+        constructor has advanced, though, by the draws made before the failure."""
+        buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
+        ops = self.buffer_ops(buffer.device)
+        step = self.num_steps + 1
+
+        # 1-2. draw the rows, read seeds and conditions, generate (nothing is written yet). With prefetch,
+        # made while the transformer trained on the step before, from this step's generators
+
+        made = self.prefetcher.take(step, self.prefetch_key)
+        if not exists(made):
+            made = self.make_step_data(step)
+        rows = made.rows
+
+        # 4-5. reset the reset rows, write the generated rows over the condition rows (after the reset:
+        # generated rows win)
+
+        with phase('write-back and reset', self.nvtx):
+            ops.write_rows_(buffer, rows.reset_rows, made.noise, rows.condition_rows, made.generated)
+        self.last_step_rows = rows
+        self.randomness = made.randomness
+
+        # 3. count the step, maybe re-draw the turing machine. After the writes, so that a step that
         # fails counts nothing; the re-drawn weights act from the next step's generation on
 
         self.step.add_(1)
@@ -641,13 +726,46 @@ class UniversalPretrainWrapper(Module):
         if self.reset_turing_machine_every > 0 and divisible_by(step, self.reset_turing_machine_every):
             self.redraw_data_generator_()
 
-        # a fresh training batch, widened to int64 only now
+        # 6. a fresh training batch, widened to int64 only now
 
         with phase('training-batch gather', self.nvtx):
-            return self.to_device(buffer[rows.batch_rows]).long()
+            batch = ops.gather_rows(buffer, rows.batch_rows, dtype=self.read_dtype(buffer, self.device))  # (batch, seq)
+            return self.to_device(batch).long()
+
+    @property
+    def prefetch(self) -> bool:
+        """Whether forward() makes the next step's data ahead (see the class docstring); may change between steps."""
+        return self._prefetch
+
+    @prefetch.setter
+    def prefetch(self, prefetch: bool):
+        check_bool('prefetch', prefetch)
+        check_prefetch(prefetch, exists(self.randomness.generator), self.takes_generator, self.data_generator)
+        self._prefetch = prefetch
+        if not prefetch:
+            self.prefetcher.drop()
+
+    def prefetch_key(self, step: int) -> tuple:
+        """What the data of `step` is made from, besides its generators: the buffer and the generator's weights."""
+        generator_state = (*self.data_generator.parameters(), *self.data_generator.buffers())
+        return step, versions((self.synth_data_buffer, *generator_state)), self.randomness.seed, self.randomness.rank
+
+    def prefetch_next_(self):
+        """Start making the next step's data (up_fast/prefetch.py): on a side stream on CUDA, so that it
+        runs while the transformer trains."""
+        step = self.num_steps + 1
+        randomness = self.randomness.fresh()
+        device = module_device(self.data_generator, self.device)        # where the generation runs
+        mode = default(self.prefetch_mode, default_mode(device))
+        self.prefetcher.start(partial(self.make_step_data, step, randomness), step, self.prefetch_key(step),
+                              (self.synth_data_buffer, *self.data_generator.parameters(),
+                               *self.data_generator.buffers()),
+                              mode=mode, device=device)
 
     def forward(self):
         # following algorithm 1
         data = self.data_step_()
+        if self.prefetch:
+            self.prefetch_next_()
         with phase('transformer', self.nvtx):
             return self.ar_wrapped(data)

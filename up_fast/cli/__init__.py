@@ -63,4 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as err:
         print(f'up-fast {args.command}: error: {err}', file = sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        # outside the training loop, which saves and exits itself; 130 is the shell's code for SIGINT
+        print(f'up-fast {args.command}: interrupted', file = sys.stderr)
+        raise SystemExit(130) from None
     return 0

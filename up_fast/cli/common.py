@@ -6,15 +6,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from x_transformers import TransformerWrapper
-
-from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
-from up_fast.byte_model import bits_per_byte, build_model  # noqa: F401 (the commands' model and its scoring, shared with fine-tuning)
 from up_fast.helpers import default, exists
+
+# torch and x-transformers are imported inside the functions that use them: `up-fast --help`,
+# `--version` and the checks made before any work answer without them
+if TYPE_CHECKING:
+    import torch
+    from x_transformers import TransformerWrapper
+
+    from up_fast import UniversalPretrainWrapper
 
 # the embedded default configuration: `up-fast pretrain` takes a few minutes on 2 CPU cores
 
@@ -87,6 +92,12 @@ def positive_float(text: str) -> float:
 
 
 def device_name(text: str) -> str:
+    # the usual names are read without torch, so that checks made before any work stay fast
+    match = re.fullmatch(r'(cpu|cuda|mps|xpu|meta)(?::(\d+))?', text)
+    if match:
+        return match[1] if match[2] is None else f'{match[1]}:{int(match[2])}'
+
+    import torch
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -104,6 +115,7 @@ def one_line(err: Exception, limit: int = 300) -> str:
 
 
 def pick_device(requested: str | None) -> torch.device:
+    import torch
     device = torch.device(default(requested, 'cuda' if torch.cuda.is_available() else 'cpu'))
 
     if device.type == 'meta':
@@ -134,8 +146,13 @@ def default_text_file() -> Path:
 # model and wrapper
 
 
+def build_model(config: dict) -> TransformerWrapper:
+    from up_fast.byte_model import build_model as build_byte_model      # imported here: it imports torch
+    return build_byte_model(config)
+
 
 def build_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainWrapper:
+    from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
     if config['source'] == 'paper':
         return build_paper_wrapper(model, config)
 
@@ -168,6 +185,7 @@ def build_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainW
 
 def build_paper_wrapper(model: TransformerWrapper, config: dict) -> UniversalPretrainWrapper:
     """The published method: the author's generator (a 4-layer LSTM, re-drawn every step) and buffer algorithm."""
+    from up_fast import UniversalPretrainWrapper
     try:
         return UniversalPretrainWrapper.paper(
             model,
@@ -203,6 +221,11 @@ def read_text(path: str | Path, max_bytes: int) -> bytes:
     data = path.read_bytes()
     return data[:max_bytes] if max_bytes > 0 else data
 
+
+def bits_per_byte(model: TransformerWrapper, data: bytes, seq_len: int, batch_size: int, device: torch.device) -> float:
+    """up_fast.byte_model.bits_per_byte, imported when called: it imports torch."""
+    from up_fast.byte_model import bits_per_byte as score
+    return score(model, data, seq_len, batch_size, device)
 
 
 # argument parser

@@ -7,8 +7,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import torch
-
 from up_fast.cli.baselines import (
     BASELINE_LABELS, MARKOV_STRENGTH, baseline_bits, best_markov, predicted_positions, versus_counting,
 )
@@ -21,6 +19,8 @@ from up_fast.helpers import default
 
 
 def run(args) -> dict:
+    import torch
+
     device = pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     config = checkpoint['config']

@@ -8,8 +8,7 @@ import csv
 import statistics
 import textwrap
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov
 from up_fast.cli.checkpoint import check_writable, read_torch_file
@@ -28,21 +27,15 @@ from up_fast.cli.common import (
     positive_int,
     read_text,
 )
-from up_fast.finetune import (
-    FINETUNE_DEFAULTS,
-    compare,
-    fresh_model,
-    model_state,
-    rebuild,
-    rounded,
-    split_text,
-    steps_to_reach,
-    verdict,
-)
 from up_fast.helpers import default, exists
 
-F = FINETUNE_DEFAULTS
-STEPS, EVAL_EVERY, SEEDS = 100, 10, 3       # the command's defaults: a few minutes on 2 CPU cores
+# torch and up_fast.finetune (which imports it) are imported inside the functions that use them, as in the
+# other commands: `up-fast --help` answers without them
+if TYPE_CHECKING:
+    import torch
+
+# the command's defaults: a few minutes on 2 CPU cores (up_fast.finetune.FINETUNE_DEFAULTS are the library's)
+STEPS, EVAL_EVERY, SEEDS, HELD_OUT, BATCH_SIZE, LR = 100, 10, 3, 0.2, 16, 1e-3
 SIZE_OPTIONS = ('dim', 'depth', 'heads', 'seq_len')
 
 
@@ -68,6 +61,7 @@ def levels_list(text: str) -> list[float]:
 
 def load_start(args) -> tuple[torch.nn.Module, dict, int, str]:
     """(the pre-trained model, its sizes, the seed of the scratch start, a description) from --checkpoint."""
+    from up_fast.finetune import model_state, rebuild
     checkpoint = read_torch_file(args.checkpoint)
     try:
         state, config = model_state(checkpoint)
@@ -107,6 +101,7 @@ def output_paths(args) -> tuple[Path, Path]:
 
 
 def run(args) -> dict:
+    from up_fast.finetune import compare, fresh_model, rounded, split_text, steps_to_reach, verdict
     try:
         from tqdm import tqdm
     except ImportError:
@@ -191,6 +186,8 @@ def write_csv(path: Path, steps: list[int], curves: dict, baselines: dict[str, f
 def plot(path: Path, steps: list[int], curves: dict, baselines: dict[str, float], title: str) -> bool:
     """The mean curve of each start with its range over seeds shaded, the baselines dashed. False when
     matplotlib is missing."""
+    import torch
+
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -240,12 +237,12 @@ def add_parser(commands):
                    help = 'an `up-fast pretrain` checkpoint, or a saved UniversalPretrainWrapper or TransformerWrapper state_dict (default: %(default)s)')
     p.add_argument('--text', metavar = 'FILE', default = None, help = f'text to fine-tune on and score (default: a file that ships with Python, here {default_text_file()})')
     p.add_argument('--max-bytes', metavar = 'N', type = non_negative_int, default = 64 * 1024, help = 'use at most this many bytes from the start of the text, 0 for all (default: %(default)s)')
-    p.add_argument('--held-out', metavar = 'FRACTION', type = fraction, default = F['held_out'], help = 'the last this fraction of the text is held out and scored, never trained on (default: %(default)s)')
+    p.add_argument('--held-out', metavar = 'FRACTION', type = fraction, default = HELD_OUT, help = 'the last this fraction of the text is held out and scored, never trained on (default: %(default)s)')
     p.add_argument('--steps', metavar = 'N', type = positive_int, default = STEPS, help = 'fine-tuning steps for each start and seed (default: %(default)s)')
     p.add_argument('--eval-every', metavar = 'N', type = positive_int, default = EVAL_EVERY, help = 'score the held-out text every N steps, and before the first (default: %(default)s)')
     p.add_argument('--seeds', metavar = 'N', type = positive_int, default = SEEDS, help = 'repeat with seeds 0 to N-1, each its own order of batches, for the spread (default: %(default)s)')
-    p.add_argument('--batch-size', metavar = 'N', type = positive_int, default = F['batch_size'], help = 'windows of the text per step (default: %(default)s)')
-    p.add_argument('--lr', metavar = 'LR', type = positive_float, default = F['lr'], help = 'peak AdamW learning rate, after a linear warm-up, decayed to a tenth by a cosine (default: %(default)s)')
+    p.add_argument('--batch-size', metavar = 'N', type = positive_int, default = BATCH_SIZE, help = 'windows of the text per step (default: %(default)s)')
+    p.add_argument('--lr', metavar = 'LR', type = positive_float, default = LR, help = 'peak AdamW learning rate, after a linear warm-up, decayed to a tenth by a cosine (default: %(default)s)')
     p.add_argument('--levels', metavar = 'BITS', type = levels_list, default = None, help = 'report the steps each start needs to reach these bits per byte, comma-separated (default: the scratch start\'s final mean and the best in-context Markov model on the held-out text)')
     p.add_argument('--init-seed', metavar = 'SEED', type = int, default = None, help = 'torch.manual_seed of the scratch start\'s weights (default: the seed of the `up-fast pretrain` run, 0 for a state_dict)')
     for key, what in (('dim', 'model width'), ('depth', 'transformer layers'), ('heads', 'attention heads (64 wide)'), ('seq_len', 'context length, also the window length')):

@@ -18,8 +18,10 @@ from __future__ import annotations
 import statistics
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 SHORT_PERIOD = 16      # the largest period counted as short
 

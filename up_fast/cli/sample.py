@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from up_fast.cli.checkpoint import check_writable, load_checkpoint, load_state
 from up_fast.cli.common import (
@@ -16,6 +14,9 @@ from up_fast.cli.common import (
 )
 from up_fast.cli.row_stats import SHORT_PERIOD, BufferStats, buffer_stats, zlib_ratio
 from up_fast.helpers import default, exists
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 SAMPLE_STEPS = 100
 
@@ -93,6 +94,8 @@ def plot_stats(path: Path, steps: list[int], stats: list[BufferStats], title: st
 
 
 def run(args):
+    import torch
+
     if args.fresh and exists(args.checkpoint):
         raise CLIError('--fresh and --checkpoint exclude each other: --fresh samples from a new wrapper, --checkpoint from a saved run')
     if exists(args.source) and exists(args.checkpoint):
