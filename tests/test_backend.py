@@ -20,7 +20,7 @@ def test_invalid_backend_names_the_argument(monkeypatch):
     monkeypatch.setenv('UP_FAST_BACKEND', 'fast')
     with pytest.raises(ValueError, match="UP_FAST_BACKEND must be one of .* got 'fast'"):
         check_backend(None)
-    with pytest.raises(ValueError, match='needs a `backend` attribute as up_fast.s generators have'):
+    with pytest.raises(ValueError, match=r"backend='torch' chooses the default data generator's backend.*with no backend of its own"):
         from x_transformers.up_wrapper import SyntheticDataGenerator as Reference
         UniversalPretrainWrapper(tiny_model(), data_generator=Reference(dim=32, num_tokens=256, max_seq_len=16), seq_len=16, backend='torch')
 
@@ -84,7 +84,7 @@ def test_triton_backend_samples_like_the_torch_backend_on_the_same_noise(monkeyp
     assert int(wrapper.synth_data_buffer[rows].max()) < 40
 
 
-def test_paper_and_the_wrapper_hand_backend_to_any_up_fast_generator(monkeypatch):
+def test_backend_reaches_the_default_generators_and_never_changes_a_given_one(monkeypatch):
     from up_fast.paper import PaperDataGenerator
 
     monkeypatch.delenv('UP_FAST_BACKEND', raising=False)
@@ -92,16 +92,20 @@ def test_paper_and_the_wrapper_hand_backend_to_any_up_fast_generator(monkeypatch
     assert isinstance(wrapper.data_generator, PaperDataGenerator) and wrapper.data_generator.backend == 'torch'
     assert wrapper.data_step_().shape == (4, 16)
 
-    given = PaperDataGenerator(dim=8, num_tokens=256, max_seq_len=16, depth=1)
-    assert given.backend == 'auto'
-    UniversalPretrainWrapper(tiny_model(), data_generator=given, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend='torch')
+    # a generator the user passes keeps the backend of its constructor: the wrapper never changes it
+    given = PaperDataGenerator(dim=8, num_tokens=256, max_seq_len=16, depth=1, backend='torch')
+    wrapper = UniversalPretrainWrapper(tiny_model(), data_generator=given, seq_len=16, batch_size=4, buffer_size=24, num_reset=4,
+                                       backend='torch')
+    assert given.backend == 'torch' and wrapper.backend == 'torch'
+    with pytest.raises(ValueError, match=r"backend='auto' chooses the default data generator's backend.*backend 'torch'"):
+        UniversalPretrainWrapper(tiny_model(), data_generator=given, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend='auto')
     assert given.backend == 'torch'
+    assert UniversalPretrainWrapper(tiny_model(), data_generator=given, seq_len=16, batch_size=4, buffer_size=24,
+                                    num_reset=4).backend == 'torch', "the buffer's kernels follow the generator's backend"
 
-    # the paper generator has no kernel: 'triton' is refused as its constructor refuses it, and a
-    # refused wrapper leaves the generator as it was
+    # the paper generator has no kernel: 'triton' is refused as its constructor refuses it
     if triton_missing is None:
         with pytest.raises(ValueError, match="PaperDataGenerator has none"):
-            UniversalPretrainWrapper(tiny_model(), data_generator=given, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend='triton')
-        assert given.backend == 'torch'
+            PaperDataGenerator(dim=8, num_tokens=256, max_seq_len=16, depth=1, backend='triton')
         with pytest.raises(ValueError, match="PaperDataGenerator has none"):
             UniversalPretrainWrapper.paper(tiny_model(), batch_size=4, seq_len=16, backend='triton')

@@ -93,3 +93,17 @@ def use_triton(backend: str, device: torch.device) -> bool:
     if problem and device.type == 'cuda':
         warn_once(problem)
     return not problem
+
+
+class BackendChoice:
+    """A checked backend name and, per device, whether it takes the Triton kernels: decided once a device
+    (use_triton), not again on every call. Owned by each generator and wrapper, never shared."""
+
+    def __init__(self, backend: str | None):
+        self.name = check_backend(backend)
+        self.kernels_on: dict[torch.device, bool] = {}
+
+    def takes_kernels(self, device: torch.device) -> bool:
+        if device not in self.kernels_on:
+            self.kernels_on[device] = use_triton(self.name, device)
+        return self.kernels_on[device]

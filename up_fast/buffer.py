@@ -150,11 +150,6 @@ def seed_columns(offsets: Tensor, seed_length: int) -> Tensor:
     return offsets[:, None] + torch.arange(seed_length, device=offsets.device)
 
 
-def gather_seeds(buffer: Tensor, rows: Tensor, offsets: Tensor, seed_length: int) -> Tensor:
-    """Crops buffer[rows[b], offsets[b] : offsets[b] + seed_length] -> (batch, seed_length)."""
-    return read_rows(buffer, rows, seed_columns(offsets, seed_length))
-
-
 # the buffer's side of a data step: each has a Triton twin with the same signature in
 # up_fast.kernels.buffer_ops (the wrapper picks one by its backend). All reads of a step come
 # before any write: gather_prefix before the generator, write_rows_ after it, gather_rows last.

@@ -23,235 +23,23 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.nn import GRU, LSTM, Module
+from torch.nn import Module
 
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from up_fast import buffer as buffer_ops_torch
-from up_fast.buffer import StepRows, draw_step_rows, noise_rows, token_dtype
-from up_fast.folded_cache import FoldedWeightsCache
-from up_fast.backend import check_backend, use_triton
+from up_fast.buffer import StepRows, draw_step_rows, token_dtype
+from up_fast.backend import BackendChoice, check_backend
 from up_fast.config import interpreted, nvtx_from_env
 from up_fast.graph import GraphedStepData
 from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
 from up_fast.checks import (
-    check_bool, check_causal_transformer, check_data_generator, check_int, check_seq_len, check_temperature,
-    check_token_tensor, check_torch_generator, check_uniform_noise,
+    check_bool, check_causal_transformer, check_data_generator, check_int, check_seq_len, check_torch_generator,
 )
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
 from up_fast.helpers import default, divisible_by, exists
-from up_fast.init import default_init_
-from up_fast.sampling import FoldedRecurrentNet, gumbel_max, noise_steps
-
-
-# random sequences, a mixture of uniform random rows and constant rows
-
-
-def random_sequences(
-    num_tokens,
-    seq_len,
-    num_samples_random,
-    num_samples_constant,
-    shuffle=True,
-    device=None,
-    *,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.long,
-):
-    """(num_samples_random + num_samples_constant, seq_len) rows of noise, shuffled by default.
-
-    Unlike the reference, each constant row has its own token, and every draw comes from torch.
-    """
-    num_tokens = check_int('num_tokens', num_tokens, low=1)
-    seq_len = check_int('seq_len', seq_len, low=1)
-    num_samples_random = check_int('num_samples_random', num_samples_random, low=0)
-    num_samples_constant = check_int('num_samples_constant', num_samples_constant, low=0)
-    if num_samples_random + num_samples_constant == 0:
-        raise ValueError('random_sequences needs num_samples_random > 0 or num_samples_constant > 0, got 0 and 0')
-
-    rows = noise_rows(num_samples_random, num_samples_constant, seq_len, num_tokens, device=device, dtype=dtype, generator=generator)
-
-    if not shuffle:
-        return rows
-
-    return rows[torch.randperm(rows.shape[0], device=rows.device, generator=generator)]
-
-
-# synthetic data generator
-
-
-def is_foldable(embed: Module, net: Module, to_logits: Module) -> bool:
-    """Whether embed -> net -> to_logits is the default single-layer LSTM/GRU that the folded path runs."""
-    return (
-        type(embed) is nn.Embedding
-        and type(net) in (LSTM, GRU)
-        and net.num_layers == 1
-        and not net.bidirectional
-        and getattr(net, 'proj_size', 0) == 0
-        and net.batch_first               # a time-major net reads (batch, seq) input as (seq, batch), as in the reference
-        and type(to_logits) is nn.Linear
-        and to_logits.in_features == net.hidden_size
-    )
-
-
-class SyntheticDataGenerator(FoldedWeightsCache, Module):
-    """A randomly initialised embed -> LSTM/GRU -> linear network that "enriches" token sequences.
-
-    `generate` teacher-forces the prefix (seed then condition) and samples `length` tokens. The
-    default single-layer LSTM/GRU runs the folded path: the fused Triton kernel or its PyTorch
-    twin (up_fast.sampling), as `backend` says ('auto', 'triton' or 'torch'; default: the
-    UP_FAST_BACKEND environment variable, else 'auto'). A custom `network_klass` runs the generic
-    path, one `forward` call per token, as the reference does.
-    """
-
-    folded_type = FoldedRecurrentNet        # `folded()` and `invalidate_folded()`: up_fast.folded_cache
-
-    def __init__(
-        self,
-        dim,
-        num_tokens,
-        max_seq_len=512,
-        hidden_size=None,
-        use_gru=False,
-        network_klass=None,
-        *,
-        backend: str | None = None,
-    ):
-        super().__init__()
-
-        dim = check_int('dim', dim, low=1)
-        num_tokens = check_int('num_tokens', num_tokens, low=1)
-        self.max_seq_len = check_int('max_seq_len', max_seq_len, low=1)
-        hidden_size = check_int('hidden_size', default(hidden_size, dim), low=1)
-        check_bool('use_gru', use_gru)
-        self.backend = check_backend(backend)
-
-        self.num_tokens = num_tokens
-        self.embed = nn.Embedding(num_tokens, dim)
-
-        default_network_klass = partial(GRU if use_gru else LSTM, batch_first=True)
-        network_klass = default(network_klass, default_network_klass)
-
-        self.net = network_klass(dim, hidden_size)
-
-        # the reference takes `dim` features here, which breaks whenever hidden_size != dim
-        self.to_logits = nn.Linear(hidden_size, num_tokens, bias=False)
-
-        self.invalidate_folded()
-        self.apply(self.init_)
-
-    @torch.no_grad()
-    def reset_(self, *, generator: torch.Generator | None = None):
-        """Re-draw every weight (the default init, then `init_`), from `generator` if one is given."""
-        for m in self.modules():
-            if isinstance(m, (nn.Embedding, nn.Linear, LSTM, GRU)):
-                default_init_(m, generator)
-            elif hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
-
-        self.apply(partial(self.init_, generator=generator))
-
-    @torch.no_grad()
-    def init_(self, m, generator: torch.Generator | None = None):
-        # the paper scales the weights by a random factor; the reference draws it with Python's
-        # `random`, which torch.manual_seed does not reach: here it comes from torch
-        # (a 0-dim CPU tensor multiplies a CUDA weight without a copy or a sync)
-        if isinstance(m, nn.Linear):
-            scale = torch.rand((), generator=generator, device=generator.device if exists(generator) else 'cpu')
-            if scale.device.type != 'cpu' and scale.device != m.weight.device:
-                scale = scale.cpu()
-            m.weight.mul_(scale * 1.1)
-
-    @property
-    def uses_folded_path(self) -> bool:
-        return is_foldable(self.embed, self.net, self.to_logits)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        length,
-        seed=None,
-        condition=None,
-        temperature=1e-4,  # the paper decodes near-greedily
-        *,
-        generator: torch.Generator | None = None,
-        uniform_noise: Tensor | None = None,
-    ):
-        """Teacher-force cat(seed, condition) and sample `length` tokens from softmax(logits / temperature).
-
-        Returns the last `max_seq_len` tokens of cat(seed, condition, sampled), int64: the sampled
-        ones when length == max_seq_len. temperature == 0 is greedy argmax. `uniform_noise`
-        (batch, length, num_tokens) of U[0, 1) replaces the random draws, for parity tests.
-        """
-        length = check_int('length', length, low=1)
-        temperature = check_temperature(temperature)
-
-        if not exists(seed) and not exists(condition):
-            raise ValueError('generate needs a seed or a condition (batch, length) tensor of token ids, got neither')
-
-        batch = None
-        for name, tokens in (('seed', seed), ('condition', condition)):
-            if exists(tokens):
-                check_token_tensor(name, tokens, self.num_tokens, batch=batch)
-                batch = tokens.shape[0]
-
-        prefix_len = sum(t.shape[-1] for t in (seed, condition) if exists(t))
-        if prefix_len == 0:
-            raise ValueError('generate needs at least one prefix token: seed and condition are both empty')
-        if batch == 0:
-            raise ValueError('generate needs a batch of at least one sequence, got batch size 0')
-        if exists(uniform_noise):
-            check_uniform_noise(uniform_noise, (batch, length, self.num_tokens))
-
-        return self.generate_unchecked(length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise)
-
-    @torch.no_grad()
-    def generate_unchecked(self, length, seed, condition, temperature=1e-4, *, generator=None, uniform_noise=None):
-        """`generate` without the argument checks, which read values back from the device.
-        The training step calls this with tokens from the buffer, in range by construction."""
-        device = self.embed.weight.device
-        prefix = torch.cat([t.to(device, torch.long) for t in (seed, condition) if exists(t)], dim=-1)   # (batch, prefix_len)
-
-        if self.uses_folded_path and use_triton(self.backend, prefix.device):
-            from up_fast.kernels.recurrent_sample import fused_recurrent_sample
-            sampled, _ = fused_recurrent_sample(self.folded(), prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
-        elif self.uses_folded_path:
-            with torch.autocast(device.type, enabled=False):      # the folded path is fp32 throughout
-                sampled, _ = self.folded().sample(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
-        else:
-            sampled = self.generate_generic(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
-
-        # the reference returns the last max_seq_len tokens of cat(prefix, sampled)
-        if length >= self.max_seq_len:
-            return sampled[:, -self.max_seq_len:]
-
-        keep = min(self.max_seq_len - length, prefix.shape[1])
-        return torch.cat((prefix[:, prefix.shape[1] - keep:], sampled), dim=-1)
-
-    def generate_generic(self, prefix, length, temperature, *, generator=None, uniform_noise=None):
-        """Any network: one `forward` per sampled token, carrying the hidden state."""
-        batch = prefix.shape[0]
-        sampled = torch.empty((batch, length), dtype=torch.long, device=prefix.device)    # (batch, length)
-        noise = noise_steps(batch, length, self.num_tokens, temperature, device=prefix.device, generator=generator, uniform_noise=uniform_noise)
-
-        logits, hiddens = self.forward(prefix)
-        for t in range(length):
-            token = gumbel_max(logits[:, -1].float(), temperature, next(noise))
-            sampled[:, t] = token
-            if t < length - 1:
-                logits, hiddens = self.forward(token[:, None], hiddens)
-
-        return sampled
-
-    def forward(self, input, hiddens=None):
-        tokens = self.embed(input)
-        embed, hidden = self.net(tokens, hiddens)
-        logits = self.to_logits(embed)
-        return logits, hidden
-
-
-# the wrapper
+from up_fast.synthetic_generator import SyntheticDataGenerator, random_sequences  # noqa: F401 (public here)
 
 
 @dataclass
@@ -321,8 +109,9 @@ class UniversalPretrainWrapper(Module):
       (up_fast/graph.py): the same draws as without it. Off by default until validated on a GPU; needs
       what prefetch needs and the buffer on the GPU. Off CUDA the same body runs eagerly.
     - `nvtx=True` (or UP_FAST_NVTX=1) marks each phase of a step with an NVTX range for Nsight
-      (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is handed to the data generator,
-      any of up_fast's (it has a `backend` attribute; see SyntheticDataGenerator, PaperDataGenerator).
+      (up_fast/profiling.py); `backend` ('auto', 'triton', 'torch') is the default generator's, and the
+      buffer's kernels follow the generator's backend. A data_generator you pass keeps its own backend
+      (set it in its constructor): backend= disagreeing with it is an error, never a change to it.
 
     With `keep_buffer_on_cpu=True` the buffer is a plain attribute, not in the state_dict (as in the
     reference): to resume exactly, save `synth_data_buffer` beside the state_dict and copy it back.
@@ -373,9 +162,8 @@ class UniversalPretrainWrapper(Module):
                            ('distinct_seed_rows', distinct_seed_rows), ('shared_seed_offset', shared_seed_offset)):
             check_bool(name, flag)
         nvtx = check_bool('nvtx', nvtx) if exists(nvtx) else nvtx_from_env()
-        if exists(backend):
-            backend = check_backend(backend)
-        buffer_backend = check_backend(backend)     # the buffer's kernels follow it as the generator's do
+        backend_given = exists(backend)
+        backend = check_backend(backend)            # the default from UP_FAST_BACKEND when not given
         check_torch_generator('generator', generator)
         check_bool('prefetch', prefetch)
         check_bool('cuda_graph', cuda_graph)
@@ -404,11 +192,13 @@ class UniversalPretrainWrapper(Module):
         generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
         if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
             raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
-        if exists(backend) and not isinstance(getattr(data_generator, 'backend', None), str):
-            raise ValueError(f'backend={backend!r} is handed to the data generator, which needs a `backend` attribute as up_fast\'s '
-                             f'generators have (SyntheticDataGenerator, PaperDataGenerator), got data_generator of type {type(data_generator).__name__}')
-        if exists(backend):
-            data_generator.backend = backend        # the last check: a generator may refuse what it cannot run (PaperDataGenerator: 'triton')
+        generator_backend = getattr(data_generator, 'backend', None)
+        if backend_given and not default_data_generator and generator_backend != backend:
+            # a user's generator is never changed: its backend is its constructor's
+            has = f'backend {generator_backend!r}' if isinstance(generator_backend, str) else 'no backend of its own'
+            raise ValueError(f'backend={backend!r} chooses the default data generator\'s backend, but data_generator was given '
+                             f'(a {type(data_generator).__name__} with {has}), and the wrapper does not change it: '
+                             f'construct it with backend={backend!r}, or leave backend= out')
 
         takes_generator = follows_generator(data_generator)
         check_prefetch(prefetch, exists(generator), takes_generator, data_generator)
@@ -442,7 +232,8 @@ class UniversalPretrainWrapper(Module):
         self.step_options = dict(generation_batch_size=generation_batch_size, reset_first=reset_first,
                                  distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
         self.nvtx = nvtx
-        self.backend = buffer_backend
+        # the buffer's kernels follow the generator's backend
+        self.backend_choice = BackendChoice(generator_backend if isinstance(generator_backend, str) else backend)
         self._prefetch = prefetch
         self.prefetch_mode = None                   # 'stream', 'thread', 'inline'; None: prefetch.default_mode
         self.prefetcher = Prefetcher()
@@ -620,13 +411,22 @@ class UniversalPretrainWrapper(Module):
         else:
             self.data_generator.reset_()
 
+    @property
+    def backend(self) -> str:
+        return self.backend_choice.name
+
+    @backend.setter
+    def backend(self, backend: str | None):
+        # the buffer's kernels only: the data generator keeps its own
+        self.backend_choice = BackendChoice(backend)
+
     def buffer_ops(self, device):
         """The buffer's gather, write-back and reset: the Triton kernels (up_fast.kernels.buffer_ops) where the
         wrapper's backend takes them on `device`, as it does for sampling, else their PyTorch twins (up_fast.buffer)."""
         device = torch.device(device)
         # a buffer kept on the CPU beside a GPU generator: the kernels cannot reach it, and need not
         kernels_reach = device.type == 'cuda' or interpreted()
-        if kernels_reach and use_triton(self.backend, device):
+        if kernels_reach and self.backend_choice.takes_kernels(device):
             from up_fast.kernels import buffer_ops
             return buffer_ops
         return buffer_ops_torch
