@@ -554,7 +554,9 @@ def test_aot_configurations_cover_the_launcher_choices():
     for c in configs:
         constexpr_names = set(c.constexprs)
         assert set(c.signature) == set(c.fn.arg_names) - constexpr_names
-        assert c.programs >= 1 and c.floor['floor_us_per_sampling_step'] > 0
+        assert c.programs >= 1
+        if c.fn in (rs.recurrent_sample_kernel, rs.recurrent_phase_kernel):     # the buffer kernels have no step floor
+            assert c.floor['floor_us_per_sampling_step'] > 0
         assert c.cooperative == (c.fn is rs.recurrent_sample_kernel and c.programs > 1)
 
 
