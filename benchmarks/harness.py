@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import platform
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable
 
 import torch
 
@@ -30,6 +30,7 @@ MAX_ROUNDS = int(os.environ['UP_FAST_BENCH_ROUNDS']) if os.environ.get('UP_FAST_
 
 def capped(rounds: int) -> int:
     return rounds if MAX_ROUNDS is None else max(1, min(rounds, MAX_ROUNDS))
+
 
 # (workload, size label, implementation) -> median seconds in this process. The reference's
 # parametrisation runs first in every group, so the others find it here; the targets
@@ -80,10 +81,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-@lru_cache(maxsize=None)
+@cache
 def environment() -> dict:
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
@@ -151,14 +153,21 @@ def measure(
     warm_up(fn, capped(warmup))
     benchmark.pedantic(synchronized(fn), rounds=capped(default(rounds, size.rounds)), iterations=1)
     if benchmark.disabled:
-        return None         # --benchmark-disable: fn ran once, as a smoke test, and nothing was timed
+        return None  # --benchmark-disable: fn ran once, as a smoke test, and nothing was timed
 
-    record(benchmark, workload=workload, size=size, impl=impl, config=default(config, size.config()), tokens_per_call=tokens_per_call)
+    record(
+        benchmark,
+        workload=workload,
+        size=size,
+        impl=impl,
+        config=default(config, size.config()),
+        tokens_per_call=tokens_per_call,
+    )
     median = benchmark.stats.stats.median
     MEDIANS[(workload, size.label, impl)] = median
 
     if impl == REFERENCE:
-        benchmark.extra_info['speedup_over_reference'] = 1.
+        benchmark.extra_info['speedup_over_reference'] = 1.0
         return None
 
     reference_median = MEDIANS.get((workload, size.label, REFERENCE))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -38,7 +38,7 @@ BACKEND_KEYWORDS = {
     'up_fast-triton': dict(backend='triton'),
 }
 
-TEMPERATURE = 1e-4      # both generators' default
+TEMPERATURE = 1e-4  # both generators' default
 
 
 def skip_without_triton(impl: str):
@@ -59,7 +59,7 @@ def backend_kwargs(cls: type, impl: str) -> dict:
     if not missing:
         return wanted
     if impl == 'up_fast-torch':
-        return {}           # no switch at all: the PyTorch path is the only one
+        return {}  # no switch at all: the PyTorch path is the only one
     keywords = ', '.join(f'{name}=' for name in missing)
     pytest.skip(f'up_fast.{cls.__name__} has no {keywords} keyword yet: cannot select the {impl} path')
 
@@ -79,14 +79,18 @@ def generate_fn(impl: str, size: Size) -> Callable[[], Tensor]:
     seeded()
 
     if impl == REFERENCE:
-        generator = reference.SyntheticDataGenerator(dim=size.hidden, num_tokens=size.num_tokens, max_seq_len=size.seq_len)
+        generator = reference.SyntheticDataGenerator(
+            dim=size.hidden, num_tokens=size.num_tokens, max_seq_len=size.seq_len
+        )
     else:
         kwargs = backend_kwargs(fast.SyntheticDataGenerator, impl)
-        generator = fast.SyntheticDataGenerator(dim=size.hidden, num_tokens=size.num_tokens, max_seq_len=size.seq_len, **kwargs)
+        generator = fast.SyntheticDataGenerator(
+            dim=size.hidden, num_tokens=size.num_tokens, max_seq_len=size.seq_len, **kwargs
+        )
     generator.to(DEVICE)
 
-    seed = torch.randint(0, size.num_tokens, (size.batch, size.seed_length), device=DEVICE)     # (batch, seed_length)
-    condition = torch.randint(0, size.num_tokens, (size.batch, size.seq_len), device=DEVICE)    # (batch, seq_len)
+    seed = torch.randint(0, size.num_tokens, (size.batch, size.seed_length), device=DEVICE)  # (batch, seed_length)
+    condition = torch.randint(0, size.num_tokens, (size.batch, size.seq_len), device=DEVICE)  # (batch, seq_len)
 
     return lambda: generator.generate(size.seq_len, seed=seed, condition=condition)
 
@@ -108,7 +112,9 @@ def make_wrapper(impl: str, size: Size, model: Model):
         max_seq_len=model.max_seq_len,
         attn_layers=Decoder(dim=model.dim, depth=model.depth, heads=model.heads),
     )
-    wrapper = module.UniversalPretrainWrapper(transformer, batch_size=size.batch, seq_len=size.seq_len, seed_length=size.seed_length, **kwargs)
+    wrapper = module.UniversalPretrainWrapper(
+        transformer, batch_size=size.batch, seq_len=size.seq_len, seed_length=size.seed_length, **kwargs
+    )
     return wrapper.to(DEVICE)
 
 
@@ -136,22 +142,22 @@ def reference_data_step(wrapper: reference.UniversalPretrainWrapper) -> Tensor:
     seeds = seeds[batch_arange, seq_start_pos]
 
     generated = self.data_generator.generate(
-        self.seq_len,
-        condition=conditions.to(self.device),
-        seed=seeds.to(self.device)
+        self.seq_len, condition=conditions.to(self.device), seed=seeds.to(self.device)
     )
 
     self.step.add_(1)
 
-    if self.reset_turing_machine_every > 0 and reference.divisible_by(self.step.item(), self.reset_turing_machine_every):
+    if self.reset_turing_machine_every > 0 and reference.divisible_by(
+        self.step.item(), self.reset_turing_machine_every
+    ):
         self.data_generator.reset_()
 
     if self.num_reset > 0:
         buffer_to_reset = self.get_rand_sequences_from_buffer(self.num_reset)
         reset_sequences = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, device=self.device)
-        buffer_to_reset.copy_(reset_sequences)      # a copy of the rows (reference defect 1): the buffer keeps them
+        buffer_to_reset.copy_(reset_sequences)  # a copy of the rows (reference defect 1): the buffer keeps them
 
-    conditions.copy_(generated)                     # likewise
+    conditions.copy_(generated)  # likewise
 
     data = self.get_rand_sequences_from_buffer().to(self.device)
     return data
@@ -177,4 +183,3 @@ def train_step_fn(impl: str, size: Size, model: Model, lr: float = 3e-4) -> Call
         optimizer.zero_grad(set_to_none=True)
 
     return step
-

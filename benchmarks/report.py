@@ -52,11 +52,15 @@ def load(path: Path) -> dict:
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ReportError(f'no such file: {path} (write one with pytest benchmarks --benchmark-only --benchmark-json={path})') from None
+        raise ReportError(
+            f'no such file: {path} (write one with pytest benchmarks --benchmark-only --benchmark-json={path})'
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ReportError(f'cannot read {path} as JSON: {err}') from None
     if not isinstance(results, dict) or not isinstance(results.get('benchmarks'), list):
-        raise ReportError(f'{path} is not a pytest-benchmark JSON (no "benchmarks" list): save one with --benchmark-json')
+        raise ReportError(
+            f'{path} is not a pytest-benchmark JSON (no "benchmarks" list): save one with --benchmark-json'
+        )
     return results
 
 
@@ -71,16 +75,18 @@ def rows_of(results: dict) -> list[Row]:
     rows = []
     for bench in results['benchmarks']:
         info = bench.get('extra_info', {})
-        rows.append(Row(
-            workload=info.get('workload', bench.get('name', '?')),
-            size=info.get('size', '-'),
-            implementation=info.get('implementation', '-'),
-            median_s=bench['stats']['median'],
-            tokens_per_second=info.get('tokens_per_second'),
-            speedup=info.get('speedup_over_reference'),
-            device=info.get('device', fallback_device),
-            extra=info,
-        ))
+        rows.append(
+            Row(
+                workload=info.get('workload', bench.get('name', '?')),
+                size=info.get('size', '-'),
+                implementation=info.get('implementation', '-'),
+                median_s=bench['stats']['median'],
+                tokens_per_second=info.get('tokens_per_second'),
+                speedup=info.get('speedup_over_reference'),
+                device=info.get('device', fallback_device),
+                extra=info,
+            )
+        )
     return ordered(rows)
 
 
@@ -96,7 +102,7 @@ def ordered(rows: list[Row]) -> list[Row]:
 
 
 def format_seconds(seconds: float) -> str:
-    for unit, scale in (('s', 1.), ('ms', 1e-3), ('us', 1e-6)):
+    for unit, scale in (('s', 1.0), ('ms', 1e-3), ('us', 1e-6)):
         if seconds >= scale:
             return f'{seconds / scale:.3g} {unit}'
     return f'{seconds / 1e-9:.3g} ns'
@@ -120,7 +126,7 @@ def format_speedup(row: Row) -> str:
 def format_bytes(n: int | None) -> str:
     if not exists(n):
         return '-'
-    for unit, scale in (('GiB', 2 ** 30), ('MiB', 2 ** 20), ('KiB', 2 ** 10)):
+    for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
         if n >= scale:
             return f'{n / scale:.1f} {unit}'
     return f'{n} B'
@@ -135,7 +141,15 @@ def markdown(header: list[str], lines: list[list[str]]) -> str:
 def results_table(rows: list[Row]) -> str:
     header = ['workload', 'size', 'implementation', 'median time', 'tokens/s', 'speedup over the reference', 'device']
     lines = [
-        [r.workload, r.size, r.implementation, format_seconds(r.median_s), format_rate(r.tokens_per_second), format_speedup(r), r.device]
+        [
+            r.workload,
+            r.size,
+            r.implementation,
+            format_seconds(r.median_s),
+            format_rate(r.tokens_per_second),
+            format_speedup(r),
+            r.device,
+        ]
         for r in rows
     ]
     return markdown(header, lines)
@@ -145,10 +159,25 @@ def memory_table(rows: list[Row]) -> str | None:
     rows = [r for r in rows if 'buffer_bytes_per_token' in r.extra]
     if not rows:
         return None
-    header = ['size', 'implementation', 'buffer dtype', 'buffer bytes/token', 'buffer', 'peak GPU memory (wrapper + one data step)', 'device']
+    header = [
+        'size',
+        'implementation',
+        'buffer dtype',
+        'buffer bytes/token',
+        'buffer',
+        'peak GPU memory (wrapper + one data step)',
+        'device',
+    ]
     lines = [
-        [r.size, r.implementation, r.extra.get('buffer_dtype', '-'), str(r.extra['buffer_bytes_per_token']),
-         format_bytes(r.extra.get('buffer_bytes')), format_bytes(r.extra.get('peak_gpu_bytes')), r.device]
+        [
+            r.size,
+            r.implementation,
+            r.extra.get('buffer_dtype', '-'),
+            str(r.extra['buffer_bytes_per_token']),
+            format_bytes(r.extra.get('buffer_bytes')),
+            format_bytes(r.extra.get('peak_gpu_bytes')),
+            r.device,
+        ]
         for r in rows
     ]
     return markdown(header, lines)
@@ -166,11 +195,29 @@ def target_rows(results: dict) -> list[dict]:
 def targets_table(targets: list[dict]) -> str | None:
     if not targets:
         return None
-    header = ['target', 'why', 'set for', 'status', 'measured', 'target value', 'measured / target', 'asserted', 'why not measured']
+    header = [
+        'target',
+        'why',
+        'set for',
+        'status',
+        'measured',
+        'target value',
+        'measured / target',
+        'asserted',
+        'why not measured',
+    ]
     lines = [
-        [t['name'], t.get('reason', '-'), t['device'], t['status'], t.get('measured', '-'), t['target'],
-         f'{t["ratio_to_target"]:.2f}' if exists(t.get('ratio_to_target')) else '-',
-         'yes' if t['asserted'] else 'no (reported only)', t.get('why', '') or '-']
+        [
+            t['name'],
+            t.get('reason', '-'),
+            t['device'],
+            t['status'],
+            t.get('measured', '-'),
+            t['target'],
+            f'{t["ratio_to_target"]:.2f}' if exists(t.get('ratio_to_target')) else '-',
+            'yes' if t['asserted'] else 'no (reported only)',
+            t.get('why', '') or '-',
+        ]
         for t in targets
     ]
     return markdown(header, lines)
@@ -183,7 +230,10 @@ def skipped_table(results: dict) -> str | None:
     by_reason = defaultdict(list)
     for nodeid, reason in skipped.items():
         by_reason[reason].append(nodeid.split('::', 1)[-1])
-    lines = [[str(len(tests)), reason, ', '.join(sorted(tests))] for reason, tests in sorted(by_reason.items(), key=lambda item: -len(item[1]))]
+    lines = [
+        [str(len(tests)), reason, ', '.join(sorted(tests))]
+        for reason, tests in sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    ]
     return markdown(['skipped', 'why', 'tests'], lines)
 
 
@@ -191,18 +241,25 @@ def report_text(rows: list[Row], source: Path, results: dict | None = None) -> s
     results = default(results, {'benchmarks': []})
     parts = [
         f'# Benchmark results: {source.name}',
-        'Speedup = the reference\'s median / this median, both measured in the same run. '
+        "Speedup = the reference's median / this median, both measured in the same run. "
         'CPU variants of a size say in brackets what differs from the GPU size.',
         results_table(rows),
     ]
     capped = {r.extra.get('rounds_capped_at') for r in rows} - {None}
     if capped:
-        parts.insert(2, f'**A quick pass**: rounds and warm-up capped at {max(capped)} (UP_FAST_BENCH_ROUNDS); '
-                        'these timings show that the suite runs, they are not figures to quote.')
+        parts.insert(
+            2,
+            f'**A quick pass**: rounds and warm-up capped at {max(capped)} (UP_FAST_BENCH_ROUNDS); '
+            'these timings show that the suite runs, they are not figures to quote.',
+        )
     targets = targets_table(target_rows(results))
     if exists(targets):
-        parts += ['## Targets', 'Each target is asserted only on the device it was set for; '
-                  'elsewhere, and where it is a goal rather than a promise, it is reported here.', targets]
+        parts += [
+            '## Targets',
+            'Each target is asserted only on the device it was set for; '
+            'elsewhere, and where it is a goal rather than a promise, it is reported here.',
+            targets,
+        ]
     memory = memory_table(rows)
     if exists(memory):
         parts += ['## Memory', memory]
@@ -219,9 +276,12 @@ def import_pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ReportError('the plot needs matplotlib, which is not installed: pip install matplotlib, or pass --no-plot') from None
-    matplotlib.use('Agg')       # files only, no display
+        raise ReportError(
+            'the plot needs matplotlib, which is not installed: pip install matplotlib, or pass --no-plot'
+        ) from None
+    matplotlib.use('Agg')  # files only, no display
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -255,7 +315,7 @@ def plot(rows: list[Row], path: Path) -> Path:
 
     for ax, (axis, axis_name) in zip(axes, SWEEP_AXES):
         lines = sweep_points(rows, axis)
-        ax.axhline(1., color='grey', linestyle='--', linewidth=1, label='reference')
+        ax.axhline(1.0, color='grey', linestyle='--', linewidth=1, label='reference')
         for label, points in lines.items():
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker='o', label=label)
@@ -268,7 +328,7 @@ def plot(rows: list[Row], path: Path) -> Path:
             ax.set_xscale('log', base=2)
             ax.set_xticks(xs, [str(x) for x in xs])
             ax.minorticks_off()
-            ax.margins(y=0.15)      # room for the labels above the points
+            ax.margins(y=0.15)  # room for the labels above the points
         fixed = fixed_settings(rows, axis)
         ax.set_xlabel(f'{axis_name} ({fixed})' if fixed else axis_name)
         ax.set_ylabel('speedup over the reference')
@@ -292,9 +352,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument('results', type=Path, metavar='RESULTS.json', help='a JSON saved by pytest benchmarks --benchmark-only --benchmark-json=RESULTS.json')
-    parser.add_argument('--out', type=Path, metavar='DIR', help=f'where to write {TABLE_NAME} and {PLOT_NAME} (default: the directory of RESULTS.json)')
-    parser.add_argument('--no-plot', action='store_true', help=f'write the table only, without {PLOT_NAME} (and without matplotlib)')
+    parser.add_argument(
+        'results',
+        type=Path,
+        metavar='RESULTS.json',
+        help='a JSON saved by pytest benchmarks --benchmark-only --benchmark-json=RESULTS.json',
+    )
+    parser.add_argument(
+        '--out',
+        type=Path,
+        metavar='DIR',
+        help=f'where to write {TABLE_NAME} and {PLOT_NAME} (default: the directory of RESULTS.json)',
+    )
+    parser.add_argument(
+        '--no-plot', action='store_true', help=f'write the table only, without {PLOT_NAME} (and without matplotlib)'
+    )
     return parser.parse_args(argv)
 
 

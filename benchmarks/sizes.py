@@ -18,13 +18,13 @@ from benchmarks.harness import ON_CUDA
 class Size:
     name: str
     batch: int
-    hidden: int             # the generator's dim, and so its hidden size: the reference crashes when they differ
+    hidden: int  # the generator's dim, and so its hidden size: the reference crashes when they differ
     num_tokens: int
-    seq_len: int            # tokens generated per row (and the buffer's row length)
-    rounds: int             # timed rounds
+    seq_len: int  # tokens generated per row (and the buffer's row length)
+    rounds: int  # timed rounds
     seed_length: int = 8
-    cpu_note: str = ''      # how this CPU variant differs from the GPU size; '' when it does not
-    sweep: str = ''         # 'batch' or 'hidden': a point of the report's speedup plot
+    cpu_note: str = ''  # how this CPU variant differs from the GPU size; '' when it does not
+    sweep: str = ''  # 'batch' or 'hidden': a point of the report's speedup plot
 
     @property
     def label(self) -> str:
@@ -41,6 +41,7 @@ class Size:
 @dataclass(frozen=True)
 class Model:
     """The transformer of the training step (x_transformers TransformerWrapper + Decoder)."""
+
     dim: int
     depth: int
     heads: int
@@ -70,15 +71,29 @@ if ON_CUDA:
     TRAIN = EXAMPLE
     TRAIN_MODEL = EXAMPLE_MODEL
 else:
-    LARGE_VOCAB = Size('large-vocab', batch=32, hidden=256, num_tokens=32768, seq_len=64, rounds=3, cpu_note='seq_len 64')
-    LARGE_HIDDEN = Size('large-hidden', batch=32, hidden=1024, num_tokens=256, seq_len=128, rounds=5, cpu_note='seq_len 128')
-    SATURATING_BATCH = Size('saturating-batch', batch=512, hidden=256, num_tokens=256, seq_len=128, rounds=5, cpu_note='batch 512, seq_len 128')
+    LARGE_VOCAB = Size(
+        'large-vocab', batch=32, hidden=256, num_tokens=32768, seq_len=64, rounds=3, cpu_note='seq_len 64'
+    )
+    LARGE_HIDDEN = Size(
+        'large-hidden', batch=32, hidden=1024, num_tokens=256, seq_len=128, rounds=5, cpu_note='seq_len 128'
+    )
+    SATURATING_BATCH = Size(
+        'saturating-batch',
+        batch=512,
+        hidden=256,
+        num_tokens=256,
+        seq_len=128,
+        rounds=5,
+        cpu_note='batch 512, seq_len 128',
+    )
 
     SWEEP_BATCHES, SWEEP_HIDDENS = (1, 8, 32, 128), (64, 128, 256)
     SWEEP_SEQ_LEN, SWEEP_ROUNDS = 128, 7
 
     # the example model trains at about 20 s a step on 2 cores: a shallower, shorter one instead
-    TRAIN = Size('example', batch=8, hidden=256, num_tokens=256, seq_len=256, rounds=5, cpu_note='depth 2, batch 8, seq_len 256')
+    TRAIN = Size(
+        'example', batch=8, hidden=256, num_tokens=256, seq_len=256, rounds=5, cpu_note='depth 2, batch 8, seq_len 256'
+    )
     TRAIN_MODEL = Model(dim=256, depth=2, heads=8, max_seq_len=256)
 
 
@@ -87,14 +102,30 @@ def sweep_note(**changed) -> str:
 
 
 BATCH_SWEEP = [
-    Size(f'batch-{batch}', batch=batch, hidden=256, num_tokens=256, seq_len=SWEEP_SEQ_LEN, rounds=SWEEP_ROUNDS,
-         cpu_note='' if ON_CUDA else sweep_note(seq_len=SWEEP_SEQ_LEN), sweep='batch')
+    Size(
+        f'batch-{batch}',
+        batch=batch,
+        hidden=256,
+        num_tokens=256,
+        seq_len=SWEEP_SEQ_LEN,
+        rounds=SWEEP_ROUNDS,
+        cpu_note='' if ON_CUDA else sweep_note(seq_len=SWEEP_SEQ_LEN),
+        sweep='batch',
+    )
     for batch in SWEEP_BATCHES
 ]
 
 HIDDEN_SWEEP = [
-    Size(f'hidden-{hidden}', batch=32, hidden=hidden, num_tokens=256, seq_len=SWEEP_SEQ_LEN, rounds=SWEEP_ROUNDS,
-         cpu_note='' if ON_CUDA else sweep_note(seq_len=SWEEP_SEQ_LEN), sweep='hidden')
+    Size(
+        f'hidden-{hidden}',
+        batch=32,
+        hidden=hidden,
+        num_tokens=256,
+        seq_len=SWEEP_SEQ_LEN,
+        rounds=SWEEP_ROUNDS,
+        cpu_note='' if ON_CUDA else sweep_note(seq_len=SWEEP_SEQ_LEN),
+        sweep='hidden',
+    )
     for hidden in SWEEP_HIDDENS
 ]
 

@@ -21,7 +21,7 @@ from benchmarks.harness import DEVICE, MEDIANS, REFERENCE
 SPEEDUP = 'speedup over the reference'
 STEP_SECONDS = 'seconds per sequential step'
 DATA_SHARE = 'data step / training step'
-VISIBLE_SHARE = 'data step visible in a training step'     # 1 - transformer-only step / whole step
+VISIBLE_SHARE = 'data step visible in a training step'  # 1 - transformer-only step / whole step
 TRANSFORMER_ONLY = 'training step, transformer only'
 
 COMPARISONS = {'>=': operator.ge, '<=': operator.le}
@@ -30,17 +30,17 @@ COMPARISONS = {'>=': operator.ge, '<=': operator.le}
 @dataclass(frozen=True)
 class Target:
     name: str
-    reason: str             # one line: why this target, and why asserted or reported only
-    device: str             # the device type it was set for: 'cpu' or 'cuda'
+    reason: str  # one line: why this target, and why asserted or reported only
+    device: str  # the device type it was set for: 'cpu' or 'cuda'
     workload: str
     size_name: str
     impl: str
-    metric: str             # SPEEDUP, STEP_SECONDS, DATA_SHARE or VISIBLE_SHARE
-    comparison: str         # '>=' or '<='
+    metric: str  # SPEEDUP, STEP_SECONDS, DATA_SHARE or VISIBLE_SHARE
+    comparison: str  # '>=' or '<='
     value: float
-    asserted: bool          # fail the benchmark when not met, on `device`
-    benchmark: str          # the test that measures it
-    baseline: str = REFERENCE   # SPEEDUP: the implementation whose median is divided by impl's
+    asserted: bool  # fail the benchmark when not met, on `device`
+    benchmark: str  # the test that measures it
+    baseline: str = REFERENCE  # SPEEDUP: the implementation whose median is divided by impl's
 
     def describe(self, value: float | None = None) -> str:
         value = self.value if value is None else value
@@ -56,40 +56,114 @@ class Target:
 
 
 TARGETS = (
-    Target('generate 3x on a CPU',
-           reason='a goal for the PyTorch path; reported only: it depends on the CPU (benchmarks/results/performance.md)', device='cpu', workload='generate', size_name='example',
-           impl='up_fast-torch', metric=SPEEDUP, comparison='>=', value=3., asserted=False,
-           benchmark='test_generate.py::test_generate[example-up_fast-torch]'),
-    Target('generate 30x on CUDA', reason='data generation nearly free beside training: the fused kernel on an H200', device='cuda', workload='generate', size_name='example',
-           impl='up_fast-triton', metric=SPEEDUP, comparison='>=', value=30., asserted=True,
-           benchmark='test_generate.py::test_generate[example-up_fast-triton]'),
-    Target('2 us a sequential step on CUDA', reason='a decoding step latency-bound at a few L2 round trips on an H200', device='cuda', workload='generate', size_name='example',
-           impl='up_fast-triton', metric=STEP_SECONDS, comparison='<=', value=2e-6, asserted=True,
-           benchmark='test_generate.py::test_generate[example-up_fast-triton]'),
+    Target(
+        'generate 3x on a CPU',
+        reason='a goal for the PyTorch path; reported only: it depends on the CPU (benchmarks/results/performance.md)',
+        device='cpu',
+        workload='generate',
+        size_name='example',
+        impl='up_fast-torch',
+        metric=SPEEDUP,
+        comparison='>=',
+        value=3.0,
+        asserted=False,
+        benchmark='test_generate.py::test_generate[example-up_fast-torch]',
+    ),
+    Target(
+        'generate 30x on CUDA',
+        reason='data generation nearly free beside training: the fused kernel on an H200',
+        device='cuda',
+        workload='generate',
+        size_name='example',
+        impl='up_fast-triton',
+        metric=SPEEDUP,
+        comparison='>=',
+        value=30.0,
+        asserted=True,
+        benchmark='test_generate.py::test_generate[example-up_fast-triton]',
+    ),
+    Target(
+        '2 us a sequential step on CUDA',
+        reason='a decoding step latency-bound at a few L2 round trips on an H200',
+        device='cuda',
+        workload='generate',
+        size_name='example',
+        impl='up_fast-triton',
+        metric=STEP_SECONDS,
+        comparison='<=',
+        value=2e-6,
+        asserted=True,
+        benchmark='test_generate.py::test_generate[example-up_fast-triton]',
+    ),
     # the same tokens per call as the reference, so tokens/s over the reference's is the speedup
-    Target('tokens/s 50x at batch 4096 on CUDA', reason='throughput when the batch fills the GPU, on an H200', device='cuda', workload='generate', size_name='saturating-batch',
-           impl='up_fast-triton', metric=SPEEDUP, comparison='>=', value=50., asserted=True,
-           benchmark='test_generate.py::test_generate[saturating-batch-up_fast-triton]'),
-    Target('data step <= 3% of a training step on CUDA', reason='what a user pays for synthetic data, on an H200', device='cuda', workload='train step', size_name='example',
-           impl='up_fast-triton', metric=DATA_SHARE, comparison='<=', value=0.03, asserted=True,
-           benchmark='test_train_step.py::test_train_step[up_fast-triton]'),
+    Target(
+        'tokens/s 50x at batch 4096 on CUDA',
+        reason='throughput when the batch fills the GPU, on an H200',
+        device='cuda',
+        workload='generate',
+        size_name='saturating-batch',
+        impl='up_fast-triton',
+        metric=SPEEDUP,
+        comparison='>=',
+        value=50.0,
+        asserted=True,
+        benchmark='test_generate.py::test_generate[saturating-batch-up_fast-triton]',
+    ),
+    Target(
+        'data step <= 3% of a training step on CUDA',
+        reason='what a user pays for synthetic data, on an H200',
+        device='cuda',
+        workload='train step',
+        size_name='example',
+        impl='up_fast-triton',
+        metric=DATA_SHARE,
+        comparison='<=',
+        value=0.03,
+        asserted=True,
+        benchmark='test_train_step.py::test_train_step[up_fast-triton]',
+    ),
     # the whole training step against the same step on a fixed batch: what the data step adds to it
-    Target('data visible <= 3% of a training step on CUDA',
-           reason='synthetic data nearly free beside training, measured inside the step, on an H200',
-           device='cuda', workload='training step', size_name='example', impl='up_fast-triton', metric=VISIBLE_SHARE,
-           comparison='<=', value=0.03, asserted=True,
-           benchmark='test_data_share.py::test_data_share[up_fast-triton-training step]'),
-    Target('data visible <= 1% of a training step with prefetch on CUDA',
-           reason='with prefetch the data is made while the transformer trains: about nothing left to see, on an H200',
-           device='cuda', workload='training step, prefetch', size_name='example', impl='up_fast-triton',
-           metric=VISIBLE_SHARE,
-           comparison='<=', value=0.01, asserted=True,
-           benchmark='test_data_share.py::test_data_share[up_fast-triton-training step, prefetch]'),
+    Target(
+        'data visible <= 3% of a training step on CUDA',
+        reason='synthetic data nearly free beside training, measured inside the step, on an H200',
+        device='cuda',
+        workload='training step',
+        size_name='example',
+        impl='up_fast-triton',
+        metric=VISIBLE_SHARE,
+        comparison='<=',
+        value=0.03,
+        asserted=True,
+        benchmark='test_data_share.py::test_data_share[up_fast-triton-training step]',
+    ),
+    Target(
+        'data visible <= 1% of a training step with prefetch on CUDA',
+        reason='with prefetch the data is made while the transformer trains: about nothing left to see, on an H200',
+        device='cuda',
+        workload='training step, prefetch',
+        size_name='example',
+        impl='up_fast-triton',
+        metric=VISIBLE_SHARE,
+        comparison='<=',
+        value=0.01,
+        asserted=True,
+        benchmark='test_data_share.py::test_data_share[up_fast-triton-training step, prefetch]',
+    ),
     # the paper generator's PyTorch loop against the author's own sampling loop (nn.LSTM once a token)
-    Target("paper generate 3x the author's loop on a CPU",
-           reason="a goal at the author's sizes; reported only: fp32 products alone take a third of the author's loop", device='cpu', workload='paper-generate', size_name='paper-author',
-           impl='up_fast-torch', metric=SPEEDUP, comparison='>=', value=3., asserted=False,
-           benchmark='test_paper_generate.py::test_paper_generate[up_fast-torch]', baseline='author-nn.LSTM'),
+    Target(
+        "paper generate 3x the author's loop on a CPU",
+        reason="a goal at the author's sizes; reported only: fp32 products alone take a third of the author's loop",
+        device='cpu',
+        workload='paper-generate',
+        size_name='paper-author',
+        impl='up_fast-torch',
+        metric=SPEEDUP,
+        comparison='>=',
+        value=3.0,
+        asserted=False,
+        benchmark='test_paper_generate.py::test_paper_generate[up_fast-torch]',
+        baseline='author-nn.LSTM',
+    ),
 )
 
 # target name -> what was found: filled by check_targets, read by the summary and the JSON
@@ -127,21 +201,34 @@ def measured_value(target: Target, size) -> tuple[float | None, str]:
     if target.metric == VISIBLE_SHARE:
         transformer = MEDIANS.get((TRANSFORMER_ONLY, size.label, target.impl))
         if transformer is None:
-            return None, (f'the {TRANSFORMER_ONLY} of {target.impl} at {size.label} '
-                          'did not run before it in this process')
+            return None, (
+                f'the {TRANSFORMER_ONLY} of {target.impl} at {size.label} did not run before it in this process'
+            )
         return 1 - transformer / median, ''
 
     raise ValueError(f'unknown metric {target.metric!r}')
 
 
 def result_of(target: Target, value: float | None, why: str = '') -> dict:
-    result = dict(name=target.name, reason=target.reason, device=target.device, target=target.wanted,
-                  asserted=target.asserted, benchmark=target.benchmark)
+    result = dict(
+        name=target.name,
+        reason=target.reason,
+        device=target.device,
+        target=target.wanted,
+        asserted=target.asserted,
+        benchmark=target.benchmark,
+    )
     if value is None:
         return dict(result, status='not measured', why=why)
     met = COMPARISONS[target.comparison](value, target.value)
-    return dict(result, status='met' if met else 'not met', measured=target.describe(value), value=value,
-                ratio_to_target=value / target.value, met=met)
+    return dict(
+        result,
+        status='met' if met else 'not met',
+        measured=target.describe(value),
+        value=value,
+        ratio_to_target=value / target.value,
+        met=met,
+    )
 
 
 def check_targets(workload: str, size, impl: str, benchmark=None):
@@ -219,6 +306,8 @@ def summary_lines(rows: list[dict], skipped: dict[str, str]) -> list[str]:
     lines = [target_line(row) for row in rows]
     unmet = [row for row in rows if row['status'] == 'not met' and not row['asserted']]
     if unmet:
-        lines.append('targets not met and reported only do not fail the run: they are goals, not promises, on this device')
+        lines.append(
+            'targets not met and reported only do not fail the run: they are goals, not promises, on this device'
+        )
     lines += skipped_groups(skipped) or ['nothing skipped']
     return lines

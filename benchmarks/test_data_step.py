@@ -19,7 +19,10 @@ def test_data_step(measure, size, impl):
     model = data_only_model(size)
     step, _ = data_step_fn(impl, size, model)
     measure(
-        workload='data step', size=size, impl=impl, fn=step,
-        tokens_per_call=size.batch * size.seq_len,      # synthetic tokens generated per step
+        workload='data step',
+        size=size,
+        impl=impl,
+        fn=step,
+        tokens_per_call=size.batch * size.seq_len,  # synthetic tokens generated per step
         config=dict(size.config(), model=model.config()),
     )

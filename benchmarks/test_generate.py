@@ -23,7 +23,10 @@ CASES = [(size, impl) for size in GENERATE_SIZES for impl in IMPLEMENTATIONS]
 def test_generate(benchmark, measure, size, impl):
     run = generate_fn(impl, size)
     measure(
-        workload='generate', size=size, impl=impl, fn=run,
-        tokens_per_call=size.batch * size.seq_len,      # synthetic tokens generated per call
+        workload='generate',
+        size=size,
+        impl=impl,
+        fn=run,
+        tokens_per_call=size.batch * size.seq_len,  # synthetic tokens generated per call
     )
     check_targets('generate', size, impl, benchmark)

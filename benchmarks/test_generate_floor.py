@@ -31,7 +31,7 @@ from benchmarks.implementations import TEMPERATURE
 from benchmarks.sizes import EXAMPLE
 from up_fast.sampling import FoldedRecurrentNet, GumbelPool
 
-GATES = 4       # LSTM
+GATES = 4  # LSTM
 
 FLOORS = ('fp32-matmul-floor', 'fp32-matmul-noise-floor')
 
@@ -41,16 +41,18 @@ def test_generate_floor(benchmark, measure, floor):
     size = EXAMPLE
     torch.manual_seed(0)
     hidden, batch, vocab, length = size.hidden, size.batch, size.num_tokens, size.seq_len
-    h = torch.randn(batch, hidden, device=DEVICE) * 0.1                     # (batch, hidden)
-    weight_hh = torch.randn(GATES * hidden, hidden, device=DEVICE) * 0.05   # (gates * hidden, hidden)
-    weight_out = torch.randn(vocab, hidden, device=DEVICE) * 0.05           # (vocab, hidden)
-    folded = FoldedRecurrentNet('lstm', input_table=None, weight_hh=weight_hh, bias_hn=None, weight_out=weight_out, bias_out=None)
+    h = torch.randn(batch, hidden, device=DEVICE) * 0.1  # (batch, hidden)
+    weight_hh = torch.randn(GATES * hidden, hidden, device=DEVICE) * 0.05  # (gates * hidden, hidden)
+    weight_out = torch.randn(vocab, hidden, device=DEVICE) * 0.05  # (vocab, hidden)
+    folded = FoldedRecurrentNet(
+        'lstm', input_table=None, weight_hh=weight_hh, bias_hn=None, weight_out=weight_out, bias_out=None
+    )
 
     recurrent, both, out = (folded.linear(name, batch) for name in ('weight_hh', 'weight_hh_out', 'weight_out'))
-    prefix_len = size.seed_length + length              # generate's prefix: seed, then condition
+    prefix_len = size.seed_length + length  # generate's prefix: seed, then condition
     with_noise = floor == 'fp32-matmul-noise-floor'
 
-    def floor_fn():         # the products FoldedRecurrentNet.sample makes, and one noise draw a row a step if asked
+    def floor_fn():  # the products FoldedRecurrentNet.sample makes, and one noise draw a row a step if asked
         pool = GumbelPool(TEMPERATURE, device=DEVICE, chunk=batch * length)
         draw = (lambda: pool.take(batch)) if with_noise else (lambda: None)
         for _ in range(prefix_len):
@@ -62,7 +64,7 @@ def test_generate_floor(benchmark, measure, floor):
         draw()
 
     measure(workload='generate', size=size, impl=floor, fn=floor_fn, tokens_per_call=batch * length)
-    benchmark.extra_info['onednn'] = isinstance(recurrent, partial)     # oneDNN's product, not the torch.mm fallback
+    benchmark.extra_info['onednn'] = isinstance(recurrent, partial)  # oneDNN's product, not the torch.mm fallback
 
     recurrent_steps = prefix_len + length - 1
     flops = 2 * batch * hidden * (recurrent_steps * GATES * hidden + length * vocab)

@@ -18,7 +18,7 @@ from benchmarks.harness import ON_CUDA, REFERENCE, group_name, synchronized, war
 from benchmarks.implementations import IMPLEMENTATIONS, data_step_fn
 from benchmarks.sizes import EXAMPLE_MODEL, MEMORY_SIZE
 
-MEMORY = {}     # implementation -> what it measured; the reference runs first
+MEMORY = {}  # implementation -> what it measured; the reference runs first
 
 
 def allocated_after_cleanup() -> int:
@@ -42,9 +42,9 @@ def test_memory_data_step(benchmark, record, impl):
         torch.cuda.reset_peak_memory_stats()
 
     benchmark.group = group_name('memory', size.label)
-    benchmark.pedantic(synchronized(step), rounds=1, iterations=1)     # one data step
+    benchmark.pedantic(synchronized(step), rounds=1, iterations=1)  # one data step
 
-    buffer = wrapper.synth_data_buffer      # (buffer_size, seq_len)
+    buffer = wrapper.synth_data_buffer  # (buffer_size, seq_len)
     measured = dict(
         buffer_dtype=str(buffer.dtype),
         buffer_bytes_per_token=buffer.element_size(),
@@ -67,10 +67,13 @@ def test_memory_data_step(benchmark, record, impl):
     ratio = ref['buffer_bytes_per_token'] / measured['buffer_bytes_per_token']
     benchmark.extra_info['buffer_bytes_per_token_vs_reference'] = ratio
     if size.num_tokens == 256:
-        assert ratio == 8, f'buffer bytes per token: reference {ref["buffer_bytes_per_token"]}, {impl} {measured["buffer_bytes_per_token"]}; expected 8x fewer'
+        assert ratio == 8, (
+            f'buffer bytes per token: reference {ref["buffer_bytes_per_token"]}, {impl} {measured["buffer_bytes_per_token"]}; expected 8x fewer'
+        )
 
     if ON_CUDA:
         benchmark.extra_info['peak_gpu_bytes_vs_reference'] = measured['peak_gpu_bytes'] / ref['peak_gpu_bytes']
         assert measured['peak_gpu_bytes'] <= ref['peak_gpu_bytes'], (
             f'peak GPU memory of a data step: {impl} {measured["peak_gpu_bytes"] / 2**20:.1f} MiB, '
-            f'above the reference\'s {ref["peak_gpu_bytes"] / 2**20:.1f} MiB')
+            f"above the reference's {ref['peak_gpu_bytes'] / 2**20:.1f} MiB"
+        )

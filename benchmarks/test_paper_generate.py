@@ -36,7 +36,11 @@ from up_fast import PaperDataGenerator
 AUTHOR = Size('paper-author', batch=104, hidden=128, num_tokens=256, seq_len=512, rounds=3, seed_length=8)
 DEPTH = 4
 WORKLOAD = 'paper-generate'
-IMPLEMENTATIONS = ('author-nn.LSTM', 'up_fast-torch', 'fp32-matmul-floor')     # the author's first: the others divide its median
+IMPLEMENTATIONS = (
+    'author-nn.LSTM',
+    'up_fast-torch',
+    'fp32-matmul-floor',
+)  # the author's first: the others divide its median
 
 # implementation -> median seconds in this process
 MEDIANS: dict[str, float] = {}
@@ -48,10 +52,10 @@ def author_sample_sequence(gen: PaperDataGenerator, seed, condition, length):
     nn.Linear (gen.forward is LSTMGen.forward: embed both streams, cat, LSTM, linear)."""
     seed_len = seed.shape[1]
     sequence = seed.clone()
-    _, hidden = gen(sequence[:, :-1], condition[:, :seed_len - 1])
+    _, hidden = gen(sequence[:, :-1], condition[:, : seed_len - 1])
     for i in range(length - seed_len):
         to = seed_len + i
-        output, hidden = gen(sequence[:, -1:], condition[:, to - 1:to], hidden)
+        output, hidden = gen(sequence[:, -1:], condition[:, to - 1 : to], hidden)
         tokens = output[:, -1, :].argmax(dim=-1)
         sequence = torch.cat([sequence, tokens[:, None]], dim=-1)
     return sequence
@@ -61,16 +65,18 @@ def floor_fn(gen: PaperDataGenerator, batch: int, length: int, seed_len: int):
     """The loop's products alone, on inputs of the loop's shapes and strides."""
     recurrent_first, uppers, head = gen.folded().products(batch)
     hidden = gen.net.hidden_size
-    half_h = torch.randn(batch, gen.depth * hidden, device=DEVICE) * 0.1     # (batch, depth * hidden), as the loop keeps it
+    half_h = (
+        torch.randn(batch, gen.depth * hidden, device=DEVICE) * 0.1
+    )  # (batch, depth * hidden), as the loop keeps it
     first, top = half_h[:, :hidden], half_h[:, -hidden:]
-    upper_inputs = [half_h[:, (layer - 1) * hidden:(layer + 1) * hidden] for layer in range(1, gen.depth)]
+    upper_inputs = [half_h[:, (layer - 1) * hidden : (layer + 1) * hidden] for layer in range(1, gen.depth)]
 
     def run():
-        for _ in range(length - 1):                   # every fed position: the seed's, then each sampled token's
+        for _ in range(length - 1):  # every fed position: the seed's, then each sampled token's
             recurrent_first(first)
             for product, layer_input in zip(uppers, upper_inputs):
                 product(layer_input)
-        for _ in range(length - seed_len):            # every sampled token
+        for _ in range(length - seed_len):  # every sampled token
             head(top)
 
     return run
@@ -81,7 +87,7 @@ def test_paper_generate(benchmark, measure, impl):
     size = AUTHOR
     torch.manual_seed(0)
     gen = PaperDataGenerator(size.hidden, size.num_tokens, size.seq_len, DEPTH).to(DEVICE)
-    seed = torch.randint(0, size.num_tokens, (size.batch, size.seed_length), device=DEVICE)   # (batch, seed_length)
+    seed = torch.randint(0, size.num_tokens, (size.batch, size.seed_length), device=DEVICE)  # (batch, seed_length)
     condition = torch.randint(0, size.num_tokens, (size.batch, size.seq_len), device=DEVICE)  # (batch, seq_len)
 
     if impl == 'author-nn.LSTM':
@@ -91,9 +97,16 @@ def test_paper_generate(benchmark, measure, impl):
     else:
         fn = floor_fn(gen, size.batch, size.seq_len, size.seed_length)
 
-    measure(workload=WORKLOAD, size=size, impl=impl, fn=fn, tokens_per_call=size.batch * size.seq_len,
-            config=dict(size.config(), depth=DEPTH, temperature=0.), warmup=1)
-    check_targets(WORKLOAD, size, impl, benchmark)     # a target in benchmarks/targets.py: reported, not asserted
+    measure(
+        workload=WORKLOAD,
+        size=size,
+        impl=impl,
+        fn=fn,
+        tokens_per_call=size.batch * size.seq_len,
+        config=dict(size.config(), depth=DEPTH, temperature=0.0),
+        warmup=1,
+    )
+    check_targets(WORKLOAD, size, impl, benchmark)  # a target in benchmarks/targets.py: reported, not asserted
     if benchmark.disabled:
         return
 
@@ -102,18 +115,24 @@ def test_paper_generate(benchmark, measure, impl):
     author = MEDIANS.get('author-nn.LSTM')
     info['baseline'] = 'author-nn.LSTM: nn.LSTM once a token, hidden state carried (pbloem/up sample_sequence)'
     info['speedup_over_author'] = author / median if author else None
-    info['speedup_over_reference'] = info['speedup_over_author']     # this group's reference is the author's loop
+    info['speedup_over_reference'] = info['speedup_over_author']  # this group's reference is the author's loop
 
     if impl == 'up_fast-torch' and author:
         print(f"\npaper-generate: up_fast {info['speedup_over_author']:.2f}x the author's loop")
     if impl == 'fp32-matmul-floor':
         batch, hidden, fed, sampled = size.batch, size.hidden, size.seq_len - 1, size.seq_len - size.seed_length
-        flops = 2 * batch * (fed * (hidden + (DEPTH - 1) * 2 * hidden) * 4 * hidden + sampled * hidden * size.num_tokens)
+        flops = (
+            2 * batch * (fed * (hidden + (DEPTH - 1) * 2 * hidden) * 4 * hidden + sampled * hidden * size.num_tokens)
+        )
         info['matmul_gflop'] = flops / 1e9
         info['matmul_gflop_per_second'] = flops / median / 1e9
     if impl == 'fp32-matmul-floor' and author:
         fast = MEDIANS.get('up_fast-torch')
         info['best_possible_speedup'] = author / median
         info['up_fast_over_floor'] = fast / median if fast else None
-        print(f"\npaper-generate: floor {author / median:.2f}x the author's loop (the most any fp32 loop of these products reaches here); "
-              f"up_fast takes {fast / median:.2f}x the floor's time" if fast else '')
+        print(
+            f"\npaper-generate: floor {author / median:.2f}x the author's loop (the most any fp32 loop of these products reaches here); "
+            f"up_fast takes {fast / median:.2f}x the floor's time"
+            if fast
+            else ''
+        )

@@ -32,7 +32,9 @@ def reference_wrapper(**kwargs):
     return reference.UniversalPretrainWrapper(model, batch_size=4, seq_len=16, seed_length=4, **kwargs)
 
 
-@pytest.mark.parametrize('kwargs', [dict(), dict(num_reset=4, reset_turing_machine_every=1)], ids=['default', 'reset-every-step'])
+@pytest.mark.parametrize(
+    'kwargs', [dict(), dict(num_reset=4, reset_turing_machine_every=1)], ids=['default', 'reset-every-step']
+)
 def test_reference_data_step_is_forward_without_the_transformer(kwargs):
     via_forward = reference_wrapper(**kwargs)
     via_forward.ar_wrapped = Capture()

@@ -34,10 +34,11 @@ def all_finite(module):
 def compiled_kernel_variants():
     """How many variants of the sampling kernel Triton has compiled in this process (None: unknown)."""
     from up_fast.kernels.recurrent_sample import recurrent_sample_kernel
-    caches = getattr(recurrent_sample_kernel, 'device_caches', None)       # newer Triton: device -> (cache, ...)
+
+    caches = getattr(recurrent_sample_kernel, 'device_caches', None)  # newer Triton: device -> (cache, ...)
     if caches is not None:
         return sum(len(entry[0]) for entry in caches.values())
-    cache = getattr(recurrent_sample_kernel, 'cache', None)                # older Triton: device -> cache
+    cache = getattr(recurrent_sample_kernel, 'cache', None)  # older Triton: device -> cache
     return sum(len(entry) for entry in cache.values()) if cache is not None else None
 
 
@@ -77,17 +78,26 @@ def test_soak_data_path(benchmark, backend):
 
     growth = seen['rss_end'] - seen['rss_after_warmup']
     benchmark.extra_info.update(
-        steps=STEPS, device=device, backend=backend, config=CONFIG,
-        rss_after_warmup_mib=seen['rss_after_warmup'] / 2**20, rss_end_mib=seen['rss_end'] / 2**20,
-        rss_growth_mib=growth / 2**20, turing_machine_redraws=seen['redraws'],
-        token_min=seen['low'], token_max=seen['high'], step_ms=benchmark.stats.stats.median / STEPS * 1e3,
+        steps=STEPS,
+        device=device,
+        backend=backend,
+        config=CONFIG,
+        rss_after_warmup_mib=seen['rss_after_warmup'] / 2**20,
+        rss_end_mib=seen['rss_end'] / 2**20,
+        rss_growth_mib=growth / 2**20,
+        turing_machine_redraws=seen['redraws'],
+        token_min=seen['low'],
+        token_max=seen['high'],
+        step_ms=benchmark.stats.stats.median / STEPS * 1e3,
     )
     if device == 'cuda':
         benchmark.extra_info.update(gpu_after_warmup=seen['gpu_after_warmup'], gpu_end=seen['gpu_end'])
         assert seen['gpu_end'] == seen['gpu_after_warmup'], 'GPU memory grew after warm-up'
 
     if seen['kernels_after_warmup'] is not None:
-        benchmark.extra_info.update(kernel_variants_after_warmup=seen['kernels_after_warmup'], kernel_variants_end=seen['kernels_end'])
+        benchmark.extra_info.update(
+            kernel_variants_after_warmup=seen['kernels_after_warmup'], kernel_variants_end=seen['kernels_end']
+        )
         assert seen['kernels_end'] == seen['kernels_after_warmup'], 'the sampling kernel was recompiled after warm-up'
 
     assert 0 <= seen['low'] and seen['high'] < 256

@@ -23,10 +23,13 @@ from benchmarks.targets import check_targets
 def test_train_step(benchmark, measure, impl):
     step = train_step_fn(impl, TRAIN, TRAIN_MODEL)
     measure(
-        workload='train step', size=TRAIN, impl=impl, fn=step,
-        tokens_per_call=TRAIN.batch * TRAIN.seq_len,    # tokens trained on per step
+        workload='train step',
+        size=TRAIN,
+        impl=impl,
+        fn=step,
+        tokens_per_call=TRAIN.batch * TRAIN.seq_len,  # tokens trained on per step
         config=dict(TRAIN.config(), model=TRAIN_MODEL.config(), optimizer='AdamW(lr=3e-4)'),
-        warmup=3,                                       # AdamW creates its state on the first step
+        warmup=3,  # AdamW creates its state on the first step
     )
     data_step = MEDIANS.get(('data step', TRAIN.label, impl))
     train_step = MEDIANS.get(('train step', TRAIN.label, impl))

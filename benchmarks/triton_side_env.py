@@ -54,14 +54,27 @@ def side_environment(version: str = SIDE_TRITON_VERSION) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f'triton-{version}.partial-', dir=target.parent))
-    proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
-                           '--no-deps', '--target', str(partial), f'triton=={version}'],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'install',
+            '--quiet',
+            '--disable-pip-version-check',
+            '--no-deps',
+            '--target',
+            str(partial),
+            f'triton=={version}',
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         subprocess.run(['rm', '-rf', str(partial)])
         raise RuntimeError(f'pip install triton=={version} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}')
     try:
         partial.rename(target)
-    except OSError:             # another caller finished first
+    except OSError:  # another caller finished first
         subprocess.run(['rm', '-rf', str(partial)])
     return target

@@ -4,6 +4,7 @@ import os
 # so that without a GPU the kernel tests run under the interpreter (numpy emulation).
 try:
     import torch
+
     _has_cuda = torch.cuda.is_available()
 except ImportError:  # pragma: no cover
     _has_cuda = False
@@ -17,9 +18,13 @@ from x_transformers import Decoder, TransformerWrapper
 
 
 def pytest_addoption(parser):
-    parser.addoption('--triton-side', action='store_true', default=False,
-                     help='also run the compile gate under Triton 3.6, from a side environment made on first use '
-                          'in .cache/ (CI does it by default; see tests/test_compile_gate.py)')
+    parser.addoption(
+        '--triton-side',
+        action='store_true',
+        default=False,
+        help='also run the compile gate under Triton 3.6, from a side environment made on first use '
+        'in .cache/ (CI does it by default; see tests/test_compile_gate.py)',
+    )
 
 
 def tiny_model(num_tokens=256, dim=32, depth=1, heads=2, max_seq_len=64):

@@ -15,21 +15,38 @@ from up_fast.cli import baselines, build_parser, common, main, row_stats, sample
 from up_fast.cli import checkpoint as checkpoint_module
 
 # the xt source and no zero-shot evaluations unless a test asks: the fastest run there is
-TINY = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-len', '32', '--batch-size', '4', '--source', 'xt', '--eval-every', '0']
+TINY = [
+    '--steps',
+    '3',
+    '--dim',
+    '16',
+    '--depth',
+    '1',
+    '--heads',
+    '2',
+    '--seq-len',
+    '32',
+    '--batch-size',
+    '4',
+    '--source',
+    'xt',
+    '--eval-every',
+    '0',
+]
 
 
 def pretrain_tiny(path, *extra):
     main(['pretrain', *TINY, '--out', str(path), *extra])
-    return torch.load(path, map_location = 'cpu', weights_only = True)
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
-@pytest.fixture(autouse = True)
+@pytest.fixture(autouse=True)
 def in_a_fresh_directory(tmp_path, monkeypatch):
     # what a user's working directory holds (a checkpoints/up_fast.pt of an earlier run) must not change a test
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(scope = 'module')
+@pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
     pretrain_tiny(path)
@@ -55,13 +72,56 @@ def test_top_level_help_teaches(capsys):
         assert text in out
 
 
-@pytest.mark.parametrize('command, options', [
-    ('pretrain', ['--steps', '--batch-size', '--seq-len', '--dim', '--depth', '--heads', '--lr', '--seed', '--out', '--gru', '--device', '--prefetch',
-                  'checkpoints/up_fast.pt', '--source', 'paper', '--eval-every', '--eval-text', '--eval-bytes', '--force', '16384',
-                  '--save-every', '--keep-best', '--override', '--resume']),
-    ('sample', ['--checkpoint', '--fresh', '--source', '--steps', '--every', '--max-period', '--plot', '--rows', '--width', '--seed']),
-    ('eval', ['--checkpoint', '--text', '--max-bytes', '--seed', '--json', '65536', 'Markov', 'pseudo-counts']),
-])
+@pytest.mark.parametrize(
+    'command, options',
+    [
+        (
+            'pretrain',
+            [
+                '--steps',
+                '--batch-size',
+                '--seq-len',
+                '--dim',
+                '--depth',
+                '--heads',
+                '--lr',
+                '--seed',
+                '--out',
+                '--gru',
+                '--device',
+                '--prefetch',
+                'checkpoints/up_fast.pt',
+                '--source',
+                'paper',
+                '--eval-every',
+                '--eval-text',
+                '--eval-bytes',
+                '--force',
+                '16384',
+                '--save-every',
+                '--keep-best',
+                '--override',
+                '--resume',
+            ],
+        ),
+        (
+            'sample',
+            [
+                '--checkpoint',
+                '--fresh',
+                '--source',
+                '--steps',
+                '--every',
+                '--max-period',
+                '--plot',
+                '--rows',
+                '--width',
+                '--seed',
+            ],
+        ),
+        ('eval', ['--checkpoint', '--text', '--max-bytes', '--seed', '--json', '65536', 'Markov', 'pseudo-counts']),
+    ],
+)
 def test_command_help_lists_options_with_defaults(capsys, command, options):
     with pytest.raises(SystemExit) as exit:
         main([command, '--help'])
@@ -81,20 +141,33 @@ def test_entry_point_is_installed(tmp_path):
     exe = shutil.which('up-fast')
     if exe is None:
         pytest.skip('the up-fast console script is not on PATH (pip install -e .)')
-    result = subprocess.run([exe, '--help'], capture_output = True, text = True, timeout = 120, cwd = tmp_path)
+    result = subprocess.run([exe, '--help'], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'pretrain' in result.stdout and 'eval' in result.stdout
 
 
-@pytest.mark.parametrize('argv', [['--version'], ['--help'], ['pretrain', '--help'], ['eval', '--help'], ['sample', '--help']])
+@pytest.mark.parametrize(
+    'argv', [['--version'], ['--help'], ['pretrain', '--help'], ['eval', '--help'], ['sample', '--help']]
+)
 def test_version_and_help_import_no_torch(tmp_path, argv):
     # a fast start: what the call does not need is not imported (torch alone takes seconds)
-    result = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'up_fast.cli', *argv],
-                            capture_output = True, text = True, timeout = 120, cwd = tmp_path)
+    result = subprocess.run(
+        [sys.executable, '-X', 'importtime', '-m', 'up_fast.cli', *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    imported = {line.split('|')[-1].strip().split('.')[0] for line in result.stderr.splitlines() if line.startswith('import time:')}
+    imported = {
+        line.split('|')[-1].strip().split('.')[0]
+        for line in result.stderr.splitlines()
+        if line.startswith('import time:')
+    }
     assert 'up_fast' in imported
-    assert not imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'}, sorted(imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'})
+    assert not imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'}, sorted(
+        imported & {'torch', 'x_transformers', 'matplotlib', 'numpy', 'triton'}
+    )
 
 
 # pretrain
@@ -102,18 +175,25 @@ def test_version_and_help_import_no_torch(tmp_path, argv):
 
 def test_pretrain_with_prefetch_saves_the_same_run(tiny_checkpoint, tmp_path):
     prefetched = pretrain_tiny(tmp_path / 'prefetch.pt', '--prefetch')
-    plain = torch.load(tiny_checkpoint, map_location = 'cpu', weights_only = True)
+    plain = torch.load(tiny_checkpoint, map_location='cpu', weights_only=True)
     assert prefetched['config'] == plain['config']
     for key, value in plain['wrapper'].items():
         assert torch.equal(prefetched['wrapper'][key], value), key
 
 
 def test_pretrain_writes_a_loadable_checkpoint(tiny_checkpoint):
-    checkpoint = torch.load(tiny_checkpoint, map_location = 'cpu', weights_only = True)
+    checkpoint = torch.load(tiny_checkpoint, map_location='cpu', weights_only=True)
     assert {'config', 'model', 'wrapper', 'final_loss'} <= set(checkpoint)
 
     config = checkpoint['config']
-    assert (config['steps'], config['dim'], config['depth'], config['heads'], config['seq_len'], config['batch_size']) == (3, 16, 1, 2, 32, 4)
+    assert (
+        config['steps'],
+        config['dim'],
+        config['depth'],
+        config['heads'],
+        config['seq_len'],
+        config['batch_size'],
+    ) == (3, 16, 1, 2, 32, 4)
     assert math.isfinite(checkpoint['final_loss']) and checkpoint['final_loss'] > 0
 
     wrapper_state = checkpoint['wrapper']
@@ -135,7 +215,21 @@ def test_pretrain_trains_and_reports(tmp_path, capsys):
     path = tmp_path / 'sub' / 'dir' / 'up.pt'
     # one turing machine for the whole run (--reset-every 0), and x-transformers' 20 resets a step rather than
     # the default 100 rows of fresh noise, make data that a tiny model learns in 100 steps
-    checkpoint = pretrain_tiny(path, '--steps', '100', '--batch-size', '8', '--lr', '1e-2', '--reset-every', '0', '--num-reset', '20', '--seed', '0')
+    checkpoint = pretrain_tiny(
+        path,
+        '--steps',
+        '100',
+        '--batch-size',
+        '8',
+        '--lr',
+        '1e-2',
+        '--reset-every',
+        '0',
+        '--num-reset',
+        '20',
+        '--seed',
+        '0',
+    )
     out = capsys.readouterr().out
     assert f'saved checkpoint to {path}' in out
     assert 'final loss' in out and 'synthetic tokens/s' in out
@@ -149,7 +243,7 @@ def test_pretrain_gru(tmp_path):
     checkpoint = pretrain_tiny(tmp_path / 'gru.pt', '--gru')
     assert checkpoint['config']['gru'] is True
     assert 'data_generator.net.weight_hh_l0' in checkpoint['wrapper']
-    assert checkpoint['wrapper']['data_generator.net.weight_hh_l0'].shape[0] == 3 * 16    # GRU: 3 gates
+    assert checkpoint['wrapper']['data_generator.net.weight_hh_l0'].shape[0] == 3 * 16  # GRU: 3 gates
 
 
 def test_same_seed_same_loss(tmp_path):
@@ -172,7 +266,7 @@ def test_sample_fresh_shows_rows_before_and_after(capsys):
     main(['sample', '--fresh', '--steps', '2', '--rows', '3', '--width', '600'])
     out = capsys.readouterr().out
     lines = row_lines(out)
-    assert len(lines) == 6                      # 3 rows at step 0, the same 3 rows at step 2
+    assert len(lines) == 6  # 3 rows at step 0, the same 3 rows at step 2
     assert 'step 0' in out and 'step 2' in out
     indices = [line.split()[1] for line in lines]
     assert indices[:3] == indices[3:]
@@ -188,22 +282,22 @@ def test_sample_checkpoint(tiny_checkpoint, capsys):
     main(['sample', '--checkpoint', str(tiny_checkpoint), '--rows', '5'])
     out = capsys.readouterr().out
     assert len(row_lines(out)) == 5
-    assert 'step 3' in out                      # the step counter came back with the checkpoint
+    assert 'step 3' in out  # the step counter came back with the checkpoint
 
 
 def test_show_bytes_escapes_and_truncates():
-    row = torch.tensor(list(b'ab\n\t\\') + [0, 255, 0x7f], dtype = torch.uint8)
+    row = torch.tensor(list(b'ab\n\t\\') + [0, 255, 0x7F], dtype=torch.uint8)
     assert sample.show_bytes(row, 100) == 'ab\\n\\t\\\\\\x00\\xff\\x7f'
-    short = sample.show_bytes(torch.full((50,), ord('x'), dtype = torch.uint8), 10)
+    short = sample.show_bytes(torch.full((50,), ord('x'), dtype=torch.uint8), 10)
     assert short == 'xxxxxxx...'
     # never half an escape: a second '\\x00' would leave no room for '...' in 10 characters
-    assert sample.show_bytes(torch.tensor([97, 0, 0, 0], dtype = torch.uint8), 10) == 'a\\x00...'
-    assert sample.show_bytes(torch.tensor([97, 0], dtype = torch.uint8), 5) == 'a\\x00'
+    assert sample.show_bytes(torch.tensor([97, 0, 0, 0], dtype=torch.uint8), 10) == 'a\\x00...'
+    assert sample.show_bytes(torch.tensor([97, 0], dtype=torch.uint8), 5) == 'a\\x00'
 
 
 def test_zlib_ratio_tells_noise_from_constant():
-    noise = torch.randint(0, 256, (128,), dtype = torch.uint8, generator = torch.Generator().manual_seed(0))
-    constant = torch.full((128,), 65, dtype = torch.uint8)
+    noise = torch.randint(0, 256, (128,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    constant = torch.full((128,), 65, dtype=torch.uint8)
     assert row_stats.zlib_ratio(noise) > 1.0 > 0.2 > row_stats.zlib_ratio(constant)
 
 
@@ -234,17 +328,17 @@ def test_eval_default_text_ships_with_python(tiny_checkpoint, capsys):
 def test_bits_per_byte_of_a_uniform_model_is_8():
     config = {**common.DEFAULT_CONFIG, 'dim': 16, 'depth': 1, 'heads': 2, 'seq_len': 32}
     model = common.build_model(config)
-    torch.nn.init.zeros_(model.to_logits.weight)        # every logit 0: a uniform guess
-    data = bytes(range(256)) * 3 + b'xyz'               # windows of 32 and a short last one
-    assert common.bits_per_byte(model, data, 32, 5, torch.device('cpu')) == pytest.approx(8.0, abs = 1e-5)
+    torch.nn.init.zeros_(model.to_logits.weight)  # every logit 0: a uniform guess
+    data = bytes(range(256)) * 3 + b'xyz'  # windows of 32 and a short last one
+    assert common.bits_per_byte(model, data, 32, 5, torch.device('cpu')) == pytest.approx(8.0, abs=1e-5)
 
 
 class AlwaysA(torch.nn.Module):
     """Predicts byte 'a' with near certainty: a miss costs 1e4 nats, a hit next to nothing."""
 
     def forward(self, x):
-        logits = torch.full((*x.shape, 256), -1e4)          # (batch, length, num_tokens)
-        logits[..., ord('a')] = 0.
+        logits = torch.full((*x.shape, 256), -1e4)  # (batch, length, num_tokens)
+        logits[..., ord('a')] = 0.0
         return logits
 
 
@@ -252,28 +346,35 @@ def test_bits_per_byte_counts_every_predicted_position():
     # windows of 8: 'aaaaaaaa' predicts 7 bytes, all hits; 'aaab' predicts 3, one miss
     data = b'aaaaaaaa' + b'aaab'
     bits_per_miss = 1e4 / math.log(2)
-    assert common.bits_per_byte(AlwaysA(), data, 8, 4, torch.device('cpu')) == pytest.approx(bits_per_miss / 10, rel = 1e-4)
+    assert common.bits_per_byte(AlwaysA(), data, 8, 4, torch.device('cpu')) == pytest.approx(
+        bits_per_miss / 10, rel=1e-4
+    )
     # windows do not overlap, and the first byte of each is context only: these 'b's are never predicted
     assert common.bits_per_byte(AlwaysA(), b'baaaaaaa' * 3, 8, 2, torch.device('cpu')) < 1e-3
-    assert common.bits_per_byte(AlwaysA(), b'aaaaaaab' * 3, 8, 2, torch.device('cpu')) == pytest.approx(bits_per_miss / 7, rel = 1e-4)
+    assert common.bits_per_byte(AlwaysA(), b'aaaaaaab' * 3, 8, 2, torch.device('cpu')) == pytest.approx(
+        bits_per_miss / 7, rel=1e-4
+    )
 
 
 # errors
 
 
-@pytest.mark.parametrize('argv, argument', [
-    (['pretrain', '--steps', '0'], '--steps'),
-    (['pretrain', '--steps', '-3'], '--steps'),
-    (['pretrain', '--batch-size', 'many'], '--batch-size'),
-    (['pretrain', '--lr', '0'], '--lr'),
-    (['pretrain', '--lr', 'nan'], '--lr'),
-    (['pretrain', '--dim', '1.5'], '--dim'),
-    (['pretrain', '--device', 'toaster'], '--device'),
-    (['sample', '--rows', '0'], '--rows'),
-    (['sample', '--steps', '-1'], '--steps'),
-    (['eval', '--max-bytes', '-1'], '--max-bytes'),
-    (['train'], 'invalid choice'),
-])
+@pytest.mark.parametrize(
+    'argv, argument',
+    [
+        (['pretrain', '--steps', '0'], '--steps'),
+        (['pretrain', '--steps', '-3'], '--steps'),
+        (['pretrain', '--batch-size', 'many'], '--batch-size'),
+        (['pretrain', '--lr', '0'], '--lr'),
+        (['pretrain', '--lr', 'nan'], '--lr'),
+        (['pretrain', '--dim', '1.5'], '--dim'),
+        (['pretrain', '--device', 'toaster'], '--device'),
+        (['sample', '--rows', '0'], '--rows'),
+        (['sample', '--steps', '-1'], '--steps'),
+        (['eval', '--max-bytes', '-1'], '--max-bytes'),
+        (['train'], 'invalid choice'),
+    ],
+)
 def test_bad_arguments_give_a_clean_error(capsys, argv, argument):
     with pytest.raises(SystemExit) as exit:
         main(argv)
@@ -360,15 +461,16 @@ def test_resume_prints_the_smoothed_loss_of_the_whole_run(tmp_path, capsys):
     main(['pretrain', *six, '--out', str(tmp_path / 'whole.pt')])
     whole_out = capsys.readouterr().out
     main(['pretrain', *six, '--stop-after', '4', '--out', str(tmp_path / 'part.pt')])
-    main(['pretrain', '--resume', str(tmp_path / 'part.pt')])          # in place: the run's own checkpoint
+    main(['pretrain', '--resume', str(tmp_path / 'part.pt')])  # in place: the run's own checkpoint
     resumed_out = capsys.readouterr().out
 
-    whole = torch.load(tmp_path / 'whole.pt', weights_only = True)
-    resumed = torch.load(tmp_path / 'part.pt', weights_only = True)
+    whole = torch.load(tmp_path / 'whole.pt', weights_only=True)
+    resumed = torch.load(tmp_path / 'part.pt', weights_only=True)
     assert resumed['smoothed_loss'] == whole['smoothed_loss']
 
     def printed_smoothed(output):
         return re.findall(r'smoothed (\d+\.\d+) nats', output)[-1]
+
     assert printed_smoothed(resumed_out) == printed_smoothed(whole_out)
 
 
@@ -387,7 +489,7 @@ def test_out_that_is_a_directory_is_refused_before_training(tmp_path, capsys):
 def test_out_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
     blocker = tmp_path / 'a-file'
     blocker.write_text('not a folder')
-    out = blocker / 'sub' / 'up.pt'                 # its folder cannot be made, even by root
+    out = blocker / 'sub' / 'up.pt'  # its folder cannot be made, even by root
     with pytest.raises(SystemExit) as exit:
         main(['pretrain', *TINY, '--out', str(out)])
     assert exit.value.code == 1
@@ -406,7 +508,9 @@ def test_existing_checkpoint_of_another_run_needs_force(tmp_path, capsys):
     captured = capsys.readouterr()
     assert f'{out} already exists' in captured.err and '--force' in captured.err and '--resume' in captured.err
     assert 'pre-training' not in captured.out
-    assert torch.equal(torch.load(out, weights_only = True)['wrapper']['synth_data_buffer'], first['wrapper']['synth_data_buffer'])
+    assert torch.equal(
+        torch.load(out, weights_only=True)['wrapper']['synth_data_buffer'], first['wrapper']['synth_data_buffer']
+    )
 
     second = pretrain_tiny(out, '--seed', '2', '--force')
     assert not torch.equal(second['wrapper']['synth_data_buffer'], first['wrapper']['synth_data_buffer'])
@@ -426,7 +530,9 @@ def one_line_error(capsys, argv):
 
 def test_random_bytes_are_not_a_pytorch_checkpoint(tmp_path, capsys):
     junk = tmp_path / 'random.pt'
-    junk.write_bytes(bytes(torch.randint(0, 256, (4096,), generator = torch.Generator().manual_seed(0), dtype = torch.uint8).tolist()))
+    junk.write_bytes(
+        bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).tolist())
+    )
     err = one_line_error(capsys, ['eval', '--checkpoint', str(junk)])
     assert f'{junk} is not a PyTorch checkpoint file (4,096 bytes beginning' in err and 'up-fast pretrain' in err
 
@@ -444,13 +550,13 @@ def test_pytorch_file_that_is_not_an_up_fast_checkpoint(tmp_path, capsys):
 
 
 def test_state_dict_mismatch_is_fully_described(tiny_checkpoint, tmp_path, capsys):
-    checkpoint = torch.load(tiny_checkpoint, weights_only = True)
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     model = checkpoint['model']
-    model['extra.weight'] = torch.zeros(2)                               # unexpected
-    del model['to_logits.weight']                                        # missing
-    model['token_emb.emb.weight'] = torch.zeros(256, 8)                  # wrong shape: dim 16 in the config
+    model['extra.weight'] = torch.zeros(2)  # unexpected
+    del model['to_logits.weight']  # missing
+    model['token_emb.emb.weight'] = torch.zeros(256, 8)  # wrong shape: dim 16 in the config
     edited = tmp_path / 'edited.pt'
-    checkpoint_module.save_checkpoint(checkpoint, edited)       # edited, with a checksum that matches
+    checkpoint_module.save_checkpoint(checkpoint, edited)  # edited, with a checksum that matches
 
     err = one_line_error(capsys, ['eval', '--checkpoint', str(edited)])
     assert 'does not fit the model built from its own config' in err
@@ -478,7 +584,11 @@ def test_devices_that_cannot_run_give_one_short_line(capsys, device, words):
 def sample_rows_and_stats(capsys, *argv):
     main(['sample', *argv])
     out = capsys.readouterr().out
-    return [line for line in out.splitlines() if re.match(r'\s+row\s+\d+\s+zlib', line) or re.match(r'\s*\d+\s+\d+\.\d+ /', line)]
+    return [
+        line
+        for line in out.splitlines()
+        if re.match(r'\s+row\s+\d+\s+zlib', line) or re.match(r'\s*\d+\s+\d+\.\d+ /', line)
+    ]
 
 
 def test_sample_seed_changes_the_output_and_repeats(capsys):
@@ -486,7 +596,7 @@ def test_sample_seed_changes_the_output_and_repeats(capsys):
     one = sample_rows_and_stats(capsys, *options, '--seed', '1')
     again = sample_rows_and_stats(capsys, *options, '--seed', '1')
     other = sample_rows_and_stats(capsys, *options, '--seed', '2')
-    assert len(one) == 3 + 6            # statistics at steps 0, 1, 2; 3 rows before and after
+    assert len(one) == 3 + 6  # statistics at steps 0, 1, 2; 3 rows before and after
     assert one == again
     assert one != other
     row_text = lambda lines: [line.split('|', 1)[1] for line in lines if '|' in line]
@@ -494,20 +604,24 @@ def test_sample_seed_changes_the_output_and_repeats(capsys):
 
     # the buffer itself starts from the seed, not only the draws after it
     start = ['--fresh', '--steps', '0', '--rows', '6']
-    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) == row_text(sample_rows_and_stats(capsys, *start, '--seed', '1'))
-    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) != row_text(sample_rows_and_stats(capsys, *start, '--seed', '2'))
+    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) == row_text(
+        sample_rows_and_stats(capsys, *start, '--seed', '1')
+    )
+    assert row_text(sample_rows_and_stats(capsys, *start, '--seed', '1')) != row_text(
+        sample_rows_and_stats(capsys, *start, '--seed', '2')
+    )
 
 
 def test_sample_uses_the_checkpoint_pretrain_just_wrote(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    main(['pretrain', *TINY])               # to the default path
+    main(['pretrain', *TINY])  # to the default path
     assert (tmp_path / common.DEFAULT_CHECKPOINT).is_file()
     capsys.readouterr()
 
     main(['sample', '--rows', '2'])
     out = capsys.readouterr().out
     assert f'checkpoint {common.DEFAULT_CHECKPOINT}' in out and '--fresh' in out
-    assert 'dim 16' in out and re.search(r'^\s+3\s', out, re.MULTILINE)     # its config, its step
+    assert 'dim 16' in out and re.search(r'^\s+3\s', out, re.MULTILINE)  # its config, its step
 
     main(['sample', '--fresh', '--steps', '1', '--rows', '2'])
     out = capsys.readouterr().out
@@ -519,7 +633,11 @@ def test_sample_uses_the_checkpoint_pretrain_just_wrote(tmp_path, monkeypatch, c
 
 def test_sample_statistics_every_few_steps_and_plot(tmp_path, capsys):
     plot = tmp_path / 'stats.png'
-    steps, stats = sample.run(build_parser().parse_args(['sample', '--source', 'xt', '--steps', '4', '--every', '2', '--rows', '1', '--plot', str(plot)]))
+    steps, stats = sample.run(
+        build_parser().parse_args(
+            ['sample', '--source', 'xt', '--steps', '4', '--every', '2', '--rows', '1', '--plot', str(plot)]
+        )
+    )
     out = capsys.readouterr().out
     assert sample.STATS_HEADER in out
     printed = [int(line.split()[0]) for line in out.splitlines() if re.match(r'\s*\d+\s+\d+\.\d+ /', line)]
@@ -531,7 +649,7 @@ def test_sample_statistics_every_few_steps_and_plot(tmp_path, capsys):
 
 
 def test_sample_plot_without_matplotlib_says_how(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, 'matplotlib', None)        # import matplotlib raises ImportError
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib raises ImportError
     main(['sample', '--fresh', '--steps', '1', '--rows', '1', '--plot', str(tmp_path / 'p.png')])
     out = capsys.readouterr().out
     assert 'matplotlib is missing' in out and 'pip install' in out
@@ -546,26 +664,37 @@ class MarkovModel(torch.nn.Module):
 
     def forward(self, x):
         from up_fast.cli.baselines import InContextMarkov
-        logits = torch.empty(*x.shape, 256, dtype = torch.float64)          # (batch, length, num_tokens)
+
+        logits = torch.empty(*x.shape, 256, dtype=torch.float64)  # (batch, length, num_tokens)
         for row, tokens in enumerate(x.tolist()):
             model = InContextMarkov(2)
             for position, token in enumerate(tokens):
-                model.update(token)         # the logits at `position` predict the next byte
-                logits[row, position] = torch.tensor(model.distribution(2), dtype = torch.float64).log()
+                model.update(token)  # the logits at `position` predict the next byte
+                logits[row, position] = torch.tensor(model.distribution(2), dtype=torch.float64).log()
         return logits
 
 
 def test_baselines_are_scored_on_the_models_positions():
     data = b'the cat sat on the mat; the hat sat on the cat. ' * 3
     as_model = common.bits_per_byte(MarkovModel(), data, 32, 2, torch.device('cpu'))
-    assert as_model == pytest.approx(baselines.baseline_bits(data, 32)['markov_2'], rel = 1e-6)
+    assert as_model == pytest.approx(baselines.baseline_bits(data, 32)['markov_2'], rel=1e-6)
 
 
 def test_eval_reports_baselines_and_names_the_best(tiny_checkpoint, capsys):
     main(['eval', '--checkpoint', str(tiny_checkpoint), '--max-bytes', '2048'])
     out = capsys.readouterr().out
-    figures = {label: bits(out, label) for label in ('pre-trained', 'untrained', 'in-context Markov, order 0', 'in-context Markov, order 1',
-                                                      'in-context Markov, order 2', 'in-context Markov, order 3', 'uniform')}
+    figures = {
+        label: bits(out, label)
+        for label in (
+            'pre-trained',
+            'untrained',
+            'in-context Markov, order 0',
+            'in-context Markov, order 1',
+            'in-context Markov, order 2',
+            'in-context Markov, order 3',
+            'uniform',
+        )
+    }
     best_line = [line for line in out.splitlines() if line.endswith('<- best')]
     assert len(best_line) == 1 and float(best_line[0].split()[-3]) == min(figures.values())
     # 3 steps of a 16-wide model: above in-context counting, and the output says so
@@ -573,7 +702,7 @@ def test_eval_reports_baselines_and_names_the_best(tiny_checkpoint, capsys):
     assert figures['pre-trained'] > markov
     # the verdict's margin is rounded from unrounded figures: within rounding of the printed ones' difference
     margin = re.search(r'above in-context counting: (\d+\.\d+) bits per byte worse', out)
-    assert margin and float(margin.group(1)) == pytest.approx(figures['pre-trained'] - markov, abs = 0.006)
+    assert margin and float(margin.group(1)) == pytest.approx(figures['pre-trained'] - markov, abs=0.006)
 
 
 def test_eval_json_holds_every_figure(tiny_checkpoint, tmp_path, capsys):
@@ -587,12 +716,19 @@ def test_eval_json_holds_every_figure(tiny_checkpoint, tmp_path, capsys):
     assert figures['uniform'] == 8.0
     data = text.read_bytes()
     assert report['predicted_bytes'] == sum(min(32, len(data) - start) - 1 for start in range(0, len(data), 32))
-    assert report['seq_len'] == 32 and report['bytes'] == len(data) and report['text'] == str(text) and report['source'] == 'xt'
-    assert report['best'] == min(figures, key = figures.get)
-    assert report['best_in_context_markov'] == min(('markov_0', 'markov_1', 'markov_2', 'markov_3'), key = figures.get)
+    assert (
+        report['seq_len'] == 32
+        and report['bytes'] == len(data)
+        and report['text'] == str(text)
+        and report['source'] == 'xt'
+    )
+    assert report['best'] == min(figures, key=figures.get)
+    assert report['best_in_context_markov'] == min(('markov_0', 'markov_1', 'markov_2', 'markov_3'), key=figures.get)
     counting = figures[report['best_in_context_markov']]
-    assert report['pretrained_vs_counting'] == {'side': 'below' if figures['pretrained'] < counting else 'above',
-                                                'margin': pytest.approx(abs(figures['pretrained'] - counting))}
+    assert report['pretrained_vs_counting'] == {
+        'side': 'below' if figures['pretrained'] < counting else 'above',
+        'margin': pytest.approx(abs(figures['pretrained'] - counting)),
+    }
 
 
 # pretrain --eval-every
@@ -602,7 +738,7 @@ EVAL = ['--eval-every', '2', '--eval-bytes', '512']
 
 
 def read_csv(path):
-    with open(path, newline = '') as file:
+    with open(path, newline='') as file:
         return list(csv.DictReader(file))
 
 
@@ -618,16 +754,16 @@ def test_pretrain_eval_every_prints_writes_csv_and_png(tmp_path, capsys):
     assert rows[0]['train_loss'] == '' and float(rows[2]['train_loss']) > 0
     assert set(rows[0]) >= {'markov_0', 'markov_3', 'uniform'} and float(rows[0]['uniform']) == 8.0
     for row in rows:
-        assert f"step {row['step']}: {float(row['bits_per_byte']):.3f} bits/byte zero-shot" in printed.out + printed.err
+        assert f'step {row["step"]}: {float(row["bits_per_byte"]):.3f} bits/byte zero-shot' in printed.out + printed.err
     assert png_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert [record['step'] for record in checkpoint['eval_history']] == [0, 2, 4]
 
     # step 0 is the untrained model that `up-fast eval` shows beside the trained one, on the same bytes
     main(['eval', '--checkpoint', str(out), '--max-bytes', '512', '--json'])
     report = json.loads(capsys.readouterr().out)
-    assert float(rows[0]['bits_per_byte']) == pytest.approx(report['bits_per_byte']['untrained'], abs = 1e-5)
-    assert float(rows[-1]['bits_per_byte']) == pytest.approx(report['bits_per_byte']['pretrained'], abs = 1e-5)
-    assert float(rows[0]['markov_1']) == pytest.approx(report['bits_per_byte']['markov_1'], abs = 1e-5)
+    assert float(rows[0]['bits_per_byte']) == pytest.approx(report['bits_per_byte']['untrained'], abs=1e-5)
+    assert float(rows[-1]['bits_per_byte']) == pytest.approx(report['bits_per_byte']['pretrained'], abs=1e-5)
+    assert float(rows[0]['markov_1']) == pytest.approx(report['bits_per_byte']['markov_1'], abs=1e-5)
 
 
 def test_evaluations_do_not_change_the_run(tmp_path):
@@ -655,7 +791,19 @@ def test_eval_csv_without_matplotlib_says_how_to_get_the_png(tmp_path, monkeypat
 
 
 def test_missing_eval_text_is_refused_before_training(tmp_path, capsys):
-    err = one_line_error(capsys, ['pretrain', *TINY, '--eval-every', '2', '--eval-text', str(tmp_path / 'nope.txt'), '--out', str(tmp_path / 'x.pt')])
+    err = one_line_error(
+        capsys,
+        [
+            'pretrain',
+            *TINY,
+            '--eval-every',
+            '2',
+            '--eval-text',
+            str(tmp_path / 'nope.txt'),
+            '--out',
+            str(tmp_path / 'x.pt'),
+        ],
+    )
     assert 'text file not found' in err
 
 
@@ -666,23 +814,27 @@ def paper_source_available():
     import importlib.util
 
     from up_fast import UniversalPretrainWrapper
+
     return hasattr(UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
 
 
-needs_paper = pytest.mark.skipif(not paper_source_available(), reason = 'UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator '
-                                                                       '(issue 11) are not in this up_fast yet')
+needs_paper = pytest.mark.skipif(
+    not paper_source_available(),
+    reason='UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator (issue 11) are not in this up_fast yet',
+)
 PAPER_TINY = [*TINY[:-4], '--source', 'paper', '--eval-every', '0']
 
 
 def test_source_is_in_the_help_and_the_config(tiny_checkpoint):
-    assert torch.load(tiny_checkpoint, weights_only = True)['config']['source'] == 'xt'
+    assert torch.load(tiny_checkpoint, weights_only=True)['config']['source'] == 'xt'
     from up_fast.cli.pretrain import new_config
+
     assert new_config(build_parser().parse_args(['pretrain']))['source'] == common.DEFAULT_CONFIG['source']
 
 
 def test_checkpoint_without_a_source_is_read_as_xt(tiny_checkpoint, tmp_path, capsys):
     # written before the option existed: the x-transformers generator
-    checkpoint = torch.load(tiny_checkpoint, weights_only = True)
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     del checkpoint['config']['source']
     del checkpoint['checksum'], checkpoint['format_version']
     old = tmp_path / 'old.pt'
@@ -703,13 +855,15 @@ def test_paper_source_trains_saves_and_restores(tmp_path, capsys):
 
     out = tmp_path / 'paper.pt'
     main(['pretrain', *PAPER_TINY, '--out', str(out)])
-    checkpoint = torch.load(out, weights_only = True)
+    checkpoint = torch.load(out, weights_only=True)
     assert checkpoint['config']['source'] == 'paper'
     assert math.isfinite(checkpoint['final_loss'])
 
     wrapper = common.build(checkpoint['config'], torch.device('cpu'))
     assert isinstance(wrapper.data_generator, PaperDataGenerator)
-    assert wrapper.batch_size == 4 and wrapper.buffer_size == 20 * 2 * 4          # the author's sizes: generator batch 2x, buffer 20 generator batches
+    assert (
+        wrapper.batch_size == 4 and wrapper.buffer_size == 20 * 2 * 4
+    )  # the author's sizes: generator batch 2x, buffer 20 generator batches
     wrapper.load_state_dict(checkpoint['wrapper'])
     assert torch.equal(wrapper.synth_data_buffer, checkpoint['wrapper']['synth_data_buffer'])
     capsys.readouterr()
@@ -726,8 +880,8 @@ def test_paper_source_resumes_exactly(tmp_path):
     main(['pretrain', *four, '--out', str(tmp_path / 'whole.pt')])
     main(['pretrain', *four, '--stop-after', '2', '--out', str(tmp_path / 'part.pt')])
     main(['pretrain', '--resume', str(tmp_path / 'part.pt')])
-    whole = torch.load(tmp_path / 'whole.pt', weights_only = True)
-    resumed = torch.load(tmp_path / 'part.pt', weights_only = True)
+    whole = torch.load(tmp_path / 'whole.pt', weights_only=True)
+    resumed = torch.load(tmp_path / 'part.pt', weights_only=True)
     assert resumed['config']['source'] == 'paper'
     assert resumed['final_loss'] == whole['final_loss'] and resumed['smoothed_loss'] == whole['smoothed_loss']
     for key, value in whole['wrapper'].items():
@@ -745,8 +899,8 @@ def test_sample_fresh_paper_buffer_starts_constant(capsys):
 def test_resume_with_a_damaged_optimizer_state_is_a_clean_error(tmp_path, capsys):
     path = tmp_path / 'part.pt'
     pretrain_tiny(path, '--stop-after', '1')
-    checkpoint = torch.load(path, weights_only = True)
-    checkpoint['optimizer']['param_groups'] = checkpoint['optimizer']['param_groups'] * 2       # two groups for one
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint['optimizer']['param_groups'] = checkpoint['optimizer']['param_groups'] * 2  # two groups for one
     checkpoint_module.save_checkpoint(checkpoint, path)
     capsys.readouterr()
     err = one_line_error(capsys, ['pretrain', '--resume', str(path)])
@@ -773,4 +927,8 @@ def test_num_reset_reaches_the_xt_wrapper_and_must_be_even(tmp_path, capsys):
 
 def test_the_default_source_is_the_one_the_study_measured_best():
     # benchmarks/results/source_study_findings.md: the x-transformers generator with 100 resets per step
-    assert (common.DEFAULT_CONFIG['source'], common.DEFAULT_CONFIG['num_reset'], common.DEFAULT_CONFIG['reset_turing_machine_every']) == ('xt', 100, 1)
+    assert (
+        common.DEFAULT_CONFIG['source'],
+        common.DEFAULT_CONFIG['num_reset'],
+        common.DEFAULT_CONFIG['reset_turing_machine_every'],
+    ) == ('xt', 100, 1)

@@ -12,19 +12,36 @@ from up_fast import UniversalPretrainWrapper
 from up_fast.byte_model import build_model
 from up_fast.cli import main
 
-TINY_PRETRAIN = ['--steps', '3', '--dim', '16', '--depth', '1', '--heads', '2', '--seq-len', '16', '--batch-size', '4', '--source', 'xt', '--eval-every', '0']
+TINY_PRETRAIN = [
+    '--steps',
+    '3',
+    '--dim',
+    '16',
+    '--depth',
+    '1',
+    '--heads',
+    '2',
+    '--seq-len',
+    '16',
+    '--batch-size',
+    '4',
+    '--source',
+    'xt',
+    '--eval-every',
+    '0',
+]
 QUICK = ['--steps', '4', '--eval-every', '2', '--seeds', '2', '--batch-size', '4', '--lr', '3e-3']
-TINY = dict(num_tokens = 256, dim = 16, depth = 1, heads = 2, seq_len = 16)
+TINY = dict(num_tokens=256, dim=16, depth=1, heads=2, seq_len=16)
 
 
-@pytest.fixture(scope = 'module')
+@pytest.fixture(scope='module')
 def text(tmp_path_factory):
     path = tmp_path_factory.mktemp('text') / 'text.txt'
     path.write_bytes(b'the cat sat on the mat; the dog sat on the log. ' * 12)
     return path
 
 
-@pytest.fixture(scope = 'module')
+@pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'tiny.pt'
     main(['pretrain', *TINY_PRETRAIN, '--out', str(path)])
@@ -37,12 +54,16 @@ def finetune(capsys, *argv):
 
 
 def per_seed(out):
-    return [(int(seed), float(pre), float(scratch)) for seed, pre, scratch in
-            re.findall(r'^\s+seed (\d+): pre-trained (\d+\.\d{3}), scratch (\d+\.\d{3})$', out, re.MULTILINE)]
+    return [
+        (int(seed), float(pre), float(scratch))
+        for seed, pre, scratch in re.findall(
+            r'^\s+seed (\d+): pre-trained (\d+\.\d{3}), scratch (\d+\.\d{3})$', out, re.MULTILINE
+        )
+    ]
 
 
 def read_csv(path):
-    with open(path, newline = '') as file:
+    with open(path, newline='') as file:
         return list(csv.DictReader(file))
 
 
@@ -60,25 +81,30 @@ def test_the_verdict_follows_from_the_printed_figures(checkpoint, text, capsys, 
         ahead = 'the pre-trained start is ahead' if differences[0] > 0 else 'training from scratch is ahead'
         mean = abs(round(statistics.fmean(differences), 3))
         low, high = sorted(abs(d) for d in differences)
-        assert verdict.startswith(f'{ahead}: {mean:.3f} bits per byte lower') and f'per seed {low:.3f} to {high:.3f}' in verdict
+        assert (
+            verdict.startswith(f'{ahead}: {mean:.3f} bits per byte lower')
+            and f'per seed {low:.3f} to {high:.3f}' in verdict
+        )
     else:
         assert verdict.startswith('no clear winner')
     assert 'step 4' in verdict
 
     # the table's last row is the mean of the per-seed figures, and the CSV holds what was printed
     last = re.findall(r'^\s+4\s+(\d+\.\d{3})\s+(\d+\.\d{3})\s+([+-]\d+\.\d{3})$', out, re.MULTILINE)[-1]
-    assert float(last[0]) == pytest.approx(statistics.fmean(pre for _, pre, _ in seeds), abs = 6e-4)
-    assert float(last[1]) == pytest.approx(statistics.fmean(scratch for _, _, scratch in seeds), abs = 6e-4)
+    assert float(last[0]) == pytest.approx(statistics.fmean(pre for _, pre, _ in seeds), abs=6e-4)
+    assert float(last[1]) == pytest.approx(statistics.fmean(scratch for _, _, scratch in seeds), abs=6e-4)
     rows = read_csv(tmp_path / 'curves.csv')
     assert [(int(r['seed']), int(r['step'])) for r in rows] == [(s, step) for s in (0, 1) for step in (0, 2, 4)]
-    assert [(float(r['pretrained']), float(r['scratch'])) for r in rows if r['step'] == '4'] == [(pre, scratch) for _, pre, scratch in seeds]
+    assert [(float(r['pretrained']), float(r['scratch'])) for r in rows if r['step'] == '4'] == [
+        (pre, scratch) for _, pre, scratch in seeds
+    ]
     assert float(rows[0]['uniform']) == 8.0 and 'markov_3' in rows[0]
     assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_a_checkpoint_holding_the_runs_own_start_comes_out_level(checkpoint, text, capsys, tmp_path):
     # the scratch start is the model the pre-training run began from: put exactly that model in the checkpoint
-    saved = torch.load(checkpoint, weights_only = True)
+    saved = torch.load(checkpoint, weights_only=True)
     torch.manual_seed(saved['config']['seed'])
     saved['model'] = build_model(saved['config']).state_dict()
     fresh = tmp_path / 'fresh.pt'
@@ -88,13 +114,13 @@ def test_a_checkpoint_holding_the_runs_own_start_comes_out_level(checkpoint, tex
     assert re.search(r'^verdict: level', out, re.MULTILINE)
     rows = read_csv(tmp_path / 'fresh.finetune.csv')
     assert all(r['pretrained'] == r['scratch'] for r in rows)
-    assert rows[1]['pretrained'] != rows[0]['pretrained']        # it did train
+    assert rows[1]['pretrained'] != rows[0]['pretrained']  # it did train
 
 
 def test_a_fresh_library_wrapper_state_dict_comes_out_level(text, capsys, tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY)
-    wrapper = UniversalPretrainWrapper(model, batch_size = 2, seq_len = 16, rng_seed = 0)
+    wrapper = UniversalPretrainWrapper(model, batch_size=2, seq_len=16, rng_seed=0)
     path = tmp_path / 'wrapper.pt'
     torch.save(wrapper.state_dict(), path)
 
@@ -103,17 +129,19 @@ def test_a_fresh_library_wrapper_state_dict_comes_out_level(text, capsys, tmp_pa
     assert re.search(r'^verdict: level', out, re.MULTILINE)
     assert all(pre == scratch for _, pre, scratch in per_seed(out))
 
-    out = finetune(capsys, '--checkpoint', str(path), '--text', str(text), '--init-seed', '1')      # another init: not level
+    out = finetune(
+        capsys, '--checkpoint', str(path), '--text', str(text), '--init-seed', '1'
+    )  # another init: not level
     assert not re.search(r'^verdict: level', out, re.MULTILINE)
 
 
 def test_a_trained_library_state_dict_with_sizes_given(text, capsys, tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY)
-    wrapper = UniversalPretrainWrapper(model, batch_size = 2, seq_len = 16, rng_seed = 0)
+    wrapper = UniversalPretrainWrapper(model, batch_size=2, seq_len=16, rng_seed=0)
     wrapper().backward()
     path = tmp_path / 'model.pt'
-    torch.save(model.state_dict(), path)            # a TransformerWrapper's own state_dict
+    torch.save(model.state_dict(), path)  # a TransformerWrapper's own state_dict
 
     out = finetune(capsys, '--checkpoint', str(path), '--text', str(text), '--heads', '2', '--levels', '9,1')
     assert 'and --heads' in out and len(per_seed(out)) == 2
@@ -125,7 +153,19 @@ def test_help_lists_the_options_with_defaults(capsys):
     with pytest.raises(SystemExit):
         main(['finetune', '--help'])
     out = capsys.readouterr().out
-    for option in ('--checkpoint', '--text', '--held-out', '--steps', '--seeds', '--levels', '--init-seed', '--dim', '--out', 'examples:', 'state_dict'):
+    for option in (
+        '--checkpoint',
+        '--text',
+        '--held-out',
+        '--steps',
+        '--seeds',
+        '--levels',
+        '--init-seed',
+        '--dim',
+        '--out',
+        'examples:',
+        'state_dict',
+    ):
         assert option in out, option
     with pytest.raises(SystemExit):
         main(['--help'])
@@ -141,20 +181,23 @@ def one_line_error(capsys, argv):
     return err
 
 
-@pytest.mark.parametrize('argv, expected', [
-    (['--held-out', '1.5'], '--held-out'),
-    (['--held-out', 'half'], '--held-out'),
-    (['--seeds', '0'], '--seeds'),
-    (['--steps', '-1'], '--steps'),
-    (['--levels', 'low'], '--levels'),
-    (['--levels', '5,-1'], '--levels'),
-    (['--dim', '0'], '--dim'),
-])
+@pytest.mark.parametrize(
+    'argv, expected',
+    [
+        (['--held-out', '1.5'], '--held-out'),
+        (['--held-out', 'half'], '--held-out'),
+        (['--seeds', '0'], '--seeds'),
+        (['--steps', '-1'], '--steps'),
+        (['--levels', 'low'], '--levels'),
+        (['--levels', '5,-1'], '--levels'),
+        (['--dim', '0'], '--dim'),
+    ],
+)
 def test_bad_values_name_the_option(capsys, argv, expected):
     with pytest.raises(SystemExit) as exit:
         main(['finetune', *argv])
     assert exit.value.code != 0
-    err = capsys.readouterr().err.splitlines()[-1]          # argparse's usage, then the error
+    err = capsys.readouterr().err.splitlines()[-1]  # argparse's usage, then the error
     assert err.startswith('up-fast finetune: error: argument') and expected in err and argv[1] in err
 
 

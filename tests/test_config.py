@@ -6,8 +6,20 @@ from up_fast import config
 from up_fast.backend import check_backend
 
 
-@pytest.mark.parametrize('value, expected', [('1', True), ('TRUE', True), (' yes ', True), ('on', True),
-                                             ('0', False), ('', False), ('False', False), ('no', False), ('off', False)])
+@pytest.mark.parametrize(
+    'value, expected',
+    [
+        ('1', True),
+        ('TRUE', True),
+        (' yes ', True),
+        ('on', True),
+        ('0', False),
+        ('', False),
+        ('False', False),
+        ('no', False),
+        ('off', False),
+    ],
+)
 def test_flag_words(monkeypatch, value, expected):
     monkeypatch.setenv(config.NVTX, value)
     assert config.nvtx_from_env() is expected

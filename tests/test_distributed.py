@@ -20,7 +20,9 @@ def torchrun(*program):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', *program]
     # a session of its own, so that a timeout takes the ranks down with torchrun
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -41,7 +43,9 @@ def test_two_ranks_share_weights_but_not_data(tmp_path, mode):
     rank0, rank1 = saved_by_ranks(tmp_path)
 
     assert not torch.equal(rank0['buffer'], rank1['buffer']), 'each rank has its own buffer'
-    assert not torch.equal(rank0['generator']['net.weight_hh_l0'], rank1['generator']['net.weight_hh_l0']), 'and its own Turing machine'
+    assert not torch.equal(rank0['generator']['net.weight_hh_l0'], rank1['generator']['net.weight_hh_l0']), (
+        'and its own Turing machine'
+    )
     for name, weight in rank0['model'].items():
         assert torch.equal(weight, rank1['model'][name]), f'{name} differs between ranks'
 
@@ -52,6 +56,7 @@ def test_two_ranks_share_weights_but_not_data(tmp_path, mode):
 
 def test_ddp_sees_only_the_transformer_as_trainable():
     from conftest import tiny_model
+
     from up_fast import UniversalPretrainWrapper
 
     wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
@@ -63,7 +68,7 @@ def test_ddp_sees_only_the_transformer_as_trainable():
     assert ignored <= names, 'every ignored name is a real parameter or buffer name'
 
 
-NO_RNG_SEED_SCRIPT = '''
+NO_RNG_SEED_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, {tests!r})
@@ -83,7 +88,7 @@ for _ in range(2):
 torch.save(dict(buffer=wrapper.synth_data_buffer, model=wrapper.model.state_dict()), {out!r} + f'/rank{{rank}}.pt')
 dist.barrier()
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow

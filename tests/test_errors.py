@@ -4,11 +4,10 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_model
 from x_transformers import Encoder, TransformerWrapper
 
 from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper, random_sequences
-
-from conftest import tiny_model
 
 WRAPPER_CASES = [
     # (kwargs, error type, words the message must hold)
@@ -21,15 +20,23 @@ WRAPPER_CASES = [
     (dict(reset_first=1), TypeError, ['reset_first', '1']),
     (dict(seed_length=0), ValueError, ['seed_length', '0']),
     (dict(seed_length=16, seq_len=16), ValueError, ['seed_length', '16', 'seq_len']),
-    (dict(seq_len=65), ValueError, ['seq_len', "max_seq_len (64)", '65']),
+    (dict(seq_len=65), ValueError, ['seq_len', 'max_seq_len (64)', '65']),
     (dict(seq_len=1), ValueError, ['seq_len', '1']),
     (dict(batch_size=0), ValueError, ['batch_size', '0']),
     (dict(batch_size=2.5), TypeError, ['batch_size', 'int', '2.5']),
     (dict(reset_turing_machine_every=-1), ValueError, ['reset_turing_machine_every', '-1']),
     (dict(keep_buffer_on_cpu='yes'), TypeError, ['keep_buffer_on_cpu', "'yes'"]),
     (dict(generator=0), TypeError, ['generator', 'int']),
-    (dict(data_generator=SyntheticDataGenerator(dim=32, num_tokens=100, max_seq_len=16)), ValueError, ['data_generator', '256', '100']),
-    (dict(data_generator=SyntheticDataGenerator(dim=32, num_tokens=256, max_seq_len=32)), ValueError, ['max_seq_len', 'seq_len', '32']),
+    (
+        dict(data_generator=SyntheticDataGenerator(dim=32, num_tokens=100, max_seq_len=16)),
+        ValueError,
+        ['data_generator', '256', '100'],
+    ),
+    (
+        dict(data_generator=SyntheticDataGenerator(dim=32, num_tokens=256, max_seq_len=32)),
+        ValueError,
+        ['max_seq_len', 'seq_len', '32'],
+    ),
     (dict(data_generator=torch.nn.Linear(2, 2)), TypeError, ['data_generator', 'generate', 'Linear']),
 ]
 
@@ -40,7 +47,9 @@ def assert_clear(exc_info, words):
         assert word in message, f'{word!r} not in {message!r}'
 
 
-@pytest.mark.parametrize('kwargs, error, words', WRAPPER_CASES, ids=lambda v: re.sub(r'\W+', '-', str(v))[:40] if isinstance(v, dict) else '')
+@pytest.mark.parametrize(
+    'kwargs, error, words', WRAPPER_CASES, ids=lambda v: re.sub(r'\W+', '-', str(v))[:40] if isinstance(v, dict) else ''
+)
 def test_wrapper_rejects_invalid_arguments(kwargs, error, words):
     kwargs = {'seq_len': 16, **kwargs}
     with pytest.raises(error) as exc_info:
@@ -58,13 +67,17 @@ def test_wrapper_rejects_a_non_causal_model():
     assert_clear(exc_info, ['model', 'TransformerWrapper', 'Linear'])
 
 
-@pytest.mark.parametrize('kwargs, error, words', [
-    (dict(dim=0), ValueError, ['dim', '0']),
-    (dict(num_tokens=0), ValueError, ['num_tokens', '0']),
-    (dict(hidden_size=-1), ValueError, ['hidden_size', '-1']),
-    (dict(max_seq_len='long'), TypeError, ['max_seq_len', "'long'"]),
-    (dict(use_gru=1), TypeError, ['use_gru', '1']),
-], ids=lambda v: re.sub(r'\W+', '-', str(v))[:30] if isinstance(v, dict) else '')
+@pytest.mark.parametrize(
+    'kwargs, error, words',
+    [
+        (dict(dim=0), ValueError, ['dim', '0']),
+        (dict(num_tokens=0), ValueError, ['num_tokens', '0']),
+        (dict(hidden_size=-1), ValueError, ['hidden_size', '-1']),
+        (dict(max_seq_len='long'), TypeError, ['max_seq_len', "'long'"]),
+        (dict(use_gru=1), TypeError, ['use_gru', '1']),
+    ],
+    ids=lambda v: re.sub(r'\W+', '-', str(v))[:30] if isinstance(v, dict) else '',
+)
 def test_generator_rejects_invalid_arguments(kwargs, error, words):
     kwargs = {'dim': 16, 'num_tokens': 30, **kwargs}
     with pytest.raises(error) as exc_info:
@@ -77,7 +90,7 @@ GOOD = torch.randint(0, 30, (2, 5))
 GENERATE_CASES = [
     (dict(length=0, seed=GOOD), ValueError, ['length', '0']),
     (dict(length=4), ValueError, ['seed', 'condition', 'neither']),
-    (dict(length=4, seed=GOOD, temperature=-1.), ValueError, ['temperature', '-1.0']),
+    (dict(length=4, seed=GOOD, temperature=-1.0), ValueError, ['temperature', '-1.0']),
     (dict(length=4, seed=GOOD, temperature=float('nan')), ValueError, ['temperature', 'nan']),
     (dict(length=4, seed=GOOD, temperature='hot'), TypeError, ['temperature', "'hot'"]),
     (dict(length=4, seed=GOOD.float()), TypeError, ['seed', 'integer', 'float32']),
@@ -88,9 +101,21 @@ GENERATE_CASES = [
     (dict(length=4, condition=GOOD - 31), ValueError, ['condition', 'outside the vocabulary']),
     (dict(length=4, seed=GOOD, condition=torch.randint(0, 30, (3, 5))), ValueError, ['condition', 'batch size 2', '3']),
     (dict(length=4, seed=GOOD[:, :0]), ValueError, ['prefix', 'empty']),
-    (dict(length=4, seed=GOOD, temperature=1., uniform_noise=torch.rand(2, 3, 30)), ValueError, ['uniform_noise', '(2, 4, 30)', '(2, 3, 30)']),
-    (dict(length=4, seed=GOOD, temperature=1., uniform_noise=torch.ones(2, 4, 30, dtype=torch.long)), TypeError, ['uniform_noise', 'floating']),
-    (dict(length=4, seed=GOOD, temperature=0., uniform_noise=torch.rand(2, 4, 29)), ValueError, ['uniform_noise', '(2, 4, 30)']),
+    (
+        dict(length=4, seed=GOOD, temperature=1.0, uniform_noise=torch.rand(2, 3, 30)),
+        ValueError,
+        ['uniform_noise', '(2, 4, 30)', '(2, 3, 30)'],
+    ),
+    (
+        dict(length=4, seed=GOOD, temperature=1.0, uniform_noise=torch.ones(2, 4, 30, dtype=torch.long)),
+        TypeError,
+        ['uniform_noise', 'floating'],
+    ),
+    (
+        dict(length=4, seed=GOOD, temperature=0.0, uniform_noise=torch.rand(2, 4, 29)),
+        ValueError,
+        ['uniform_noise', '(2, 4, 30)'],
+    ),
 ]
 
 
@@ -135,7 +160,9 @@ def test_seq_len_is_limited_only_by_absolute_positions():
     from x_transformers import Decoder
     from x_transformers.up_wrapper import UniversalPretrainWrapper as Reference
 
-    rotary = TransformerWrapper(num_tokens=256, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2, rotary_pos_emb=True))
+    rotary = TransformerWrapper(
+        num_tokens=256, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2, rotary_pos_emb=True)
+    )
     for klass in (Reference, UniversalPretrainWrapper):
         torch.manual_seed(0)
         loss = klass(rotary, seq_len=128, batch_size=2, buffer_size=8, num_reset=2)()

@@ -19,15 +19,26 @@ from up_fast.finetune import (
     verdict,
 )
 
-TINY = dict(num_tokens = 256, dim = 16, depth = 1, heads = 2, seq_len = 16)
+TINY = dict(num_tokens=256, dim=16, depth=1, heads=2, seq_len=16)
 TEXT = b'the cat sat on the mat; the dog sat on the log. ' * 12
 CPU = torch.device('cpu')
 
 
-def tiny_compare(pretrained, scratch, seeds = (0, 1), steps = 6):
+def tiny_compare(pretrained, scratch, seeds=(0, 1), steps=6):
     train, held = split_text(TEXT, 0.25, TINY['seq_len'])
-    return compare(pretrained, scratch, train, held, list(seeds), seq_len = TINY['seq_len'], device = CPU, steps = steps,
-                   batch_size = 4, eval_every = 2, lr = 3e-3)
+    return compare(
+        pretrained,
+        scratch,
+        train,
+        held,
+        list(seeds),
+        seq_len=TINY['seq_len'],
+        device=CPU,
+        steps=steps,
+        batch_size=4,
+        eval_every=2,
+        lr=3e-3,
+    )
 
 
 # the text and the batches
@@ -39,23 +50,23 @@ def test_split_holds_out_the_tail_whole():
     assert train + held == data and len(held) == 50
 
 
-@pytest.mark.parametrize('held_out', [0., 1., -0.1, 1.5])
+@pytest.mark.parametrize('held_out', [0.0, 1.0, -0.1, 1.5])
 def test_held_out_fraction_must_be_inside_0_and_1(held_out):
-    with pytest.raises(ValueError, match = 'held_out must be a fraction'):
+    with pytest.raises(ValueError, match='held_out must be a fraction'):
         split_text(TEXT, held_out, 16)
 
 
 def test_too_short_a_text_says_so():
-    with pytest.raises(ValueError, match = r'too short: 20 bytes split into 15 to train on and 5 held out.*window of 16'):
+    with pytest.raises(ValueError, match=r'too short: 20 bytes split into 15 to train on and 5 held out.*window of 16'):
         split_text(bytes(20), 0.25, 16)
 
 
 def test_batches_depend_on_the_seed_alone_and_stay_in_the_text():
-    starts = batch_starts(100, 16, 4, 50, seed = 3)
+    starts = batch_starts(100, 16, 4, 50, seed=3)
     assert starts.shape == (50, 4)
-    assert torch.equal(starts, batch_starts(100, 16, 4, 50, seed = 3))
-    assert not torch.equal(starts, batch_starts(100, 16, 4, 50, seed = 4))
-    assert starts.min() >= 0 and starts.max() == 100 - 16      # every window fits, the last one too
+    assert torch.equal(starts, batch_starts(100, 16, 4, 50, seed=3))
+    assert not torch.equal(starts, batch_starts(100, 16, 4, 50, seed=4))
+    assert starts.min() >= 0 and starts.max() == 100 - 16  # every window fits, the last one too
 
 
 def test_eval_steps_hold_the_start_and_the_end():
@@ -69,18 +80,23 @@ def test_eval_steps_hold_the_start_and_the_end():
 def test_architecture_is_read_from_the_shapes():
     model = build_model(TINY)
     assert architecture_from_state(model.state_dict()) == TINY
-    assert architecture_from_state(build_model({**TINY, 'depth': 3, 'heads': 4, 'dim': 32}).state_dict()) == {**TINY, 'depth': 3, 'heads': 4, 'dim': 32}
+    assert architecture_from_state(build_model({**TINY, 'depth': 3, 'heads': 4, 'dim': 32}).state_dict()) == {
+        **TINY,
+        'depth': 3,
+        'heads': 4,
+        'dim': 32,
+    }
 
 
 def test_library_wrapper_state_dict_rebuilds_the_model(tmp_path):
     torch.manual_seed(5)
     model = build_model(TINY)
-    wrapper = UniversalPretrainWrapper(model, batch_size = 2, seq_len = TINY['seq_len'], rng_seed = 0)
-    wrapper().backward()            # a step, so the weights are not a fresh init
+    wrapper = UniversalPretrainWrapper(model, batch_size=2, seq_len=TINY['seq_len'], rng_seed=0)
+    wrapper().backward()  # a step, so the weights are not a fresh init
     path = tmp_path / 'wrapper.pt'
     torch.save(wrapper.state_dict(), path)
 
-    state, config = model_state(torch.load(path, weights_only = True))
+    state, config = model_state(torch.load(path, weights_only=True))
     assert config is None and not any(key.startswith(('model.', 'ar_wrapped.', 'data_generator.')) for key in state)
     rebuilt, architecture = rebuild(state)
     assert architecture == TINY
@@ -93,27 +109,27 @@ def test_transformer_state_dict_and_cli_style_checkpoint_load():
     state, config = model_state(model.state_dict())
     assert config is None and rebuild(state)[1] == TINY
 
-    state, config = model_state(dict(config = {**TINY, 'seed': 3}, model = model.state_dict(), wrapper = {}))
+    state, config = model_state(dict(config={**TINY, 'seed': 3}, model=model.state_dict(), wrapper={}))
     assert config['seed'] == 3 and rebuild(state, config)[1] == TINY
 
 
 def test_sizes_that_do_not_fit_name_the_weights():
     state = build_model(TINY).state_dict()
-    with pytest.raises(ValueError, match = r'heads 4.*to_q.weight \(128, 16\) in the file, \(256, 16\) in the model'):
-        rebuild(state, heads = 4)
+    with pytest.raises(ValueError, match=r'heads 4.*to_q.weight \(128, 16\) in the file, \(256, 16\) in the model'):
+        rebuild(state, heads=4)
 
 
 def test_unknown_files_are_refused_with_their_keys():
-    with pytest.raises(ValueError, match = 'neither an up-fast checkpoint.*its keys: weight, bias'):
+    with pytest.raises(ValueError, match='neither an up-fast checkpoint.*its keys: weight, bias'):
         model_state(torch.nn.Linear(2, 2).state_dict())
-    with pytest.raises(ValueError, match = 'got list'):
+    with pytest.raises(ValueError, match='got list'):
         model_state([1, 2])
 
 
 def test_a_size_the_shapes_do_not_show_must_be_given():
     state = build_model(TINY).state_dict()
     del state['pos_emb.emb.weight']
-    with pytest.raises(ValueError, match = r'seq_len.*--seq-len'):
+    with pytest.raises(ValueError, match=r'seq_len.*--seq-len'):
         rebuild(state)
 
 
@@ -123,29 +139,40 @@ def test_a_size_the_shapes_do_not_show_must_be_given():
 def test_fine_tuning_learns_the_text():
     train, held = split_text(TEXT, 0.25, 16)
     model = fresh_model(TINY, 0)
-    curve = finetune_curve(model, train, held, batch_starts(len(train), 16, 8, 30, 0), seq_len = 16, device = CPU, eval_every = 10, lr = 1e-2)
+    curve = finetune_curve(
+        model, train, held, batch_starts(len(train), 16, 8, 30, 0), seq_len=16, device=CPU, eval_every=10, lr=1e-2
+    )
     assert len(curve) == 4
-    assert curve[-1] < curve[0] - 1.        # a repetitive text: well over a bit per byte gained in 30 steps
+    assert curve[-1] < curve[0] - 1.0  # a repetitive text: well over a bit per byte gained in 30 steps
 
 
 def test_the_fresh_model_itself_comes_out_level():
     fresh = fresh_model(TINY, 7)
-    same = fresh_model(TINY, 7)             # the same init, built again
+    same = fresh_model(TINY, 7)  # the same init, built again
     result = tiny_compare(same, fresh)
     for seed in result.seeds:
         assert result.checkpoint[seed] == result.scratch[seed]
-    assert result.checkpoint[0] != result.checkpoint[1]         # the seeds did draw other batches
+    assert result.checkpoint[0] != result.checkpoint[1]  # the seeds did draw other batches
     final = [result.checkpoint[s][-1] for s in result.seeds], [result.scratch[s][-1] for s in result.seeds]
-    assert verdict(*final, step = 6).winner == 'level'
+    assert verdict(*final, step=6).winner == 'level'
 
 
 def test_a_start_trained_on_the_text_is_ahead():
     train, _ = split_text(TEXT, 0.25, 16)
     ahead = fresh_model(TINY, 0)
-    finetune_curve(ahead, train, train[:32], batch_starts(len(train), 16, 8, 20, 99), seq_len = 16, device = CPU, eval_every = 20, lr = 1e-2)
+    finetune_curve(
+        ahead,
+        train,
+        train[:32],
+        batch_starts(len(train), 16, 8, 20, 99),
+        seq_len=16,
+        device=CPU,
+        eval_every=20,
+        lr=1e-2,
+    )
     result = tiny_compare(ahead, fresh_model(TINY, 0))
     final = [result.checkpoint[s][-1] for s in result.seeds], [result.scratch[s][-1] for s in result.seeds]
-    judged = verdict(*final, step = 6)
+    judged = verdict(*final, step=6)
     assert judged.winner == 'checkpoint' and judged.mean > 0
     assert 'the pre-trained start is ahead' in judged.describe()
 
@@ -153,7 +180,7 @@ def test_a_start_trained_on_the_text_is_ahead():
 def test_the_starts_are_not_changed_by_the_comparison():
     start = fresh_model(TINY, 1)
     before = {key: value.clone() for key, value in start.state_dict().items()}
-    tiny_compare(start, fresh_model(TINY, 2), seeds = (0,), steps = 2)
+    tiny_compare(start, fresh_model(TINY, 2), seeds=(0,), steps=2)
     assert all(torch.equal(start.state_dict()[key], value) for key, value in before.items())
 
 
@@ -161,33 +188,36 @@ def test_the_starts_are_not_changed_by_the_comparison():
 
 
 def test_steps_to_reach():
-    assert steps_to_reach([0, 10, 20], [8., 6., 5.], 6.) == 10
-    assert steps_to_reach([0, 10, 20], [8., 6., 5.], 4.) is None
-    assert steps_to_reach([0, 10, 20], [8., 6., 5.], 9.) == 0
+    assert steps_to_reach([0, 10, 20], [8.0, 6.0, 5.0], 6.0) == 10
+    assert steps_to_reach([0, 10, 20], [8.0, 6.0, 5.0], 4.0) is None
+    assert steps_to_reach([0, 10, 20], [8.0, 6.0, 5.0], 9.0) == 0
 
 
-@pytest.mark.parametrize('checkpoint, scratch, winner, mean', [
-    ([5.0, 5.1], [5.2, 5.4], 'checkpoint', 0.25),
-    ([5.2, 5.4], [5.0, 5.1], 'scratch', -0.25),
-    ([5.0, 5.3], [5.2, 5.1], 'unclear', 0.0),
-    ([5.0, 5.3], [5.0, 5.3], 'level', 0.0),
-    ([5.0, 5.3], [5.0, 5.4], 'unclear', 0.05),      # level on one seed, ahead on the other: not ahead on every seed
-    ([5.0], [5.001], 'checkpoint', 0.001),
-])
+@pytest.mark.parametrize(
+    'checkpoint, scratch, winner, mean',
+    [
+        ([5.0, 5.1], [5.2, 5.4], 'checkpoint', 0.25),
+        ([5.2, 5.4], [5.0, 5.1], 'scratch', -0.25),
+        ([5.0, 5.3], [5.2, 5.1], 'unclear', 0.0),
+        ([5.0, 5.3], [5.0, 5.3], 'level', 0.0),
+        ([5.0, 5.3], [5.0, 5.4], 'unclear', 0.05),  # level on one seed, ahead on the other: not ahead on every seed
+        ([5.0], [5.001], 'checkpoint', 0.001),
+    ],
+)
 def test_verdict_rules(checkpoint, scratch, winner, mean):
-    judged = verdict(checkpoint, scratch, step = 10)
+    judged = verdict(checkpoint, scratch, step=10)
     assert judged.winner == winner
     assert judged.mean == pytest.approx(mean)
 
 
 def test_verdict_describes_the_spread_and_a_single_seed():
-    text = verdict([5.0, 5.1, 5.0], [5.2, 5.4, 5.1], step = 50).describe()
+    text = verdict([5.0, 5.1, 5.0], [5.2, 5.4, 5.1], step=50).describe()
     assert '0.200 bits per byte lower' in text and 'step 50' in text and 'per seed 0.100 to 0.300' in text
-    text = verdict([5.2, 5.4], [5.0, 5.1], step = 50).describe()
+    text = verdict([5.2, 5.4], [5.0, 5.1], step=50).describe()
     assert 'from scratch is ahead: 0.250' in text and 'per seed 0.200 to 0.300' in text
-    assert 'one seed' in verdict([5.0], [5.2], step = 5).describe()
+    assert 'one seed' in verdict([5.0], [5.2], step=5).describe()
 
 
 def test_verdict_needs_a_figure_per_seed_from_both():
-    with pytest.raises(ValueError, match = 'one final figure per seed'):
-        verdict([5.0], [5.0, 5.1], step = 1)
+    with pytest.raises(ValueError, match='one final figure per seed'):
+        verdict([5.0], [5.0, 5.1], step=1)

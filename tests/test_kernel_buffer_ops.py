@@ -173,8 +173,15 @@ def test_a_buffer_the_kernels_cannot_reach_takes_the_pytorch_twins(monkeypatch):
     # keep_buffer_on_cpu beside a GPU generator with backend='triton': the buffer's side stays on the CPU twins
     from up_fast import backend, up_wrapper
 
-    wrapper = UniversalPretrainWrapper(tiny_model(num_tokens=40, dim=16), seq_len=12, batch_size=3, buffer_size=11,
-                                       num_reset=2, backend='torch', keep_buffer_on_cpu=True)
+    wrapper = UniversalPretrainWrapper(
+        tiny_model(num_tokens=40, dim=16),
+        seq_len=12,
+        batch_size=3,
+        buffer_size=11,
+        num_reset=2,
+        backend='torch',
+        keep_buffer_on_cpu=True,
+    )
     wrapper.backend = 'triton'
     monkeypatch.setattr(up_wrapper, 'interpreted', lambda: False)
     assert wrapper.buffer_ops(torch.device('cpu')) is twin

@@ -38,8 +38,9 @@ from up_fast.kernels import recurrent_sample as rs  # noqa: E402
 from up_fast.kernels.recurrent_sample import fused_recurrent_sample, plan_launch  # noqa: E402
 
 if not rs.INTERPRETED:
-    pytest.skip('the threaded interpreter needs TRITON_INTERPRET=1 (a GPU runs the real kernel)',
-                allow_module_level=True)
+    pytest.skip(
+        'the threaded interpreter needs TRITON_INTERPRET=1 (a GPU runs the real kernel)', allow_module_level=True
+    )
 
 DEVICE = torch.device('cpu')
 BLOCK_B = 16
@@ -48,7 +49,7 @@ BLOCK_B = 16
 # (check=True raises): a barrier that never fills fails the test in seconds instead of hanging.
 MAX_SPINS = 20_000
 # ... and a launch that takes longer than this fails too (its programs are stopped)
-LAUNCH_TIMEOUT_S = 90.
+LAUNCH_TIMEOUT_S = 90.0
 
 
 class OracleMismatch(AssertionError):
@@ -69,8 +70,9 @@ def run_threaded(kernel_case, seed, *, kernel=None, monkeypatch=None):
     """One persistent launch under the threaded interpreter; raises OracleMismatch, KernelBarrierError
     (a barrier gave up) or, from the interpreter, OutOfBoundsAccess (a gather with a token nobody wrote)."""
     c = kernel_case
-    net = make_net(c['cell'], c['num_tokens'], c['hidden'], bias_out=c.get('bias_out', False),
-                   seed=c['hidden'] + c['programs'])
+    net = make_net(
+        c['cell'], c['num_tokens'], c['hidden'], bias_out=c.get('bias_out', False), seed=c['hidden'] + c['programs']
+    )
     g = torch.Generator().manual_seed(c['programs'])
     prefix = torch.randint(0, c['num_tokens'], (c['batch'], c['prefix_len']), generator=g)
     noise = torch.rand((c['batch'], c['length'], c['num_tokens']), generator=g)
@@ -79,11 +81,19 @@ def run_threaded(kernel_case, seed, *, kernel=None, monkeypatch=None):
         monkeypatch.setitem(launcher_globals(), 'recurrent_sample_kernel', kernel)
     with threaded_interpreter(seed, timeout=LAUNCH_TIMEOUT_S):
         tokens, state = fused_recurrent_sample(
-            to_device(net.folded, DEVICE), prefix, c['length'], c['temperature'], uniform_noise=noise,
+            to_device(net.folded, DEVICE),
+            prefix,
+            c['length'],
+            c['temperature'],
+            uniform_noise=noise,
             out=torch.full((c['batch'], c['length']), -1, dtype=torch.int64),
             # a NaN scratch: a read of a slot nobody wrote yet cannot pass for a zero state
             state_scratch=torch.full((2 if c['cell'] == 'lstm' else 1, 2, c['batch'], c['hidden']), float('nan')),
-            mode='persistent', plan=plan, max_spins=MAX_SPINS, check=True)
+            mode='persistent',
+            plan=plan,
+            max_spins=MAX_SPINS,
+            check=True,
+        )
     try:
         assert_matches_oracle(net, prefix, c['length'], c['temperature'], noise, tokens, state)
     except AssertionError as mismatch:
@@ -125,7 +135,7 @@ def test_programs_run_concurrently():
 def test_a_launch_that_never_ends_fails_in_time():
     """Program 0 waits for a flag nobody raises: the launch raises within its timeout, its threads stopped."""
     flag, out = torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
-    with threaded_interpreter(seed=0, timeout=1.), pytest.raises(Exception) as failure:
+    with threaded_interpreter(seed=0, timeout=1.0), pytest.raises(Exception) as failure:
         wait_for_flag_kernel[(1,)](flag, out, 2**31 - 1)
     assert isinstance(failure.value.__cause__, TimeoutError) and 'still running after 1.0 s' in str(failure.value)
     assert not any(t.name.startswith('program') and t.is_alive() for t in threading.enumerate())
@@ -135,19 +145,28 @@ def test_a_launch_that_never_ends_fails_in_time():
 
 
 def case(cell, programs, temperature, batch, prefix_len, length, hidden=40, num_tokens=37, **kw):
-    return dict(cell=cell, programs=programs, temperature=temperature, batch=batch, prefix_len=prefix_len,
-                length=length, hidden=hidden, num_tokens=num_tokens, **kw)
+    return dict(
+        cell=cell,
+        programs=programs,
+        temperature=temperature,
+        batch=batch,
+        prefix_len=prefix_len,
+        length=length,
+        hidden=hidden,
+        num_tokens=num_tokens,
+        **kw,
+    )
 
 
 # 2 groups of 16 rows (the second ragged), hidden and vocabulary not multiples of the tiles; at P = 8
 # some programs own no hidden units and most no vocabulary slice
 CASES = {
-    'lstm_P2_sample': case('lstm', 2, 1., batch=19, prefix_len=3, length=4),
-    'gru_P3_greedy': case('gru', 3, 0., batch=19, prefix_len=2, length=4, bias_out=True),
-    'lstm_P5_greedy_prefix1': case('lstm', 5, 0., batch=18, prefix_len=1, length=3, hidden=24),
-    'gru_P8_sample_length1': case('gru', 8, 1., batch=17, prefix_len=3, length=1),
-    'lstm_P8_sample_prefix1_length1': case('lstm', 8, 1., batch=17, prefix_len=1, length=1, bias_out=True),
-    'gru_P4_sample_prefix1': case('gru', 4, 1., batch=20, prefix_len=1, length=3, hidden=24, num_tokens=20),
+    'lstm_P2_sample': case('lstm', 2, 1.0, batch=19, prefix_len=3, length=4),
+    'gru_P3_greedy': case('gru', 3, 0.0, batch=19, prefix_len=2, length=4, bias_out=True),
+    'lstm_P5_greedy_prefix1': case('lstm', 5, 0.0, batch=18, prefix_len=1, length=3, hidden=24),
+    'gru_P8_sample_length1': case('gru', 8, 1.0, batch=17, prefix_len=3, length=1),
+    'lstm_P8_sample_prefix1_length1': case('lstm', 8, 1.0, batch=17, prefix_len=1, length=1, bias_out=True),
+    'gru_P4_sample_prefix1': case('gru', 4, 1.0, batch=20, prefix_len=1, length=3, hidden=24, num_tokens=20),
 }
 
 
@@ -179,7 +198,8 @@ def barrier_calls(source):
     logits = source.find('logits_phase(')
     assert len(calls) == 2 and calls[0].start() < logits < calls[1].start(), (
         'expected two grid_barrier calls in recurrent_sample_kernel, one on each side of logits_phase: '
-        'the kernel changed, update the broken variants')
+        'the kernel changed, update the broken variants'
+    )
     return calls
 
 
@@ -189,7 +209,7 @@ def never_waits(source, call):
     args = [a.strip() for a in call.group(1).split(',')]
     assert args.count('target') == 1, f'grid_barrier call without a `target` argument: {call.group(0)}'
     waitless = 'grid_barrier(' + ', '.join('0' if a == 'target' else a for a in args) + ')'
-    return source[:call.start()] + waitless + source[call.end():]
+    return source[: call.start()] + waitless + source[call.end() :]
 
 
 def no_barrier_before_logits(source):
@@ -199,7 +219,7 @@ def no_barrier_before_logits(source):
 
 
 def barrier_never_waits(source):
-    for call in reversed(barrier_calls(source)):           # from the end: earlier offsets stay valid
+    for call in reversed(barrier_calls(source)):  # from the end: earlier offsets stay valid
         source = never_waits(source, call)
     return source
 
@@ -223,7 +243,7 @@ def jit_variant(source, path):
     a file: the interpreter rewrites a kernel from its source lines."""
     path.write_text(source)
     namespace = dict(rs.recurrent_sample_kernel.fn.__globals__)
-    exec(compile(source, str(path), 'exec'), namespace)      # noqa: S102 - the test's own edit of the kernel
+    exec(compile(source, str(path), 'exec'), namespace)  # noqa: S102 - the test's own edit of the kernel
     return namespace['recurrent_sample_kernel']
 
 
@@ -231,7 +251,7 @@ def jit_variant(source, path):
 # call is only ever the one before them. 4 feeds: the final h lies in slot 0 for the one-slot
 # variant too. One unit tile a program: a program never reads h it wrote itself in the same feed,
 # so only another program's interleaving can break the one-slot variant.
-BROKEN_CASE = case('lstm', 8, 1., batch=18, prefix_len=1, length=4, hidden=24, num_tokens=20)
+BROKEN_CASE = case('lstm', 8, 1.0, batch=18, prefix_len=1, length=4, hidden=24, num_tokens=20)
 BROKEN_SEEDS = range(3)
 
 
@@ -255,7 +275,7 @@ def test_intact_copy_of_the_kernel_passes(tmp_path, monkeypatch):
     run_threaded(BROKEN_CASE, seed=0, kernel=intact, monkeypatch=monkeypatch)
 
 
-@pytest.mark.filterwarnings('ignore:All-NaN slice encountered')      # reading the NaN scratch is what they do
+@pytest.mark.filterwarnings('ignore:All-NaN slice encountered')  # reading the NaN scratch is what they do
 @pytest.mark.parametrize('variant', list(BROKEN))
 def test_broken_protocol_is_caught(variant, tmp_path, monkeypatch):
     source = kernel_source()
@@ -266,10 +286,11 @@ def test_broken_protocol_is_caught(variant, tmp_path, monkeypatch):
     for seed in BROKEN_SEEDS:
         try:
             run_threaded(BROKEN_CASE, seed, kernel=kernel, monkeypatch=monkeypatch)
-        except Exception as failure:            # only the protocol's failures count, below
+        except Exception as failure:  # only the protocol's failures count, below
             kind = protocol_failure(failure)
             if kind is None:
                 raise
             caught.append((seed, kind, str(failure).splitlines()[0][:120]))
     assert len(caught) == len(BROKEN_SEEDS), (
-        f'{variant} caught under {len(caught)} of {len(BROKEN_SEEDS)} seeds: {caught}')
+        f'{variant} caught under {len(caught)} of {len(BROKEN_SEEDS)} seeds: {caught}'
+    )

@@ -12,7 +12,7 @@ def test_oracle_state_matches_the_module(use_gru):
     torch.manual_seed(0)
     gen = SyntheticDataGenerator(dim=24, num_tokens=37, hidden_size=40, use_gru=use_gru)
     prefix = torch.randint(0, 37, (3, 50))
-    _, state = naive_recurrent_sample(gen.embed, gen.net, gen.to_logits, prefix, 1, 0.)
+    _, state = naive_recurrent_sample(gen.embed, gen.net, gen.to_logits, prefix, 1, 0.0)
     with torch.no_grad():
         _, hiddens = gen.net(gen.embed(prefix))
     expected = (hiddens[0][0], hiddens[1][0]) if not use_gru else (hiddens[0],)
@@ -21,7 +21,7 @@ def test_oracle_state_matches_the_module(use_gru):
 
 
 @pytest.mark.parametrize('use_gru', [False, True], ids=['lstm', 'gru'])
-@pytest.mark.parametrize('temperature', [0., 1e-4, 1.], ids=['greedy', 't1e-4', 't1'])
+@pytest.mark.parametrize('temperature', [0.0, 1e-4, 1.0], ids=['greedy', 't1e-4', 't1'])
 def test_folded_path_matches_the_oracle(use_gru, temperature):
     torch.manual_seed(1)
     num_tokens, length = 29, 40
@@ -38,4 +38,4 @@ def test_folded_path_matches_the_oracle(use_gru, temperature):
 def test_oracle_needs_noise_to_sample():
     gen = SyntheticDataGenerator(dim=8, num_tokens=11)
     with pytest.raises(ValueError, match='uniform_noise'):
-        naive_recurrent_sample(gen.embed, gen.net, gen.to_logits, torch.zeros(1, 2, dtype=torch.long), 3, 1.)
+        naive_recurrent_sample(gen.embed, gen.net, gen.to_logits, torch.zeros(1, 2, dtype=torch.long), 3, 1.0)

@@ -9,12 +9,11 @@ import textwrap
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
 from up_fast import backend as backend_module
 from up_fast.backend import check_backend, use_triton
-
-from conftest import tiny_model
 
 
 @pytest.fixture
@@ -29,22 +28,27 @@ def without_triton(monkeypatch):
 
 
 def test_triton_backend_without_triton_says_what_to_install(without_triton, monkeypatch):
-    with pytest.raises(ValueError, match=r"backend asks for the Triton backend .* not installed: .*pip install triton.*CUDA build of torch"):
+    with pytest.raises(
+        ValueError,
+        match=r'backend asks for the Triton backend .* not installed: .*pip install triton.*CUDA build of torch',
+    ):
         SyntheticDataGenerator(dim=8, num_tokens=10, backend='triton')
-    with pytest.raises(ValueError, match=r"backend asks for the Triton backend .* not installed: .*pip install triton"):
+    with pytest.raises(ValueError, match=r'backend asks for the Triton backend .* not installed: .*pip install triton'):
         UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend='triton')
 
     monkeypatch.setenv('UP_FAST_BACKEND', 'triton')
-    with pytest.raises(ValueError, match=r"UP_FAST_BACKEND asks for the Triton backend .* pip install triton"):
+    with pytest.raises(ValueError, match=r'UP_FAST_BACKEND asks for the Triton backend .* pip install triton'):
         check_backend(None)
-    with pytest.raises(ValueError, match=r"UP_FAST_BACKEND asks for the Triton backend"):
+    with pytest.raises(ValueError, match=r'UP_FAST_BACKEND asks for the Triton backend'):
         SyntheticDataGenerator(dim=8, num_tokens=10)
 
 
 def test_use_triton_without_triton_says_what_to_install(without_triton, monkeypatch):
     # a backend chosen while Triton was there, asked to sample after it went
     monkeypatch.setenv('TRITON_INTERPRET', '1')
-    with pytest.raises(ValueError, match=r"backend='triton' cannot run here: Triton is not installed .*pip install triton"):
+    with pytest.raises(
+        ValueError, match=r"backend='triton' cannot run here: Triton is not installed .*pip install triton"
+    ):
         use_triton('triton', torch.device('cpu'))
 
 
@@ -52,7 +56,9 @@ def test_auto_and_torch_sample_without_triton(without_triton, monkeypatch):
     monkeypatch.delenv('UP_FAST_BACKEND', raising=False)
     for backend in ('auto', 'torch', None):
         torch.manual_seed(0)
-        wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend=backend)
+        wrapper = UniversalPretrainWrapper(
+            tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, backend=backend
+        )
         batch = wrapper.data_step_()
         assert batch.shape == (4, 16) and int(batch.max()) < 256
     monkeypatch.setattr(backend_module, '_warned', set())
@@ -63,7 +69,7 @@ def test_auto_and_torch_sample_without_triton(without_triton, monkeypatch):
 # a fresh interpreter in which `import triton` fails, and which records every attempt whose importer
 # (the innermost frame outside importlib) is one of up_fast's own files; torch's and other
 # libraries' optional probes are theirs to make
-HIDE_TRITON = textwrap.dedent('''
+HIDE_TRITON = textwrap.dedent("""
     import sys, traceback
     from pathlib import Path
 
@@ -85,9 +91,9 @@ HIDE_TRITON = textwrap.dedent('''
             return None
 
     sys.meta_path.insert(0, HideTriton())
-''')
+""")
 
-CPU_PATH = textwrap.dedent('''
+CPU_PATH = textwrap.dedent("""
     import torch
     import up_fast, up_fast.cli, up_fast.profiling, up_fast.sampling, up_fast.up_wrapper
     from up_fast import SyntheticDataGenerator
@@ -106,11 +112,16 @@ CPU_PATH = textwrap.dedent('''
 
     assert not ATTEMPTS, 'up_fast imported triton on the CPU path:\\n' + '\\n'.join(ATTEMPTS)
     print('ok')
-''')
+""")
 
 
 @pytest.mark.slow
 def test_cpu_path_never_imports_triton():
-    result = subprocess.run([sys.executable, '-c', HIDE_TRITON + CPU_PATH], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, 'UP_FAST_BACKEND': 'auto'})
+    result = subprocess.run(
+        [sys.executable, '-c', HIDE_TRITON + CPU_PATH],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, 'UP_FAST_BACKEND': 'auto'},
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stdout + result.stderr

@@ -237,7 +237,7 @@ def test_prefetch_under_ddp_gives_each_rank_the_same_data_as_without(tmp_path, m
 @pytest.mark.skipif(DEVICE.type != 'cuda', reason='the side stream needs CUDA: torch.cuda.set_sync_debug_mode')
 def test_prefetch_on_a_side_stream_never_syncs():
     wrapper, optimizer = build('reference', prefetch=True)
-    train(wrapper, optimizer, 2)            # lazy CUDA initialisation, AdamW's state
+    train(wrapper, optimizer, 2)  # lazy CUDA initialisation, AdamW's state
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:

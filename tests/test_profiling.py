@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from up_fast import UniversalPretrainWrapper
 from up_fast.profiling import PHASES
-
-from conftest import tiny_model
 
 
 def range_names(wrapper):
@@ -39,17 +38,70 @@ def test_environment_variable_switches_them(monkeypatch, value, on):
 
 def test_profile_entry_runs(capsys):
     from up_fast.profiling import main
-    main(['--steps', '2', '--warmup', '1', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--depth', '1', '--heads', '2'])
-    main(['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--gru'])
+
+    main(
+        [
+            '--steps',
+            '2',
+            '--warmup',
+            '1',
+            '--batch-size',
+            '2',
+            '--seq-len',
+            '16',
+            '--dim',
+            '16',
+            '--depth',
+            '1',
+            '--heads',
+            '2',
+        ]
+    )
+    main(
+        ['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--gru']
+    )
     out = capsys.readouterr().out
     assert 'training steps on cpu' in out and 'data steps on cpu' in out and 'synthetic tokens/s' in out
-    main(['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--backend', 'torch'])
+    main(
+        [
+            '--steps',
+            '1',
+            '--warmup',
+            '0',
+            '--batch-size',
+            '2',
+            '--seq-len',
+            '16',
+            '--dim',
+            '16',
+            '--data-only',
+            '--backend',
+            'torch',
+        ]
+    )
     assert '(torch backend)' in capsys.readouterr().out
 
 
 def test_profile_entry_prints_the_top_operators(capsys):
     from up_fast.profiling import main
-    main(['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--ops', '4'])
+
+    main(
+        [
+            '--steps',
+            '1',
+            '--warmup',
+            '0',
+            '--batch-size',
+            '2',
+            '--seq-len',
+            '16',
+            '--dim',
+            '16',
+            '--data-only',
+            '--ops',
+            '4',
+        ]
+    )
     out = capsys.readouterr().out
     assert 'the 4 operators with the most self time' in out
     assert 'aten::' in out or 'mkldnn::' in out
@@ -57,6 +109,7 @@ def test_profile_entry_prints_the_top_operators(capsys):
 
 def test_profile_entry_rejects_a_negative_op_count(capsys):
     from up_fast.profiling import main
+
     with pytest.raises(SystemExit):
         main(['--ops', '-1'])
     assert '--ops must be >= 0, got -1' in capsys.readouterr().err

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from up_fast import SyntheticDataGenerator, UniversalPretrainWrapper
-
-from conftest import tiny_model
 
 MODEL_MAX_SEQ_LEN = 24
 NUM_TOKENS = 50
@@ -35,7 +34,7 @@ def problem(batch_size, seq_len, seed_length, buffer_size, num_reset):
     if buffer_size is not None and buffer_size <= batch_size:
         return 'buffer_size'
     size = batch_size * 20 if buffer_size is None else buffer_size
-    if num_reset < 0 or num_reset % 2 or num_reset > size:      # beyond size - batch_size, resets wrap onto condition rows
+    if num_reset < 0 or num_reset % 2 or num_reset > size:  # beyond size - batch_size, resets wrap onto condition rows
         return 'num_reset'
     return None
 
@@ -48,9 +47,11 @@ def wrapper_arguments(draw):
     seed_length = seq_len + draw(st.integers(-3, 1)) if draw(st.booleans()) else draw(st.integers(-1, 2))
     buffer_size = draw(st.one_of(st.none(), st.integers(-1, 12).map(lambda d: batch_size + d)))
     size = batch_size * 20 if buffer_size is None else buffer_size
-    near = draw(st.sampled_from([size - batch_size, size, None]))     # the wrap-round point, the bound, or small
+    near = draw(st.sampled_from([size - batch_size, size, None]))  # the wrap-round point, the bound, or small
     num_reset = near + draw(st.integers(-5, 3)) if near is not None else draw(st.integers(-3, 6))
-    return dict(batch_size=batch_size, seq_len=seq_len, seed_length=seed_length, buffer_size=buffer_size, num_reset=num_reset)
+    return dict(
+        batch_size=batch_size, seq_len=seq_len, seed_length=seed_length, buffer_size=buffer_size, num_reset=num_reset
+    )
 
 
 @settings(SETTINGS, max_examples=200)
@@ -94,7 +95,7 @@ def generator(use_gru):
     low=st.integers(-2, 0),
     high=st.integers(NUM_TOKENS - 1, NUM_TOKENS + 1),
     dtype=st.sampled_from([torch.long, torch.int32, torch.uint8, torch.float32]),
-    temperature=st.sampled_from([0., 1e-4, 1., 2.5, -0.5, float('inf')]),
+    temperature=st.sampled_from([0.0, 1e-4, 1.0, 2.5, -0.5, float('inf')]),
 )
 def test_generate_inputs(use_gru, length, batch, seed_len, condition_len, low, high, dtype, temperature):
     gen = generator(use_gru)
@@ -105,7 +106,7 @@ def test_generate_inputs(use_gru, length, batch, seed_len, condition_len, low, h
             return None
         t = torch.randint(0, NUM_TOKENS, (batch, width))
         if width > 0 and batch > 0:
-            t[0, 0], t[-1, -1] = low, high          # the extremes the case asks for
+            t[0, 0], t[-1, -1] = low, high  # the extremes the case asks for
         return t.to(dtype) if dtype != torch.uint8 else t.clamp(0, 255).to(dtype)
 
     seed, condition = tokens(seed_len), tokens(condition_len)
@@ -149,7 +150,7 @@ class Shift(torch.nn.Module):
     def generate(self, length, seed=None, condition=None):
         return self.generate_unchecked(length, seed, condition)
 
-    def generate_unchecked(self, length, seed, condition, temperature=0., *, generator=None, uniform_noise=None):
+    def generate_unchecked(self, length, seed, condition, temperature=0.0, *, generator=None, uniform_noise=None):
         self.seen = (seed.long().clone(), condition.long().clone())
         return (condition.long() + 1) % NUM_TOKENS
 
@@ -165,15 +166,26 @@ class Shift(torch.nn.Module):
     shared_seed_offset=st.booleans(),
     constant_init=st.booleans(),
 )
-def test_any_step_option_combination_keeps_the_row_accounting(batch_size, extra_rows, generation, reset_share, reset_first,
-                                                              distinct_seed_rows, shared_seed_offset, constant_init):
+def test_any_step_option_combination_keeps_the_row_accounting(
+    batch_size, extra_rows, generation, reset_share, reset_first, distinct_seed_rows, shared_seed_offset, constant_init
+):
     buffer_size = batch_size + extra_rows
     generation = min(generation, buffer_size)
     num_reset = int(reset_share * buffer_size) // 2 * 2
-    wrapper = UniversalPretrainWrapper(shared_model(), data_generator=Shift(), seq_len=12, seed_length=3, batch_size=batch_size,
-                                       buffer_size=buffer_size, num_reset=num_reset, generation_batch_size=generation,
-                                       reset_first=reset_first, distinct_seed_rows=distinct_seed_rows,
-                                       shared_seed_offset=shared_seed_offset, constant_init=constant_init)
+    wrapper = UniversalPretrainWrapper(
+        shared_model(),
+        data_generator=Shift(),
+        seq_len=12,
+        seed_length=3,
+        batch_size=batch_size,
+        buffer_size=buffer_size,
+        num_reset=num_reset,
+        generation_batch_size=generation,
+        reset_first=reset_first,
+        distinct_seed_rows=distinct_seed_rows,
+        shared_seed_offset=shared_seed_offset,
+        constant_init=constant_init,
+    )
     before = wrapper.synth_data_buffer.long().clone()
     if constant_init:
         assert (before == before[:, :1]).all()
@@ -192,7 +204,9 @@ def test_any_step_option_combination_keeps_the_row_accounting(batch_size, extra_
         assert len(overlap) == max(0, num_reset - (buffer_size - generation)), 'overlap only where there is no room'
 
     seed, condition = wrapper.data_generator.seen
-    assert torch.equal(after[rows.condition_rows], (condition + 1) % NUM_TOKENS), 'condition rows hold the generated rows'
+    assert torch.equal(after[rows.condition_rows], (condition + 1) % NUM_TOKENS), (
+        'condition rows hold the generated rows'
+    )
     if not reset_first:
         assert torch.equal(condition, before[rows.condition_rows]), 'read before any write'
     # noise: half uniform rows, half constant rows, in a random order (a uniform row of 12 is constant with p = 50**-11)

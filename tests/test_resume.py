@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})
     from conftest import tiny_model
@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent('''
         optimizer.load_state_dict(state['optimizer'])
     losses = train(wrapper, optimizer, steps)
     torch.save(dict(wrapper=wrapper.state_dict(), optimizer=optimizer.state_dict(), losses=losses), path)
-''')
+""")
 
 
 def run(tmp_path, mode, path, steps, *extra):
@@ -78,10 +78,13 @@ def test_resume_with_prefetch_continues_exactly_as_a_run_without(tmp_path):
 
 def test_rng_seed_streams_differ_by_seed_and_rank():
     from conftest import tiny_model
+
     from up_fast import UniversalPretrainWrapper
 
     def buffer_after_a_step(rng_seed, rank=0):
-        wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, rng_seed=rng_seed)
+        wrapper = UniversalPretrainWrapper(
+            tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, rng_seed=rng_seed
+        )
         wrapper.randomness.rank = rank
         wrapper.data_step_()
         return wrapper.synth_data_buffer
@@ -94,11 +97,20 @@ def test_rng_seed_streams_differ_by_seed_and_rank():
 
 def build_small(**kwargs):
     from conftest import tiny_model
+
     from up_fast import UniversalPretrainWrapper
 
     torch.manual_seed(0)
-    return UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4,
-                                    reset_turing_machine_every=2, rng_seed=1234, **kwargs)
+    return UniversalPretrainWrapper(
+        tiny_model(),
+        seq_len=16,
+        batch_size=4,
+        buffer_size=24,
+        num_reset=4,
+        reset_turing_machine_every=2,
+        rng_seed=1234,
+        **kwargs,
+    )
 
 
 def run_data_steps(wrapper, steps):
@@ -114,20 +126,21 @@ def assert_same_state(a, b):
 
 def test_dcp_load_in_place_resumes_exactly(tmp_path):
     import warnings
+
     import torch.distributed.checkpoint as dcp
 
     whole = run_data_steps(build_small(), 5)
 
     wrapper = run_data_steps(build_small(), 3)
     with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', 'torch.distributed is disabled')     # one process, no process group
+        warnings.filterwarnings('ignore', 'torch.distributed is disabled')  # one process, no process group
         dcp.save(wrapper.state_dict(), checkpoint_id=tmp_path / 'checkpoint')
-        run_data_steps(wrapper, 1)                      # moves on: the load must take it back to step 3
+        run_data_steps(wrapper, 1)  # moves on: the load must take it back to step 3
 
         fresh = build_small()
         for target in (wrapper, fresh):
             state = target.state_dict()
-            dcp.load(state, checkpoint_id=tmp_path / 'checkpoint')       # in place: no load_state_dict
+            dcp.load(state, checkpoint_id=tmp_path / 'checkpoint')  # in place: no load_state_dict
 
     for target in (wrapper, fresh):
         assert target.num_steps == 3
@@ -156,20 +169,25 @@ def test_num_steps_is_read_only_and_is_the_step_buffer():
         wrapper.num_steps = 7
     wrapper.step.fill_(9)
     assert wrapper.num_steps == 9
-    wrapper.to(torch.float64)           # a move makes a new `step` tensor: the count carries over
+    wrapper.to(torch.float64)  # a move makes a new `step` tensor: the count carries over
     assert wrapper.num_steps == 9 and int(wrapper.step) == 9
-
 
 
 def small_xt_wrapper():
     from conftest import tiny_model
+
     from up_fast import UniversalPretrainWrapper
-    return UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=3)
+
+    return UniversalPretrainWrapper(
+        tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=3
+    )
 
 
 def small_paper_wrapper():
     from conftest import tiny_model
+
     from up_fast import UniversalPretrainWrapper
+
     return UniversalPretrainWrapper.paper(tiny_model(), seq_len=16, batch_size=4, num_reset=4)
 
 
@@ -180,7 +198,7 @@ def test_wrapper_copies_after_a_step_and_the_copy_runs_alike(tmp_path, make, how
 
     torch.manual_seed(0)
     wrapper = make()
-    wrapper.data_step_()                # the generator now holds its folded weights (opaque oneDNN tensors, closures)
+    wrapper.data_step_()  # the generator now holds its folded weights (opaque oneDNN tensors, closures)
 
     if how == 'deepcopy':
         twin = copy.deepcopy(wrapper)
@@ -195,8 +213,10 @@ def test_wrapper_copies_after_a_step_and_the_copy_runs_alike(tmp_path, make, how
     assert twin.num_steps == wrapper.num_steps == 4
     seed = torch.randint(0, 256, (2, 4))
     condition = torch.randint(0, 256, (2, 16))
-    assert torch.equal(twin.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)),
-                       wrapper.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(
+        twin.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)),
+        wrapper.data_generator.generate(16, seed=seed, condition=condition, generator=torch.Generator().manual_seed(1)),
+    )
     assert wrapper.data_generator._folded is not None, 'the original keeps its cache'
 
 
@@ -206,7 +226,7 @@ def test_per_device_generators_are_per_device_not_per_device_type(monkeypatch):
     assert rng.device_key('cuda:1') == torch.device('cuda', 1) != rng.device_key('cuda:0')
     assert rng.device_key('cpu') == torch.device('cpu')
 
-    class FakeGenerator:        # no GPU here: stands in for torch.Generator(device='cuda:i')
+    class FakeGenerator:  # no GPU here: stands in for torch.Generator(device='cuda:i')
         def __init__(self, device):
             self.device = torch.device(device)
 

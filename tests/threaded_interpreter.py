@@ -43,7 +43,7 @@ MEMORY_OPS = ('create_masked_load', 'create_masked_store')
 ATOMIC_OPS = ('create_atomic_rmw', 'create_atomic_cas')
 _MISSING = object()
 # how long the programs of a launch that timed out get to stop before the launch raises
-ABANDON_GRACE_S = 5.
+ABANDON_GRACE_S = 5.0
 
 
 class _Patches:
@@ -75,7 +75,7 @@ class GridAbandoned(RuntimeError):
 
 
 @contextlib.contextmanager
-def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: float = 120.):
+def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: float = 120.0):
     """Run every interpreted launch inside the block with one thread per program (see the module docstring).
 
     max_sleep: the typical longest random sleep (seconds) before a memory op. timeout: seconds a launch may
@@ -88,16 +88,18 @@ def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: flo
     patches = _Patches()
 
     # the program id, per thread
-    patches.set(interpreter.InterpreterBuilder, 'grid_idx',
-                property(lambda self: getattr(local, 'grid_idx', None),
-                         lambda self, value: setattr(local, 'grid_idx', value)))
+    patches.set(
+        interpreter.InterpreterBuilder,
+        'grid_idx',
+        property(lambda self: getattr(local, 'grid_idx', None), lambda self, value: setattr(local, 'grid_idx', value)),
+    )
 
     def shuffle():
         """A seeded random pause: another program may run in between."""
         rng = getattr(local, 'rng', None)
         if rng is None or getattr(local, 'in_atomic', False):
             return
-        time.sleep(rng.uniform(0., local.pace))
+        time.sleep(rng.uniform(0.0, local.pace))
 
     def checked(name, method):
         signature = inspect.signature(method)
@@ -116,24 +118,29 @@ def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: flo
             for low, high in launch.ranges:
                 inside |= (addresses >= low) & (addresses + size <= high)
             if not inside.all():
-                raise OutOfBoundsAccess(f'program {getattr(local, "grid_idx", None)}: {name} at '
-                                        f'{int((~inside).sum())} addresses outside every tensor of the launch')
+                raise OutOfBoundsAccess(
+                    f'program {getattr(local, "grid_idx", None)}: {name} at '
+                    f'{int((~inside).sum())} addresses outside every tensor of the launch'
+                )
 
         if name in ATOMIC_OPS:
+
             def wrapped(*args, **kwargs):
                 shuffle()
                 check(args, kwargs)
                 with atomic_lock:
-                    local.in_atomic = True          # its inner load/store (atomic_load in 3.9) does not pause
+                    local.in_atomic = True  # its inner load/store (atomic_load in 3.9) does not pause
                     try:
                         return method(*args, **kwargs)
                     finally:
                         local.in_atomic = False
         else:
+
             def wrapped(*args, **kwargs):
                 shuffle()
                 check(args, kwargs)
                 return method(*args, **kwargs)
+
         return wrapped
 
     launch = _Launch()
@@ -186,7 +193,7 @@ class _Launch:
         tensors = []
         flatten = lambda a: [x for item in a for x in (flatten(item) if isinstance(item, (tuple, list)) else [item])]
         for arg in flatten(args):
-            arg = getattr(arg, 'base', arg)                     # a TensorDescriptor's tensor
+            arg = getattr(arg, 'base', arg)  # a TensorDescriptor's tensor
             if isinstance(arg, torch.Tensor):
                 tensors.append(arg.untyped_storage())
         self.ranges = [(s.data_ptr(), s.data_ptr() + s.nbytes()) for s in tensors]
@@ -219,27 +226,29 @@ class _ThreadedGrid:
         def program(grid_idx, kwargs):
             self.local.grid_idx = grid_idx
             self.local.rng = rng = random.Random('{}-{}-{}-{}'.format(self.seed, *grid_idx))
-            self.local.pace = self.max_sleep * 10 ** rng.uniform(-1., 1.)
+            self.local.pace = self.max_sleep * 10 ** rng.uniform(-1.0, 1.0)
             try:
                 self.fn(**kwargs)
             except BaseException as error:  # noqa: BLE001 - handed to the launching thread
                 self.launch.failed = True
                 errors.append((grid_idx, error))
 
-        threads = [threading.Thread(target=program, args=call, daemon=True, name=f'program{call[0]}')
-                   for call in programs]
+        threads = [
+            threading.Thread(target=program, args=call, daemon=True, name=f'program{call[0]}') for call in programs
+        ]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + self.timeout
         for thread in threads:
-            thread.join(max(0., deadline - time.monotonic()))
+            thread.join(max(0.0, deadline - time.monotonic()))
         hung = [thread.name for thread in threads if thread.is_alive()]
         if hung:
-            self.launch.failed = True               # they stop at their next memory access
+            self.launch.failed = True  # they stop at their next memory access
             for thread in threads:
                 thread.join(ABANDON_GRACE_S)
-            raise TimeoutError(f'{len(hung)} of {len(threads)} programs still running after {self.timeout} s: '
-                               f'{hung[:8]}')
+            raise TimeoutError(
+                f'{len(hung)} of {len(threads)} programs still running after {self.timeout} s: {hung[:8]}'
+            )
         if errors:
             # the first failure, not the GridAbandoned of the programs stopped after it
             first = next((e for _, e in errors if not isinstance(e, GridAbandoned)), errors[0][1])

@@ -7,10 +7,10 @@ __all__ = ['PaperDataGenerator', 'SyntheticDataGenerator', 'UniversalPretrainWra
 __version__ = '0.1.0'
 
 _HOMES = dict(
-    PaperDataGenerator = 'up_fast.paper',
-    SyntheticDataGenerator = 'up_fast.up_wrapper',
-    UniversalPretrainWrapper = 'up_fast.up_wrapper',
-    random_sequences = 'up_fast.up_wrapper',
+    PaperDataGenerator='up_fast.paper',
+    SyntheticDataGenerator='up_fast.up_wrapper',
+    UniversalPretrainWrapper='up_fast.up_wrapper',
+    random_sequences='up_fast.up_wrapper',
 )
 
 
@@ -18,8 +18,9 @@ def __getattr__(name):
     if name not in _HOMES:
         raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
     import importlib
+
     value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value     # later lookups skip this function
+    globals()[name] = value  # later lookups skip this function
     return value
 
 

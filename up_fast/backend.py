@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -22,8 +22,10 @@ from up_fast.config import backend_from_env, interpreted
 
 BACKENDS = ('auto', 'triton', 'torch')
 
-INSTALL_TRITON = ('install it with `python3 -m pip install triton` (Linux; or `python3 -m pip install "up-fast[triton]"`), '
-                  'or install a CUDA build of torch, which brings its own Triton')
+INSTALL_TRITON = (
+    'install it with `python3 -m pip install triton` (Linux; or `python3 -m pip install "up-fast[triton]"`), '
+    'or install a CUDA build of torch, which brings its own Triton'
+)
 
 
 def check_backend(backend: str | None) -> str:
@@ -35,8 +37,10 @@ def check_backend(backend: str | None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f'{source} must be one of {BACKENDS}, got {backend!r}')
     if backend == 'triton' and triton_missing():
-        raise ValueError(f"{source} asks for the Triton backend ({backend!r}), but Triton is not installed: {INSTALL_TRITON}. "
-                         "backend='torch' or 'auto' samples without it")
+        raise ValueError(
+            f'{source} asks for the Triton backend ({backend!r}), but Triton is not installed: {INSTALL_TRITON}. '
+            "backend='torch' or 'auto' samples without it"
+        )
     return backend
 
 
@@ -44,19 +48,20 @@ def triton_missing() -> bool:
     """Whether the triton package cannot be found (not whether it works: see triton_problem)."""
     try:
         return importlib.util.find_spec('triton') is None
-    except (ImportError, ValueError):      # a broken parent entry in sys.modules
+    except (ImportError, ValueError):  # a broken parent entry in sys.modules
         return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def triton_problem() -> str | None:
     """Why the Triton kernels cannot be imported here, or None."""
     if triton_missing():
         return f'Triton is not installed ({INSTALL_TRITON})'
     try:
         import triton  # noqa: F401
+
         import up_fast.kernels.recurrent_sample  # noqa: F401
-    except Exception as err:        # ImportError, or a broken install raising anything else
+    except Exception as err:  # ImportError, or a broken install raising anything else
         return f'Triton could not be imported ({type(err).__name__}: {err})'
     return None
 
@@ -76,7 +81,7 @@ def use_triton(backend: str, device: torch.device) -> bool:
 
     runs_here = device.type == 'cuda' or (backend == 'triton' and interpreted())
     if backend == 'auto' and not runs_here:
-        return False        # off CUDA 'auto' is the PyTorch path: no need to import Triton to know that
+        return False  # off CUDA 'auto' is the PyTorch path: no need to import Triton to know that
 
     problem = triton_problem()
     if not runs_here:
@@ -88,6 +93,7 @@ def use_triton(backend: str, device: torch.device) -> bool:
         return True
 
     from up_fast import kernels
+
     if not problem and not kernels.VALIDATED_ON_GPU:
         problem = "the Triton kernels are not yet validated on a GPU; pass backend='triton' to use them anyway"
     if problem and device.type == 'cuda':

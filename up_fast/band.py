@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SLACK = 2. ** -16       # relative to the magnitudes in a score; float32 rounds each op to 2^-24
+SLACK = 2.0**-16  # relative to the magnitudes in a score; float32 rounds each op to 2^-24
 
-FP32_EPS = torch.finfo(torch.float32).eps                        # 2^-23
+FP32_EPS = torch.finfo(torch.float32).eps  # 2^-23
 # the k * 2^-24 grid, 0 <= k < 2^24: torch.rand on the CPU (ATen's uniform_real keeps 24 bits of a
 # 32-bit draw) and the kernel's Philox (the top 24 bits)
-GRID_SMALLEST, GRID_LARGEST = FP32_EPS / 2, 1. - FP32_EPS / 2
+GRID_SMALLEST, GRID_LARGEST = FP32_EPS / 2, 1.0 - FP32_EPS / 2
 # any float32 in [0, 1), down to the smallest subnormal (CUDA's torch.rand, a curand grid offset by 2^-33, among them)
 FP32_SMALLEST = torch.finfo(torch.float32).tiny * FP32_EPS
 
@@ -61,7 +61,7 @@ PHILOX_GUMBEL_BOUNDS = gumbel_bounds(GRID_SMALLEST, GRID_LARGEST)
 def injected_gumbel_bounds(dtype: torch.dtype) -> tuple[float, float]:
     """Bounds for injected noise of `dtype` read as float32: any positive float32 (down to its
     subnormals) and the largest value below 1 of the dtype."""
-    below_one = torch.nextafter(torch.tensor(1., dtype=dtype), torch.tensor(0., dtype=dtype)).item()
+    below_one = torch.nextafter(torch.tensor(1.0, dtype=dtype), torch.tensor(0.0, dtype=dtype)).item()
     return gumbel_bounds(FP32_SMALLEST, below_one)
 
 
@@ -73,7 +73,7 @@ def noise_bounds(device: torch.device, injected: bool) -> tuple[float, float]:
     """(g_min, g_max) of a step's noise as the PyTorch sampler reads it (injected noise converted to
     float32). Computed once at import: a sampling step must not read tensors back to the host."""
     if device.type == 'cpu' and not injected:
-        return PHILOX_GUMBEL_BOUNDS         # the same k * 2^-24 grid as the kernel's Philox
+        return PHILOX_GUMBEL_BOUNDS  # the same k * 2^-24 grid as the kernel's Philox
     return FP32_GUMBEL_BOUNDS
 
 
@@ -83,7 +83,7 @@ class Band:
 
     def __init__(self, temperature: float, g_min: float, g_max: float):
         self.temperature, self.g_min, self.g_max = temperature, g_min, g_max
-        magnitude = temperature * (abs(g_min) + abs(g_max))            # the noise's share of a score's magnitude
+        magnitude = temperature * (abs(g_min) + abs(g_max))  # the noise's share of a score's magnitude
         # floor = top - 2 SLACK |top| - floor_offset, as (1 - 2 SLACK) leaky_relu(top) - floor_offset: two ops a step
         self.floor_slope = (1 + 2 * SLACK) / (1 - 2 * SLACK)
         # a 0-dim CPU tensor acts as a scalar on any device, without a copy
@@ -92,7 +92,7 @@ class Band:
 
     @classmethod
     def of(cls, temperature: float, device: torch.device, injected: bool) -> Band:
-        return cls(temperature, *noise_bounds(device, injected))   # CPU torch.rand: about -2.81, 16.64
+        return cls(temperature, *noise_bounds(device, injected))  # CPU torch.rand: about -2.81, 16.64
 
     def floor(self, top: Tensor) -> Tensor:
         # top - T (g_max - g_min) - 2 slack, slack = SLACK (|top| + magnitude)

@@ -22,7 +22,7 @@ def token_dtype(num_tokens: int) -> torch.dtype:
         return torch.uint8
     if num_tokens <= 32768:
         return torch.int16
-    if num_tokens <= 2 ** 31:
+    if num_tokens <= 2**31:
         return torch.int32
     raise ValueError(f'num_tokens must be at most 2**31, got {num_tokens}')
 
@@ -67,11 +67,11 @@ class StepRows:
     cropped at one offset (seed_offsets then holds that offset in every entry).
     """
 
-    condition_rows: Tensor    # (generator batch,) rows whose generated continuation replaces them
-    reset_rows: Tensor        # (num_reset,) rows that become fresh noise
-    seed_rows: Tensor         # (generator batch,) rows the seeds are cropped from
-    seed_offsets: Tensor      # (generator batch,) start of each seed crop, in [0, seq_len - seed_length]
-    batch_rows: Tensor        # (batch,) distinct rows of the training batch
+    condition_rows: Tensor  # (generator batch,) rows whose generated continuation replaces them
+    reset_rows: Tensor  # (num_reset,) rows that become fresh noise
+    seed_rows: Tensor  # (generator batch,) rows the seeds are cropped from
+    seed_offsets: Tensor  # (generator batch,) start of each seed crop, in [0, seq_len - seed_length]
+    batch_rows: Tensor  # (batch,) distinct rows of the training batch
     reset_first: bool = False
 
 
@@ -103,9 +103,9 @@ def draw_step_rows(
     else:
         perm = torch.randperm(buffer_size, device=device, generator=generator)
         condition_rows = perm[:source_batch]
-        reset_rows = perm[source_batch:source_batch + num_reset]
+        reset_rows = perm[source_batch : source_batch + num_reset]
         wrapped = num_reset - (buffer_size - source_batch)
-        if wrapped > 0:     # more resets than rows besides the conditions: continue round onto them
+        if wrapped > 0:  # more resets than rows besides the conditions: continue round onto them
             reset_rows = torch.cat((reset_rows, perm[:wrapped]))
         batch_rows = distinct(batch_size)
 
@@ -127,7 +127,9 @@ def draw_step_rows(
     )
 
 
-def read_rows(buffer: Tensor, rows: Tensor, columns: Tensor | None = None, *, pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
+def read_rows(
+    buffer: Tensor, rows: Tensor, columns: Tensor | None = None, *, pending: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """buffer[rows] (or buffer[rows[b], columns[b]] with columns (n, width)), as the buffer reads once
     `pending` = (reset_rows, noise) is written into it, without writing it: so that a step that fails
     later leaves the buffer as it was."""
@@ -137,9 +139,11 @@ def read_rows(buffer: Tensor, rows: Tensor, columns: Tensor | None = None, *, pe
         return out
 
     reset_rows, noise = pending
-    slot = torch.full((buffer.shape[0],), -1, dtype=torch.long, device=buffer.device)      # (buffer_size,) noise row of each reset row
+    slot = torch.full(
+        (buffer.shape[0],), -1, dtype=torch.long, device=buffer.device
+    )  # (buffer_size,) noise row of each reset row
     slot[reset_rows] = torch.arange(reset_rows.shape[0], device=buffer.device)
-    row_slot = slot[rows]                                                                  # (n,)
+    row_slot = slot[rows]  # (n,)
     noise_index = row_slot.clamp(min=0)
     from_noise = noise[noise_index] if not exists(columns) else noise[noise_index[:, None], columns]
     return torch.where((row_slot >= 0)[:, None], from_noise.to(out.dtype), out)
@@ -168,8 +172,8 @@ def gather_prefix(
     """(n, seed_length + seq_len) of `dtype`: each seed crop buffer[seed_rows[b], offset[b]:offset[b] + seed_length],
     then its condition row, as the buffer reads once `pending` = (reset_rows, noise) is written (not writing it)."""
     columns = seed_columns(seed_offsets, seed_length)
-    seeds = read_rows(buffer, seed_rows, columns, pending=pending)                                     # (n, seed_length)
-    conditions = read_rows(buffer, condition_rows, pending=pending)                                    # (n, seq_len)
+    seeds = read_rows(buffer, seed_rows, columns, pending=pending)  # (n, seed_length)
+    conditions = read_rows(buffer, condition_rows, pending=pending)  # (n, seq_len)
     return torch.cat((seeds, conditions), dim=-1).to(dtype)
 
 
@@ -178,8 +182,9 @@ def gather_rows(buffer: Tensor, rows: Tensor, *, dtype: torch.dtype = torch.long
     return buffer[rows].to(dtype)
 
 
-def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor,
-                generated: Tensor) -> Tensor:
+def write_rows_(
+    buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor, generated: Tensor
+) -> Tensor:
     """In place: noise over reset_rows (when given), then generated over condition_rows, which wins where a
     row is both."""
     if exists(noise):

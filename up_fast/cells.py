@@ -16,9 +16,9 @@ def lstm_update_(i: Tensor, f: Tensor, o: Tensor, g: Tensor, half_h: Tensor, dou
     """One LSTM cell update in place from the gate sigmoids i, f, o and g = sigmoid(2 g_pre), each
     (batch, hidden). half_h, double_c (batch, hidden): h / 2 and 2 c, updated (half_h may be a
     strided view). Returns half_h."""
-    double_c.mul_(f).addcmul_(i, g, value=4.).sub_(i, alpha=2.)     # 2 c = f 2 c + 2 i tanh(g)
+    double_c.mul_(f).addcmul_(i, g, value=4.0).sub_(i, alpha=2.0)  # 2 c = f 2 c + 2 i tanh(g)
     torch.sigmoid(double_c, out=half_h).mul_(o)
-    return half_h.sub_(o, alpha=0.5)                                # h / 2 = o sigmoid(2 c) - o / 2 = o tanh(c) / 2
+    return half_h.sub_(o, alpha=0.5)  # h / 2 = o sigmoid(2 c) - o / 2 = o tanh(c) / 2
 
 
 def gru_update_(r: Tensor, z: Tensor, n: Tensor, hidden_n: Tensor, h: Tensor) -> Tensor:
@@ -26,5 +26,5 @@ def gru_update_(r: Tensor, z: Tensor, n: Tensor, hidden_n: Tensor, h: Tensor) ->
     pre-activation n (overwritten) and its doubled recurrent term hidden_n (W_hn h + b_hn, b_hn
     included), each (batch, hidden). h (batch, hidden) is updated and returned."""
     n.addcmul_(r, hidden_n).sigmoid_()
-    n.add_(n).sub_(1.)                                              # n = tanh(...)
-    return h.sub_(n).mul_(z).add_(n)                                # (1 - z) * n + z * h
+    n.add_(n).sub_(1.0)  # n = tanh(...)
+    return h.sub_(n).mul_(z).add_(n)  # (1 - z) * n + z * h

@@ -36,7 +36,9 @@ def check_bool(name: str, value) -> bool:
 
 def check_temperature(temperature) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, Real):
-        raise TypeError(f'temperature must be a real number >= 0 (0 means greedy argmax), got {temperature!r} of type {type(temperature).__name__}')
+        raise TypeError(
+            f'temperature must be a real number >= 0 (0 means greedy argmax), got {temperature!r} of type {type(temperature).__name__}'
+        )
     temperature = float(temperature)
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f'temperature must be a finite number >= 0 (0 means greedy argmax), got {temperature}')
@@ -80,7 +82,9 @@ def check_token_tensor(name: str, tokens, num_tokens: int, *, batch: int | None 
     if tokens.numel() > 0:
         low, high = torch.aminmax(tokens.long())
         if low.item() < 0 or high.item() >= num_tokens:
-            raise ValueError(f'{name} holds token ids in [{low.item()}, {high.item()}], outside the vocabulary [0, {num_tokens - 1}]')
+            raise ValueError(
+                f'{name} holds token ids in [{low.item()}, {high.item()}], outside the vocabulary [0, {num_tokens - 1}]'
+            )
     return tokens
 
 
@@ -88,9 +92,13 @@ def check_uniform_noise(uniform_noise, shape: tuple[int, int, int]):
     if not isinstance(uniform_noise, Tensor):
         raise TypeError(f'uniform_noise must be a torch.Tensor of U[0, 1) draws, got {type(uniform_noise).__name__}')
     if tuple(uniform_noise.shape) != tuple(shape):
-        raise ValueError(f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}')
+        raise ValueError(
+            f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}'
+        )
     if not uniform_noise.is_floating_point():
-        raise TypeError(f'uniform_noise must be a floating point tensor of U[0, 1) draws, got dtype {uniform_noise.dtype}')
+        raise TypeError(
+            f'uniform_noise must be a floating point tensor of U[0, 1) draws, got dtype {uniform_noise.dtype}'
+        )
 
 
 def check_torch_generator(name: str, value) -> torch.Generator | None:
@@ -104,9 +112,13 @@ def check_causal_transformer(name: str, model):
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f'{name} must be a causal x_transformers TransformerWrapper, got {type(model).__name__}')
     if getattr(model, 'attn_layers', None) is None or not hasattr(model, 'num_tokens'):
-        raise TypeError(f'{name} must be a causal x_transformers TransformerWrapper (with attn_layers and num_tokens), got {type(model).__name__}')
+        raise TypeError(
+            f'{name} must be a causal x_transformers TransformerWrapper (with attn_layers and num_tokens), got {type(model).__name__}'
+        )
     if not getattr(model.attn_layers, 'causal', False):
-        raise ValueError(f'{name} must be causal (attn_layers=Decoder(...)), got attn_layers of type {type(model.attn_layers).__name__} with causal=False')
+        raise ValueError(
+            f'{name} must be causal (attn_layers=Decoder(...)), got attn_layers of type {type(model.attn_layers).__name__} with causal=False'
+        )
     return model
 
 
@@ -116,12 +128,16 @@ def check_seq_len(seq_len: int, model) -> int:
     whatever its max_seq_len says, as under the reference."""
     limit = getattr(getattr(model, 'pos_emb', None), 'max_seq_len', None)
     if isinstance(limit, int) and limit > 0 and seq_len > limit:
-        raise ValueError(f'seq_len must be at most the model\'s max_seq_len ({limit}), the length of its absolute position embedding, '
-                         f'got {seq_len} (a model without absolute positions, e.g. rotary, has no such limit)')
+        raise ValueError(
+            f"seq_len must be at most the model's max_seq_len ({limit}), the length of its absolute position embedding, "
+            f'got {seq_len} (a model without absolute positions, e.g. rotary, has no such limit)'
+        )
     return seq_len
 
 
 def check_data_generator(name: str, data_generator):
     if not isinstance(data_generator, torch.nn.Module) or not callable(getattr(data_generator, 'generate', None)):
-        raise TypeError(f'{name} must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}')
+        raise TypeError(
+            f'{name} must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}'
+        )
     return data_generator

@@ -29,8 +29,10 @@ def env_flag(name: str) -> bool:
         return True
     if value in FALSE_WORDS:
         return False
-    raise ValueError(f'the environment variable {name} must be one of {TRUE_WORDS + FALSE_WORDS[1:]} (any case), '
-                     f'got {os.environ[name]!r}')
+    raise ValueError(
+        f'the environment variable {name} must be one of {TRUE_WORDS + FALSE_WORDS[1:]} (any case), '
+        f'got {os.environ[name]!r}'
+    )
 
 
 def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:

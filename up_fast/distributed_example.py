@@ -32,15 +32,27 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument('--steps', type=int, default=50, help='training steps (default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=0, help='one seed for the whole run: model init and every rank\'s data stream (default: %(default)s)')
+    parser.add_argument(
+        '--seed',
+        type=int,
+        default=0,
+        help="one seed for the whole run: model init and every rank's data stream (default: %(default)s)",
+    )
     parser.add_argument('--dim', type=int, default=64, help='transformer and generator width (default: %(default)s)')
     parser.add_argument('--depth', type=int, default=2, help='transformer layers (default: %(default)s)')
     parser.add_argument('--heads', type=int, default=4, help='attention heads (default: %(default)s)')
     parser.add_argument('--seq-len', type=int, default=64, help='tokens per synthetic sequence (default: %(default)s)')
     parser.add_argument('--batch-size', type=int, default=8, help='sequences per rank and step (default: %(default)s)')
     parser.add_argument('--lr', type=float, default=3e-3, help='AdamW learning rate (default: %(default)s)')
-    parser.add_argument('--fsdp', action='store_true', help='shard the transformer with FSDP (fully_shard) instead of DDP')
-    parser.add_argument('--report', type=Path, default=None, help='folder to write each rank\'s losses, buffer and weights to (for tests)')
+    parser.add_argument(
+        '--fsdp', action='store_true', help='shard the transformer with FSDP (fully_shard) instead of DDP'
+    )
+    parser.add_argument(
+        '--report',
+        type=Path,
+        default=None,
+        help="folder to write each rank's losses, buffer and weights to (for tests)",
+    )
     args = parser.parse_args(argv)
     for name in ('steps', 'dim', 'depth', 'heads', 'seq_len', 'batch_size'):
         if getattr(args, name) < 1:
@@ -59,7 +71,7 @@ def main(argv=None):
     if use_cuda:
         torch.cuda.set_device(device)
 
-    torch.manual_seed(args.seed)        # the same transformer on every rank
+    torch.manual_seed(args.seed)  # the same transformer on every rank
     model = TransformerWrapper(
         num_tokens=256,
         max_seq_len=args.seq_len,
@@ -78,7 +90,8 @@ def main(argv=None):
 
     if args.fsdp:
         from torch.distributed.fsdp import fully_shard
-        for _, block, _ in model.attn_layers.layers:       # x-transformers: (norms, block, residual)
+
+        for _, block, _ in model.attn_layers.layers:  # x-transformers: (norms, block, residual)
             fully_shard(block)
         fully_shard(model)
         trainer = wrapper
@@ -100,12 +113,15 @@ def main(argv=None):
     if args.report is not None:
         args.report.mkdir(parents=True, exist_ok=True)
         weights = {name: p.full_tensor() if hasattr(p, 'full_tensor') else p for name, p in model.state_dict().items()}
-        torch.save(dict(
-            losses=losses,
-            buffer=wrapper.synth_data_buffer.cpu(),
-            generator=wrapper.data_generator.state_dict(),
-            model={name: t.detach().cpu() for name, t in weights.items()},
-        ), args.report / f'rank{rank}.pt')
+        torch.save(
+            dict(
+                losses=losses,
+                buffer=wrapper.synth_data_buffer.cpu(),
+                generator=wrapper.data_generator.state_dict(),
+                model={name: t.detach().cpu() for name, t in weights.items()},
+            ),
+            args.report / f'rank{rank}.pt',
+        )
         (args.report / f'rank{rank}.json').write_text(json.dumps(dict(rank=rank, world_size=world_size, losses=losses)))
 
     # leave together: a rank tearing gloo down while the other still talks to it can hang at exit

@@ -32,11 +32,13 @@ class FoldedWeightsCache:
         params = self.params_for_folding()
         try:
             key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        except RuntimeError:            # inference tensors have no version counter: never cache
+        except RuntimeError:  # inference tensors have no version counter: never cache
             key = None
-        same_params = len(params) == len(self._folded_params) and all(ref() is p for ref, p in zip(self._folded_params, params))
+        same_params = len(params) == len(self._folded_params) and all(
+            ref() is p for ref, p in zip(self._folded_params, params)
+        )
         if key is None or key != self._folded_key or not same_params:
-            with torch.autocast(params[0].device.type, enabled=False):     # all fp32, whatever the caller's autocast
+            with torch.autocast(params[0].device.type, enabled=False):  # all fp32, whatever the caller's autocast
                 self._folded = self.folded_type.fold(self.embed, self.net, self.to_logits)
             self._folded_key = key
             self._folded_params = tuple(weakref.ref(p) for p in params)

@@ -95,9 +95,11 @@ class GraphedStepData:
         graph = torch.cuda.CUDAGraph()
         register = getattr(graph, 'register_generator_state', None)
         if register is None:
-            raise RuntimeError(f'cuda_graph=True replays draws from generators of its own, which needs '
-                               f'torch.cuda.CUDAGraph.register_generator_state (torch >= 2.5), not in torch '
-                               f'{torch.__version__}: pass cuda_graph=False')
+            raise RuntimeError(
+                f'cuda_graph=True replays draws from generators of its own, which needs '
+                f'torch.cuda.CUDAGraph.register_generator_state (torch >= 2.5), not in torch '
+                f'{torch.__version__}: pass cuda_graph=False'
+            )
         for generator in randomness.per_device.values():
             if generator.device.type == 'cuda':
                 register(generator)

@@ -20,6 +20,7 @@ from up_fast.helpers import exists
 @torch.no_grad()
 def default_init_(m: Module, generator: torch.Generator | None):
     """The distributions of PyTorch's default init for these modules, drawn from `generator`."""
+
     def draw_(p, draw):
         # draw where the generator lives, then copy (a CUDA generator may init CPU weights)
         if exists(generator) and generator.device != p.device:
@@ -28,13 +29,13 @@ def default_init_(m: Module, generator: torch.Generator | None):
             draw(p)
 
     if isinstance(m, nn.Embedding):
-        draw_(m.weight, lambda t: t.normal_(0., 1., generator=generator))
+        draw_(m.weight, lambda t: t.normal_(0.0, 1.0, generator=generator))
         return
 
     if isinstance(m, nn.Linear):
-        bound = 1. / sqrt(m.in_features)        # kaiming_uniform_(a=sqrt(5)) comes down to this
+        bound = 1.0 / sqrt(m.in_features)  # kaiming_uniform_(a=sqrt(5)) comes down to this
     else:
-        bound = 1. / sqrt(m.hidden_size)        # LSTM / GRU
+        bound = 1.0 / sqrt(m.hidden_size)  # LSTM / GRU
 
     for p in m.parameters(recurse=False):
         draw_(p, lambda t: t.uniform_(-bound, bound, generator=generator))

@@ -14,7 +14,7 @@ from up_fast.helpers import exists
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, net: nn.LSTM) -> tuple[Tensor, Tensor]:
-    gates = x @ net.weight_ih_l0.t() + h @ net.weight_hh_l0.t()                # (batch, 4 * hidden)
+    gates = x @ net.weight_ih_l0.t() + h @ net.weight_hh_l0.t()  # (batch, 4 * hidden)
     if net.bias:
         gates = gates + net.bias_ih_l0 + net.bias_hh_l0
     i, f, g, o = gates.chunk(4, dim=-1)
@@ -24,7 +24,7 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, net: nn.LSTM) -> tuple[Tensor, Te
 
 
 def gru_cell(x: Tensor, h: Tensor, net: nn.GRU) -> Tensor:
-    input_gates = x @ net.weight_ih_l0.t()                                      # (batch, 3 * hidden)
+    input_gates = x @ net.weight_ih_l0.t()  # (batch, 3 * hidden)
     hidden_gates = h @ net.weight_hh_l0.t()
     if net.bias:
         input_gates = input_gates + net.bias_ih_l0
@@ -42,7 +42,7 @@ def gumbel_max_full(logits: Tensor, temperature: float, uniform: Tensor | None) 
     logits, uniform: (batch, num_tokens). Ties go to the lowest token id."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    gumbel = -torch.log(-torch.log(uniform.float()))                          # u == 0 gives -inf: never drawn
+    gumbel = -torch.log(-torch.log(uniform.float()))  # u == 0 gives -inf: never drawn
     return (logits + temperature * gumbel).argmax(dim=-1)
 
 
@@ -51,10 +51,10 @@ def naive_recurrent_sample(
     embed: nn.Embedding,
     net: nn.LSTM | nn.GRU,
     to_logits: nn.Linear,
-    prefix: Tensor,                     # (batch, prefix_len) token ids
+    prefix: Tensor,  # (batch, prefix_len) token ids
     length: int,
     temperature: float,
-    uniform_noise: Tensor | None = None,    # (batch, length, num_tokens) U[0, 1), needed when temperature > 0
+    uniform_noise: Tensor | None = None,  # (batch, length, num_tokens) U[0, 1), needed when temperature > 0
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Teacher-force `prefix` from a zero state, then sample `length` tokens, feeding each back.
 
@@ -62,7 +62,9 @@ def naive_recurrent_sample(
     second to last sampled token: the same contract as FoldedRecurrentNet.sample.
     """
     if temperature > 0 and not exists(uniform_noise):
-        raise ValueError('the oracle draws no noise: pass uniform_noise (batch, length, num_tokens) when temperature > 0')
+        raise ValueError(
+            'the oracle draws no noise: pass uniform_noise (batch, length, num_tokens) when temperature > 0'
+        )
 
     is_lstm = isinstance(net, nn.LSTM)
     batch = prefix.shape[0]
@@ -82,7 +84,7 @@ def naive_recurrent_sample(
 
     sampled = []
     for t in range(length):
-        logits = to_logits(h).float()                                           # (batch, num_tokens)
+        logits = to_logits(h).float()  # (batch, num_tokens)
         token = gumbel_max_full(logits, temperature, uniform_noise[:, t] if temperature > 0 else None)
         sampled.append(token)
         if t < length - 1:

@@ -23,8 +23,15 @@ from torch.nn import Module
 
 from up_fast.backend import check_backend
 from up_fast.cells import lstm_update_
+from up_fast.checks import (
+    check_int,
+    check_positive_real,
+    check_scale_range,
+    check_temperature,
+    check_token_tensor,
+    check_uniform_noise,
+)
 from up_fast.folded_cache import FoldedWeightsCache
-from up_fast.checks import check_int, check_positive_real, check_scale_range, check_temperature, check_token_tensor, check_uniform_noise
 from up_fast.helpers import exists
 from up_fast.init import default_init_
 from up_fast.sampling import gumbel_max, noise_steps, onednn_linear, onednn_packed
@@ -47,8 +54,10 @@ def lstm_gates(t: Tensor, hidden: int, dim: int = 0) -> Tensor:
     """PyTorch's LSTM gate blocks (i, f, g, o) along `dim` -> (i, f, o, 2 g), a new tensor: one
     sigmoid then covers all four (tanh(x) = 2 sigmoid(2x) - 1). By slices, not an index tensor,
     which a GPU would have to be sent."""
-    i_f, g, o = (t.narrow(dim, start, size) for start, size in ((0, 2 * hidden), (2 * hidden, hidden), (3 * hidden, hidden)))
-    return torch.cat((i_f, o, g * 2.), dim=dim)
+    i_f, g, o = (
+        t.narrow(dim, start, size) for start, size in ((0, 2 * hidden), (2 * hidden, hidden), (3 * hidden, hidden))
+    )
+    return torch.cat((i_f, o, g * 2.0), dim=dim)
 
 
 def lstm_cell(gates: Tensor, half_h: Tensor, double_c: Tensor):
@@ -81,13 +90,13 @@ class FoldedPaperNet:
     makes a contiguous copy of such a strided view inside the product: one small copy a product).
     """
 
-    prev_table: Tensor              # (num_tokens, 4 * hidden): embed @ W_ih[:, :dim]^T + b_ih + b_hh, layer 1
-    cond_table: Tensor              # (num_tokens, 4 * hidden): embed @ W_ih[:, dim:]^T, layer 1
-    weight_hh_first: Tensor         # (4 * hidden, hidden): layer 1's W_hh, times 2
-    weights_upper: list             # depth - 1 of (4 * hidden, 2 * hidden): [W_ih | W_hh] of layers 2.., times 2
-    biases_upper: list              # depth - 1 of (4 * hidden,): b_ih + b_hh of layers 2..
-    weight_out: Tensor              # (num_tokens, hidden), times 2
-    bias_out: Tensor | None         # (num_tokens,)
+    prev_table: Tensor  # (num_tokens, 4 * hidden): embed @ W_ih[:, :dim]^T + b_ih + b_hh, layer 1
+    cond_table: Tensor  # (num_tokens, 4 * hidden): embed @ W_ih[:, dim:]^T, layer 1
+    weight_hh_first: Tensor  # (4 * hidden, hidden): layer 1's W_hh, times 2
+    weights_upper: list  # depth - 1 of (4 * hidden, 2 * hidden): [W_ih | W_hh] of layers 2.., times 2
+    biases_upper: list  # depth - 1 of (4 * hidden,): b_ih + b_hh of layers 2..
+    weight_out: Tensor  # (num_tokens, hidden), times 2
+    bias_out: Tensor | None  # (num_tokens,)
     # batch -> the products for that batch size: a cache of this object's own
     linears: dict = field(default_factory=dict, repr=False, init=False, compare=False)
 
@@ -110,26 +119,26 @@ class FoldedPaperNet:
         # always copies: nothing here may write into the module
         f32 = lambda t: t.detach().to(torch.float32, copy=True) if exists(t) else None
         param = lambda name, layer: f32(getattr(net, f'{name}_l{layer}'))
-        bias = lambda layer: param('bias_ih', layer) + param('bias_hh', layer)      # (4 hidden,)
+        bias = lambda layer: param('bias_ih', layer) + param('bias_hh', layer)  # (4 hidden,)
 
-        embed_weight = f32(embed.weight)                                # (num_tokens, dim)
-        weight_ih = param('weight_ih', 0)                               # (4 hidden, 2 dim): previous token, then condition
-        prev_table = embed_weight @ weight_ih[:, :dim].t() + bias(0)    # (num_tokens, 4 hidden)
-        cond_table = embed_weight @ weight_ih[:, dim:].t()              # (num_tokens, 4 hidden)
+        embed_weight = f32(embed.weight)  # (num_tokens, dim)
+        weight_ih = param('weight_ih', 0)  # (4 hidden, 2 dim): previous token, then condition
+        prev_table = embed_weight @ weight_ih[:, :dim].t() + bias(0)  # (num_tokens, 4 hidden)
+        cond_table = embed_weight @ weight_ih[:, dim:].t()  # (num_tokens, 4 hidden)
 
         weights_upper, biases_upper = [], []
         for layer in range(1, net.num_layers):
-            weight = torch.cat((param('weight_ih', layer), param('weight_hh', layer)), dim=1)   # (4 hidden, 2 hidden)
-            weights_upper.append(lstm_gates(weight, hidden).mul_(2.).contiguous())
+            weight = torch.cat((param('weight_ih', layer), param('weight_hh', layer)), dim=1)  # (4 hidden, 2 hidden)
+            weights_upper.append(lstm_gates(weight, hidden).mul_(2.0).contiguous())
             biases_upper.append(lstm_gates(bias(layer), hidden))
 
         return cls(
             prev_table=lstm_gates(prev_table, hidden, dim=1).contiguous(),
             cond_table=lstm_gates(cond_table, hidden, dim=1).contiguous(),
-            weight_hh_first=lstm_gates(param('weight_hh', 0), hidden).mul_(2.).contiguous(),
+            weight_hh_first=lstm_gates(param('weight_hh', 0), hidden).mul_(2.0).contiguous(),
             weights_upper=weights_upper,
             biases_upper=biases_upper,
-            weight_out=f32(to_logits.weight).mul_(2.).contiguous(),
+            weight_out=f32(to_logits.weight).mul_(2.0).contiguous(),
             bias_out=f32(to_logits.bias),
         )
 
@@ -152,14 +161,14 @@ class FoldedPaperNet:
         if exists(hiddens):
             h, c = hiddens
             half_h.copy_(h.to(half_h).permute(1, 0, 2).reshape(batch, -1)).mul_(0.5)
-            double_c.copy_(c).mul_(2.)
+            double_c.copy_(c).mul_(2.0)
         return half_h, double_c
 
     def module_state(self, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """The loop's state as nn.LSTM's (h, c), each (depth, batch, hidden); new tensors."""
         half_h, double_c = state
         batch = half_h.shape[0]
-        h = half_h.view(batch, self.depth, self.hidden_size).permute(1, 0, 2) * 2.
+        h = half_h.view(batch, self.depth, self.hidden_size).permute(1, 0, 2) * 2.0
         return h.contiguous(), double_c * 0.5
 
     def stepper(self, state: tuple[Tensor, Tensor]):
@@ -170,18 +179,25 @@ class FoldedPaperNet:
         batch, hidden = half_h.shape[0], self.hidden_size
         recurrent_first, uppers, _ = self.products(batch)
 
-        gates = self.prev_table.new_empty(self.depth, batch, 4 * hidden)    # each layer's (batch, 4 hidden), reused
+        gates = self.prev_table.new_empty(self.depth, batch, 4 * hidden)  # each layer's (batch, 4 hidden), reused
         first_gates, cond_rows = gates[0], torch.empty_like(gates[0])
-        half_hs = half_h.split(hidden, dim=1)                               # depth of (batch, hidden) views
+        half_hs = half_h.split(hidden, dim=1)  # depth of (batch, hidden) views
         # layer l's product input [h_(l-1) | h_l] / 2: (batch, 2 hidden) strided views
-        upper_inputs = [half_h[:, (layer - 1) * hidden:(layer + 1) * hidden] for layer in range(1, self.depth)]
+        upper_inputs = [half_h[:, (layer - 1) * hidden : (layer + 1) * hidden] for layer in range(1, self.depth)]
         first_cell, *upper_cells = (lstm_cell(*layer) for layer in zip(gates, half_hs, double_c))
         uppers = list(zip(upper_inputs, uppers, gates[1:], upper_cells))
-        index_select, sigmoid, prev_table, cond_table = torch.index_select, torch.sigmoid, self.prev_table, self.cond_table
+        index_select, sigmoid, prev_table, cond_table = (
+            torch.index_select,
+            torch.sigmoid,
+            self.prev_table,
+            self.cond_table,
+        )
 
         def step(prev_tokens: Tensor, cond_tokens: Tensor) -> Tensor:
             index_select(prev_table, 0, prev_tokens, out=first_gates)
-            first_gates.add_(index_select(cond_table, 0, cond_tokens, out=cond_rows)).add_(recurrent_first(half_hs[0])).sigmoid_()
+            first_gates.add_(index_select(cond_table, 0, cond_tokens, out=cond_rows)).add_(
+                recurrent_first(half_hs[0])
+            ).sigmoid_()
             first_cell()
             for layer_input, product, layer_gates, cell in uppers:
                 sigmoid(product(layer_input), out=layer_gates)
@@ -208,7 +224,9 @@ class FoldedPaperNet:
         return logits.transpose(0, 1), self.module_state(state)
 
     @torch.no_grad()
-    def sample(self, seed: Tensor, condition: Tensor, length: int, temperature: float, *, generator=None, uniform_noise=None) -> Tensor:
+    def sample(
+        self, seed: Tensor, condition: Tensor, length: int, temperature: float, *, generator=None, uniform_noise=None
+    ) -> Tensor:
         """(batch, length) int64: the seed, then length - seed_len tokens, each from the logits after
         feeding the previous output token with the condition token at its position."""
         # inference mode skips autograd's bookkeeping of every op; the result leaves it as a clone
@@ -224,11 +242,21 @@ class FoldedPaperNet:
         step = self.stepper(state)
         head = self.products(batch)[2]
 
-        columns = torch.empty((length, batch), dtype=torch.long, device=device)   # step t writes a contiguous row
+        columns = torch.empty((length, batch), dtype=torch.long, device=device)  # step t writes a contiguous row
         columns[:seed_len] = seed.t()
         rows = columns.unbind(0)
-        cond_columns = condition[:, :length - 1].to(device, torch.long).t().contiguous().unbind(0)   # length - 1 of (batch,)
-        noise = noise_steps(batch, length - seed_len, self.num_tokens, temperature, device=device, generator=generator, uniform_noise=uniform_noise)
+        cond_columns = (
+            condition[:, : length - 1].to(device, torch.long).t().contiguous().unbind(0)
+        )  # length - 1 of (batch,)
+        noise = noise_steps(
+            batch,
+            length - seed_len,
+            self.num_tokens,
+            temperature,
+            device=device,
+            generator=generator,
+            uniform_noise=uniform_noise,
+        )
 
         # teacher forcing: the seed's tokens but its last, which the first sampling step feeds
         for t in range(seed_len - 1):
@@ -272,7 +300,7 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
     raises here rather than run something other than what was asked for.
     """
 
-    folded_type = FoldedPaperNet            # `folded()` and `invalidate_folded()`: up_fast.folded_cache
+    folded_type = FoldedPaperNet  # `folded()` and `invalidate_folded()`: up_fast.folded_cache
 
     def __init__(
         self,
@@ -293,7 +321,9 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         self.max_seq_len = check_int('max_seq_len', max_seq_len, low=1)
         self.depth = check_int('depth', depth, low=1)
         self.scale_range = check_scale_range(scale_range)
-        self.scale_exponent = check_positive_real('scale_exponent', scale_exponent) if exists(scale_exponent) else float(self.depth)
+        self.scale_exponent = (
+            check_positive_real('scale_exponent', scale_exponent) if exists(scale_exponent) else float(self.depth)
+        )
         self.embed_scale = check_positive_real('embed_scale', embed_scale)
         self.backend = backend
 
@@ -301,7 +331,7 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         self.net = nn.LSTM(2 * dim, dim, num_layers=self.depth, batch_first=True)
         self.to_logits = nn.Linear(dim, self.num_tokens)
 
-        self.last_scale = None          # the factor m of the latest draw, a 0-dim tensor
+        self.last_scale = None  # the factor m of the latest draw, a 0-dim tensor
         self.invalidate_folded()
         self.reset_(generator=generator)
 
@@ -315,7 +345,9 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         checked = check_backend(backend)
         if checked == 'triton':
             source = 'backend' if exists(backend) else 'the environment variable UP_FAST_BACKEND'
-            raise ValueError(f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or 'torch' (its PyTorch loop runs on any device)")
+            raise ValueError(
+                f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or 'torch' (its PyTorch loop runs on any device)"
+            )
         self._backend = checked
 
     @torch.no_grad()
@@ -340,7 +372,16 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
     # generation
 
     @torch.no_grad()
-    def generate(self, length, seed=None, condition=None, temperature=0.0, *, generator: torch.Generator | None = None, uniform_noise: Tensor | None = None):
+    def generate(
+        self,
+        length,
+        seed=None,
+        condition=None,
+        temperature=0.0,
+        *,
+        generator: torch.Generator | None = None,
+        uniform_noise: Tensor | None = None,
+    ):
         """(batch, length) int64: the seed, then greedy (temperature 0) or sampled tokens.
 
         seed: (batch, seed_len) token ids, 1 <= seed_len <= length: the output's first tokens.
@@ -354,38 +395,59 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         length = check_int('length', length, low=1)
         temperature = check_temperature(temperature)
         if not exists(seed):
-            raise ValueError('generate needs a seed (batch, seed_len) tensor of token ids, seed_len >= 1: the start of the output, got None')
+            raise ValueError(
+                'generate needs a seed (batch, seed_len) tensor of token ids, seed_len >= 1: the start of the output, got None'
+            )
         check_token_tensor('seed', seed, self.num_tokens)
         batch, seed_len = seed.shape
         if batch == 0:
             raise ValueError('generate needs a batch of at least one sequence: seed has batch size 0')
         if not 1 <= seed_len <= length:
-            raise ValueError(f'seed must hold between 1 and length={length} tokens (it is the start of the output), got {seed_len}')
+            raise ValueError(
+                f'seed must hold between 1 and length={length} tokens (it is the start of the output), got {seed_len}'
+            )
         if exists(condition):
             check_token_tensor('condition', condition, self.num_tokens, batch=batch)
             if condition.shape[1] < length - 1:
-                raise ValueError(f'condition must hold at least length - 1 = {length - 1} tokens per row (position j of the output reads condition[:, j]), got {condition.shape[1]}')
+                raise ValueError(
+                    f'condition must hold at least length - 1 = {length - 1} tokens per row (position j of the output reads condition[:, j]), got {condition.shape[1]}'
+                )
         if exists(uniform_noise):
             check_uniform_noise(uniform_noise, (batch, length - seed_len, self.num_tokens))
 
-        return self.generate_unchecked(length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise)
+        return self.generate_unchecked(
+            length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise
+        )
 
     @torch.no_grad()
-    def generate_unchecked(self, length, seed, condition, temperature=0.0, *, generator: torch.Generator | None = None, uniform_noise: Tensor | None = None):
+    def generate_unchecked(
+        self,
+        length,
+        seed,
+        condition,
+        temperature=0.0,
+        *,
+        generator: torch.Generator | None = None,
+        uniform_noise: Tensor | None = None,
+    ):
         """`generate` without the argument checks, which read values back from the device: for the
         training step, whose rows are in range by construction. It reads nothing back itself."""
         device = self.embed.weight.device
         seed = seed.to(device, torch.long)
         if not exists(condition):
             condition = seed.new_zeros(seed.shape[0], max(length - 1, 0))
-        with torch.autocast(device.type, enabled=False):        # the loop is fp32 throughout
-            return self.folded().sample(seed, condition, length, temperature, generator=generator, uniform_noise=uniform_noise)
+        with torch.autocast(device.type, enabled=False):  # the loop is fp32 throughout
+            return self.folded().sample(
+                seed, condition, length, temperature, generator=generator, uniform_noise=uniform_noise
+            )
 
     def forward(self, input, condition, hiddens=None):
         """The plain teacher-forced network: input, condition (batch, seq) -> logits (batch, seq,
         num_tokens) and nn.LSTM's (h, c). Position j's logits predict output token j + 1."""
         if input.shape != condition.shape:
-            raise ValueError(f'input and condition must have the same (batch, seq) shape, got {tuple(input.shape)} and {tuple(condition.shape)}')
-        tokens = torch.cat((self.embed(input), self.embed(condition)), dim=-1)     # (batch, seq, 2 dim)
+            raise ValueError(
+                f'input and condition must have the same (batch, seq) shape, got {tuple(input.shape)} and {tuple(condition.shape)}'
+            )
+        tokens = torch.cat((self.embed(input), self.embed(condition)), dim=-1)  # (batch, seq, 2 dim)
         out, hiddens = self.net(tokens, hiddens)
         return self.to_logits(out), hiddens

@@ -42,23 +42,50 @@ def phase(name: str, enabled: bool):
 
 # the profiling entry: python -m up_fast.profiling
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m up_fast.profiling', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog='python -m up_fast.profiling', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = parser.add_argument
     add('--steps', type=int, default=10, help='measured steps (default: %(default)s)')
-    add('--warmup', type=int, default=3, help='steps before the measurement: allocation, compilation, autotuning (default: %(default)s)')
+    add(
+        '--warmup',
+        type=int,
+        default=3,
+        help='steps before the measurement: allocation, compilation, autotuning (default: %(default)s)',
+    )
     add('--batch-size', type=int, default=32, help='sequences per step (default: %(default)s)')
     add('--seq-len', type=int, default=512, help='tokens per sequence (default: %(default)s)')
     add('--seed-length', type=int, default=8, help='seed tokens cropped from the buffer (default: %(default)s)')
     add('--num-tokens', type=int, default=256, help='vocabulary size (default: %(default)s)')
-    add('--dim', type=int, default=256, help='transformer width, and the generator\'s embedding width (default: %(default)s)')
+    add(
+        '--dim',
+        type=int,
+        default=256,
+        help="transformer width, and the generator's embedding width (default: %(default)s)",
+    )
     add('--hidden', type=int, default=None, help='generator hidden size (default: --dim)')
     add('--depth', type=int, default=6, help='transformer layers (default: %(default)s)')
     add('--heads', type=int, default=8, help='attention heads (default: %(default)s)')
     add('--gru', action='store_true', help='a GRU generator instead of an LSTM')
-    add('--data-only', action='store_true', help='profile the data part of a step only (no transformer forward/backward)')
+    add(
+        '--data-only',
+        action='store_true',
+        help='profile the data part of a step only (no transformer forward/backward)',
+    )
     add('--device', default=None, help='cuda or cpu (default: cuda when available)')
-    add('--backend', default=None, choices=('auto', 'triton', 'torch'), help='which path samples (default: UP_FAST_BACKEND, else auto)')
-    add('--ops', type=int, default=0, metavar='N', help='then run the measured steps again under torch.profiler and print the N operators with the most self time (default: off)')
+    add(
+        '--backend',
+        default=None,
+        choices=('auto', 'triton', 'torch'),
+        help='which path samples (default: UP_FAST_BACKEND, else auto)',
+    )
+    add(
+        '--ops',
+        type=int,
+        default=0,
+        metavar='N',
+        help='then run the measured steps again under torch.profiler and print the N operators with the most self time (default: off)',
+    )
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size', 'seq_len', 'num_tokens', 'dim', 'depth', 'heads'):
         if getattr(args, name) < 1:
@@ -80,12 +107,27 @@ def main(argv=None):
     cuda = device.type == 'cuda'
     torch.manual_seed(0)
 
-    model = TransformerWrapper(num_tokens=args.num_tokens, max_seq_len=args.seq_len,
-                               attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads))
-    generator = SyntheticDataGenerator(dim=args.dim, num_tokens=args.num_tokens, max_seq_len=args.seq_len,
-                                       hidden_size=args.hidden, use_gru=args.gru, backend=args.backend)
-    wrapper = UniversalPretrainWrapper(model, data_generator=generator, batch_size=args.batch_size,
-                                       seq_len=args.seq_len, seed_length=args.seed_length, nvtx=True).to(device)
+    model = TransformerWrapper(
+        num_tokens=args.num_tokens,
+        max_seq_len=args.seq_len,
+        attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads),
+    )
+    generator = SyntheticDataGenerator(
+        dim=args.dim,
+        num_tokens=args.num_tokens,
+        max_seq_len=args.seq_len,
+        hidden_size=args.hidden,
+        use_gru=args.gru,
+        backend=args.backend,
+    )
+    wrapper = UniversalPretrainWrapper(
+        model,
+        data_generator=generator,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        seed_length=args.seed_length,
+        nvtx=True,
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
@@ -115,7 +157,9 @@ def main(argv=None):
 
     what = 'data steps' if args.data_only else 'training steps'
     tokens = args.steps * args.batch_size * args.seq_len
-    print(f'{args.steps} {what} on {device} ({generator.backend} backend): {elapsed / args.steps * 1e3:.2f} ms a step, {tokens / elapsed:,.0f} synthetic tokens/s')
+    print(
+        f'{args.steps} {what} on {device} ({generator.backend} backend): {elapsed / args.steps * 1e3:.2f} ms a step, {tokens / elapsed:,.0f} synthetic tokens/s'
+    )
 
     if args.ops:
         # a separate pass: the profiler's own overhead must not enter the timing above
@@ -125,7 +169,9 @@ def main(argv=None):
                 step()
             sync()
         sort_by = 'self_device_time_total' if cuda else 'self_cpu_time_total'
-        print(f'\nthe {args.ops} operators with the most self time over {args.steps} more {what} (torch.profiler, which adds its own overhead):')
+        print(
+            f'\nthe {args.ops} operators with the most self time over {args.steps} more {what} (torch.profiler, which adds its own overhead):'
+        )
         print(prof.key_averages().table(sort_by=sort_by, row_limit=args.ops))
 
 

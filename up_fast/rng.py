@@ -44,11 +44,12 @@ def mix_seed(*parts: int) -> int:
 
 def seed_from_torch() -> int:
     """One seed drawn from torch's global CPU generator: `torch.manual_seed` decides it."""
-    return int(torch.randint(0, 2 ** 63 - 1, (), device='cpu'))
+    return int(torch.randint(0, 2**63 - 1, (), device='cpu'))
 
 
 def distributed_rank() -> int:
     import torch.distributed as dist
+
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -57,7 +58,10 @@ def accepts_keyword(fn, name: str) -> bool:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.kind is p.VAR_KEYWORD for p in parameters)
+    return any(
+        p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
 
 
 def follows_generator(data_generator: Module) -> bool:
@@ -67,7 +71,12 @@ def follows_generator(data_generator: Module) -> bool:
     torch's global generators."""
     reset_ = getattr(data_generator, 'reset_', None)
     generate = getattr(data_generator, 'generate_unchecked', None)
-    return callable(reset_) and callable(generate) and accepts_keyword(reset_, 'generator') and accepts_keyword(generate, 'generator')
+    return (
+        callable(reset_)
+        and callable(generate)
+        and accepts_keyword(reset_, 'generator')
+        and accepts_keyword(generate, 'generator')
+    )
 
 
 def device_key(device) -> torch.device:
@@ -84,8 +93,14 @@ def device_key(device) -> torch.device:
 class StepRandomness:
     """The generators of the current step: `begin(step)`, then `on(device)` for each draw."""
 
-    def __init__(self, generator: torch.Generator | None = None, seed: int | None = None, rank: int = 0, *,
-                 keep_generators: bool = False):
+    def __init__(
+        self,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        rank: int = 0,
+        *,
+        keep_generators: bool = False,
+    ):
         assert exists(generator) != exists(seed), 'one of generator and seed'
         self.keep_generators = keep_generators
         self.generator = generator
@@ -117,8 +132,10 @@ class StepRandomness:
 
         if exists(self.generator):
             if self.generator.device.type != device.type:
-                raise ValueError(f'generator lives on {self.generator.device} but this draw happens on {device}; '
-                                 'pass a generator on that device, or rng_seed=int (per-device generators), or neither')
+                raise ValueError(
+                    f'generator lives on {self.generator.device} but this draw happens on {device}; '
+                    'pass a generator on that device, or rng_seed=int (per-device generators), or neither'
+                )
             return self.generator
 
         # one generator, and one stream, per device: two GPUs of one process do not draw alike

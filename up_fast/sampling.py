@@ -33,7 +33,7 @@ from up_fast.helpers import default, exists
 #   back to the host; it gives the same winner (and ignores noise outside the band, as lazy does).
 #   It saves no draws: on CUDA the Triton kernel is the fast path.
 
-LAZY_DEVICE_TYPES = frozenset({'cpu'})      # where reading a count back is free; dense everywhere else
+LAZY_DEVICE_TYPES = frozenset({'cpu'})  # where reading a count back is free; dense everywhere else
 
 
 def gumbel_(uniform: Tensor) -> Tensor:
@@ -57,7 +57,9 @@ def gumbel_max(logits: Tensor, temperature: float, noise: StepNoise | None, *, o
     if temperature == 0:
         return argmax(logits, out)
     if not isinstance(noise, StepNoise):
-        raise TypeError(f'gumbel_max at temperature {temperature} needs one step of noise_steps(...), got {type(noise).__name__}')
+        raise TypeError(
+            f'gumbel_max at temperature {temperature} needs one step of noise_steps(...), got {type(noise).__name__}'
+        )
     return noise.source.sample(noise.step, logits, temperature, out)
 
 
@@ -78,6 +80,7 @@ CHUNK_ELEMENTS = 1 << 17
 @dataclass(frozen=True)
 class StepNoise:
     """One sampling step's noise, drawn (or read) only when gumbel_max asks for it."""
+
     source: GumbelNoise
     step: int
 
@@ -91,10 +94,12 @@ class GumbelPool:
         self.device = device
         self.generator = generator
         self.chunk = chunk
-        self.values = torch.empty(0, device=device, dtype=torch.float32)     # (n,) T * G; those before `position` are handed out
+        self.values = torch.empty(
+            0, device=device, dtype=torch.float32
+        )  # (n,) T * G; those before `position` are handed out
         self.position = 0
-        self.zeros: list[int] = []                      # positions in `values` that came from u == 0, ascending
-        self.handed_out = 0                             # numbers taken so far
+        self.zeros: list[int] = []  # positions in `values` that came from u == 0, ascending
+        self.handed_out = 0  # numbers taken so far
 
     def draw_uniform(self, count: int) -> Tensor:
         # float32 whatever the default dtype: the band's bounds are those of float32 uniforms
@@ -105,7 +110,9 @@ class GumbelPool:
         if end > self.values.numel():
             rest = self.values[start:]
             # T * G = -T log(-log u), in four passes
-            size = max(count - rest.numel(), min(CHUNK_ELEMENTS, max(self.chunk, 16 * count)))     # large takes: 16 of them a draw
+            size = max(
+                count - rest.numel(), min(CHUNK_ELEMENTS, max(self.chunk, 16 * count))
+            )  # large takes: 16 of them a draw
             fresh = self.draw_uniform(size).log_().neg_().log_().mul_(-self.temperature)
             self.values = torch.cat((rest, fresh)) if rest.numel() > 0 else fresh
             self.zeros = [i - start for i in self.zeros if i >= start]
@@ -133,7 +140,9 @@ class GumbelNoise:
     `lazy` picks the formulation (see the notes above): by default lazy on LAZY_DEVICE_TYPES (the CPU).
     """
 
-    def __init__(self, batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None, lazy=None):
+    def __init__(
+        self, batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None, lazy=None
+    ):
         if exists(uniform_noise):
             check_uniform_noise(uniform_noise, (batch, length, num_tokens))
 
@@ -144,14 +153,16 @@ class GumbelNoise:
         self.generator = generator
         self.uniform_noise = uniform_noise
         self.band = Band.of(temperature, device, injected=exists(uniform_noise))
-        self.lazy = default(lazy, device.type in LAZY_DEVICE_TYPES)         # the formulation (see the notes above)
+        self.lazy = default(lazy, device.type in LAZY_DEVICE_TYPES)  # the formulation (see the notes above)
 
         # lazy: about one draw a row a step at small temperatures; the pool grows by what a step needs
-        self.pool = GumbelPool(temperature, device=device, generator=generator, chunk=max(1, min(CHUNK_ELEMENTS, batch * length)))
+        self.pool = GumbelPool(
+            temperature, device=device, generator=generator, chunk=max(1, min(CHUNK_ELEMENTS, batch * length))
+        )
         self.dense_chunks = self.draw_dense_chunks() if not self.lazy and not exists(uniform_noise) else None
         # lazy: the candidates' T * G, and stale values of earlier steps elsewhere (see sample_lazy)
         scratch = (batch, num_tokens) if self.lazy else (0, 0)
-        self.noise = torch.zeros(scratch, device=device, dtype=torch.float32)                   # (batch, num_tokens)
+        self.noise = torch.zeros(scratch, device=device, dtype=torch.float32)  # (batch, num_tokens)
         self.scores = torch.empty(scratch, device=device, dtype=torch.float32)
         self.best = torch.empty(scratch[:1], device=device, dtype=torch.float32)
         self.every_token = False
@@ -167,16 +178,24 @@ class GumbelNoise:
             uniform = uniform.to(self.device)
         if exists(where):
             uniform = uniform[where]
-        uniform = uniform.to(torch.float32, copy=True)                       # the caller's tensor stays as it is
-        if self.lazy and not bool(((uniform >= 0) & (uniform < 1)).all()):    # a CPU check reads nothing back from a device
-            raise ValueError(f'uniform_noise must hold U[0, 1) draws (after conversion to float32); step {step} has values outside [0, 1)')
+        uniform = uniform.to(torch.float32, copy=True)  # the caller's tensor stays as it is
+        if self.lazy and not bool(
+            ((uniform >= 0) & (uniform < 1)).all()
+        ):  # a CPU check reads nothing back from a device
+            raise ValueError(
+                f'uniform_noise must hold U[0, 1) draws (after conversion to float32); step {step} has values outside [0, 1)'
+            )
         return uniform
 
     def sample(self, step: int, logits: Tensor, temperature: float, out: Tensor | None) -> Tensor:
         if temperature != self.temperature:
-            raise ValueError(f'gumbel_max got temperature {temperature}, but its noise was made for temperature {self.temperature}')
+            raise ValueError(
+                f'gumbel_max got temperature {temperature}, but its noise was made for temperature {self.temperature}'
+            )
         if tuple(logits.shape) != (self.shape[0], self.shape[2]):
-            raise ValueError(f'gumbel_max got logits of shape {tuple(logits.shape)}, but its noise is for (batch, num_tokens) = {(self.shape[0], self.shape[2])}')
+            raise ValueError(
+                f'gumbel_max got logits of shape {tuple(logits.shape)}, but its noise is for (batch, num_tokens) = {(self.shape[0], self.shape[2])}'
+            )
         if logits.dtype != torch.float32:
             logits = logits.float()
         return self.sample_lazy(step, logits, out) if self.lazy else self.sample_dense(step, logits, out)
@@ -195,18 +214,22 @@ class GumbelNoise:
             # token is full Gumbel-max itself, exact without the band's bookkeeping
             noise, _ = self.pool.take(logits.numel())
             scores = torch.add(logits, noise.view_as(logits), out=self.scores)
-            return torch.max(scores, dim=-1, out=(self.best, out)).indices if exists(out) else torch.max(scores, dim=-1).indices
+            return (
+                torch.max(scores, dim=-1, out=(self.best, out)).indices
+                if exists(out)
+                else torch.max(scores, dim=-1).indices
+            )
 
-        top, candidates = self.band.candidates(logits)                      # (batch, 1), (batch, num_tokens)
-        fresh, has_zero = self.candidate_noise(step, candidates)            # (candidates,)
+        top, candidates = self.band.candidates(logits)  # (batch, 1), (batch, num_tokens)
+        fresh, has_zero = self.candidate_noise(step, candidates)  # (candidates,)
         if fresh.numel() == candidates.numel():
             noise = fresh.view_as(candidates)
-            self.every_token = not exists(self.uniform_noise)               # injected noise: read only the band, always
+            self.every_token = not exists(self.uniform_noise)  # injected noise: read only the band, always
         else:
             # fresh noise in the band; outside it, earlier steps' T * G (or the initial 0), all <= T * g_max,
             # which the band's argument allows any non-candidate: none of them can win a certified row
             noise = self.noise.masked_scatter_(candidates, fresh)
-        scores = torch.add(logits, noise, out=self.scores)                  # the candidates' scores as full Gumbel-max computes them
+        scores = torch.add(logits, noise, out=self.scores)  # the candidates' scores as full Gumbel-max computes them
         best, winner = torch.max(scores, dim=-1, out=(self.best, out)) if exists(out) else torch.max(scores, dim=-1)
         if has_zero:
             self.certify(step, logits, top, candidates, noise, best, winner)
@@ -216,7 +239,7 @@ class GumbelNoise:
         """Rows where u == 0 left no candidate above the certificate take noise for every token
         (fresh draws outside the band, the candidates keeping theirs) and full Gumbel-max; in place."""
         failed = torch.logical_not(best >= self.band.certificate(top).squeeze(-1)).nonzero().flatten().tolist()
-        for row in failed:                                                  # rare: u == 0 has probability 2^-24
+        for row in failed:  # rare: u == 0 has probability 2^-24
             if exists(self.uniform_noise):
                 outside = gumbel_(self.injected_uniform(step, row)).mul_(self.temperature)
             else:
@@ -229,8 +252,13 @@ class GumbelNoise:
         chunk_steps = max(1, min(length, CHUNK_ELEMENTS // max(1, batch * num_tokens)))
         for start in range(0, length, chunk_steps):
             # step-major, so that each step's (batch, num_tokens) slice is contiguous
-            uniform = torch.rand((min(chunk_steps, length - start), batch, num_tokens), device=self.device, dtype=torch.float32, generator=self.generator)
-            yield from gumbel_(uniform).mul_(self.temperature).unbind(0)    # in place: one chunk in memory, not two
+            uniform = torch.rand(
+                (min(chunk_steps, length - start), batch, num_tokens),
+                device=self.device,
+                dtype=torch.float32,
+                generator=self.generator,
+            )
+            yield from gumbel_(uniform).mul_(self.temperature).unbind(0)  # in place: one chunk in memory, not two
 
     def sample_dense(self, step: int, logits: Tensor, out: Tensor | None) -> Tensor:
         # no value read back: noise for every token, the band as a mask; rows the certificate
@@ -238,19 +266,25 @@ class GumbelNoise:
         if exists(self.uniform_noise):
             noise = gumbel_(self.injected_uniform(step)).mul_(self.temperature)
         else:
-            noise = next(self.dense_chunks)                                 # steps come in order
+            noise = next(self.dense_chunks)  # steps come in order
         top, candidates = self.band.candidates(logits)
-        scores = logits + noise                                             # (batch, num_tokens)
+        scores = logits + noise  # (batch, num_tokens)
         best, in_band = torch.max(scores.masked_fill(~candidates, -math.inf), dim=-1)
         winner = torch.where(best >= self.band.certificate(top).squeeze(-1), in_band, torch.max(scores, dim=-1).indices)
         return out.copy_(winner) if exists(out) else winner
 
 
-def noise_steps(batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None) -> Iterator[StepNoise | None]:
+def noise_steps(
+    batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None
+) -> Iterator[StepNoise | None]:
     """Each sampling step's noise for gumbel_max, in order (see GumbelNoise); None at temperature 0, which needs none."""
     if temperature == 0:
         return repeat(None, length)
-    return iter(GumbelNoise(batch, length, num_tokens, temperature, device=device, generator=generator, uniform_noise=uniform_noise))
+    return iter(
+        GumbelNoise(
+            batch, length, num_tokens, temperature, device=device, generator=generator, uniform_noise=uniform_noise
+        )
+    )
 
 
 # small-batch matmuls on the CPU
@@ -269,9 +303,11 @@ def onednn_packed(weight: Tensor, batch: int) -> Tensor | None:
         return None
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch)
-        probe = torch.randn(batch, weight.shape[1], dtype=torch.float32, generator=torch.Generator().manual_seed(0))   # (batch, in)
+        probe = torch.randn(
+            batch, weight.shape[1], dtype=torch.float32, generator=torch.Generator().manual_seed(0)
+        )  # (batch, in)
         got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, 'none', [], '')
-    except Exception:           # not built with oneDNN, or the internal op changed
+    except Exception:  # not built with oneDNN, or the internal op changed
         return None
     # CPU tensors only (checked above): comparing them reads nothing back from a device
     if got.shape != (batch, weight.shape[0]) or not torch.allclose(got, probe @ weight.t(), rtol=1e-4, atol=1e-4):
@@ -308,11 +344,11 @@ class FoldedRecurrentNet:
     """
 
     cell: str
-    input_table: Tensor        # (num_tokens, gates * hidden): embed @ W_ih^T + folded biases
-    weight_hh: Tensor          # (gates * hidden, hidden), gates in the order above
-    bias_hn: Tensor | None     # (hidden,) GRU only
-    weight_out: Tensor         # (num_tokens, hidden)
-    bias_out: Tensor | None    # (num_tokens,)
+    input_table: Tensor  # (num_tokens, gates * hidden): embed @ W_ih^T + folded biases
+    weight_hh: Tensor  # (gates * hidden, hidden), gates in the order above
+    bias_hn: Tensor | None  # (hidden,) GRU only
+    weight_out: Tensor  # (num_tokens, hidden)
+    bias_out: Tensor | None  # (num_tokens,)
     # (weight name, batch) -> x -> x @ W^T + b: a cache of this object's own, never shared by dataclasses.replace
     linears: dict = field(default_factory=dict, repr=False, init=False, compare=False)
 
@@ -328,15 +364,17 @@ class FoldedRecurrentNet:
             if exists(packed):
                 self.linears[key] = partial(onednn_linear, packed=packed, bias=bias)
             else:
-                self.linears[key] = (lambda x: torch.addmm(bias, x, weight.t())) if exists(bias) else (lambda x: x @ weight.t())
+                self.linears[key] = (
+                    (lambda x: torch.addmm(bias, x, weight.t())) if exists(bias) else (lambda x: x @ weight.t())
+                )
         return self.linears[key]
 
     def weight_and_bias(self, name: str) -> tuple[Tensor, Tensor | None]:
         """The weight (out, hidden) a product multiplies the loop's state[0] by, and its bias."""
-        scale = 2. if self.cell == 'lstm' else 1.                          # an LSTM's state[0] is h / 2
+        scale = 2.0 if self.cell == 'lstm' else 1.0  # an LSTM's state[0] is h / 2
         gates_width = self.weight_hh.shape[0]
         bias_hh = None
-        if exists(self.bias_hn):                           # GRU: (0, 0, b_hn) over the (r, z, n) rows
+        if exists(self.bias_hn):  # GRU: (0, 0, b_hn) over the (r, z, n) rows
             bias_hh = torch.cat((self.bias_hn.new_zeros(gates_width - self.hidden_size), self.bias_hn))
 
         if name == 'weight_hh':
@@ -372,27 +410,30 @@ class FoldedRecurrentNet:
         bias_ih = f32(getattr(net, 'bias_ih_l0', None))
         bias_hh = f32(getattr(net, 'bias_hh_l0', None))
 
-        input_table = f32(embed.weight) @ weight_ih.t()            # (num_tokens, gates * hidden)
+        input_table = f32(embed.weight) @ weight_ih.t()  # (num_tokens, gates * hidden)
         bias_hn = None
 
         if cell == 'lstm':
             if exists(bias_ih):
                 input_table += bias_ih + bias_hh
             # (i, f, g, o) -> (i, f, o, g) by slices: an index tensor copied to the GPU would sync
-            reorder = lambda t, dim: torch.cat([t.narrow(dim, 0, 2 * hidden), t.narrow(dim, 3 * hidden, hidden), t.narrow(dim, 2 * hidden, hidden)], dim=dim)
+            reorder = lambda t, dim: torch.cat(
+                [t.narrow(dim, 0, 2 * hidden), t.narrow(dim, 3 * hidden, hidden), t.narrow(dim, 2 * hidden, hidden)],
+                dim=dim,
+            )
             input_table = reorder(input_table, 1)
             weight_hh = reorder(weight_hh, 0)
         else:
             if exists(bias_ih):
                 input_table += bias_ih
-                input_table[:, :2 * hidden] += bias_hh[:2 * hidden]
-                bias_hn = bias_hh[2 * hidden:] * 2.
+                input_table[:, : 2 * hidden] += bias_hh[: 2 * hidden]
+                bias_hn = bias_hh[2 * hidden :] * 2.0
             else:
                 bias_hn = weight_hh.new_zeros(hidden)
 
         # the candidate gate (LSTM g, GRU n) is the last block in both cells: double it for tanh(x) = 2 sigmoid(2x) - 1
-        input_table[:, -hidden:] *= 2.
-        weight_hh[-hidden:] *= 2.
+        input_table[:, -hidden:] *= 2.0
+        weight_hh[-hidden:] *= 2.0
 
         return cls(
             cell=cell,
@@ -412,7 +453,7 @@ class FoldedRecurrentNet:
         """The loop's state in the module's own terms, (h, c) or (h,); new tensors."""
         if self.cell == 'lstm':
             half_h, double_c = state
-            return half_h * 2., double_c * 0.5
+            return half_h * 2.0, double_c * 0.5
         return tuple(t.clone() for t in state)
 
     def stepper(self, state: tuple[Tensor, ...]):
@@ -423,7 +464,9 @@ class FoldedRecurrentNet:
         Python numbers come in as alpha= or value= arguments, or as x + x, where they can: as an
         operand (2 * x) one costs about a microsecond more an op on the CPU.
         """
-        gates = self.input_table.new_empty(state[0].shape[0], self.input_table.shape[1])   # (batch, gates * hidden), reused every step
+        gates = self.input_table.new_empty(
+            state[0].shape[0], self.input_table.shape[1]
+        )  # (batch, gates * hidden), reused every step
         gate_views = gates.split(self.hidden_size, dim=-1)
         table, index_select = self.input_table, torch.index_select
 
@@ -433,20 +476,20 @@ class FoldedRecurrentNet:
 
             def lstm_step(tokens: Tensor, hidden_gates: Tensor) -> Tensor:
                 index_select(table, 0, tokens, out=gates).add_(hidden_gates)
-                gates.sigmoid_()                                         # g block holds sigmoid(2 g)
+                gates.sigmoid_()  # g block holds sigmoid(2 g)
                 return lstm_update_(i, f, o, g, half_h, double_c)
 
             return lstm_step
 
         (h,) = state
         hidden = self.hidden_size
-        reset_update, (r, z, n) = gates[:, :2 * hidden], gate_views
+        reset_update, (r, z, n) = gates[:, : 2 * hidden], gate_views
 
         def gru_step(tokens: Tensor, hidden_gates: Tensor) -> Tensor:
             index_select(table, 0, tokens, out=gates)
             hidden_reset_update, hidden_n = hidden_gates.split((2 * hidden, hidden), dim=1)
             reset_update.add_(hidden_reset_update).sigmoid_()
-            return gru_update_(r, z, n, hidden_n, h)                     # hidden_gates holds b_hn already
+            return gru_update_(r, z, n, hidden_n, h)  # hidden_gates holds b_hn already
 
         return gru_step
 
@@ -483,7 +526,7 @@ class FoldedRecurrentNet:
         with torch.inference_mode():
             sampled_columns, state = self.sample_columns(prefix, length, temperature, generator, uniform_noise)
 
-        sampled = sampled_columns.t()                                   # (batch, length)
+        sampled = sampled_columns.t()  # (batch, length)
         sampled = out.copy_(sampled) if exists(out) else sampled.clone(memory_format=torch.contiguous_format)
         return sampled, self.module_state(state)
 
@@ -493,16 +536,28 @@ class FoldedRecurrentNet:
         width = self.weight_hh.shape[0]
         state = self.init_state(batch)
         # a loop makes ~length small ops of each kind: everything a step needs is looked up here, once
-        x = state[0]                                                    # what the products take; steps update it in place
+        x = state[0]  # what the products take; steps update it in place
         step = self.stepper(state)
-        recurrent, both, last_logits = (self.linear(name, batch) for name in ('weight_hh', 'weight_hh_out', 'weight_out'))
-        sampled_columns = torch.empty((length, batch), dtype=torch.long, device=prefix.device)   # (length, batch): step t writes a contiguous row
+        recurrent, both, last_logits = (
+            self.linear(name, batch) for name in ('weight_hh', 'weight_hh_out', 'weight_out')
+        )
+        sampled_columns = torch.empty(
+            (length, batch), dtype=torch.long, device=prefix.device
+        )  # (length, batch): step t writes a contiguous row
         sampled_rows = sampled_columns.unbind(0)
-        noise = noise_steps(batch, length, self.num_tokens, temperature, device=prefix.device, generator=generator, uniform_noise=uniform_noise)
+        noise = noise_steps(
+            batch,
+            length,
+            self.num_tokens,
+            temperature,
+            device=prefix.device,
+            generator=generator,
+            uniform_noise=uniform_noise,
+        )
 
         # teacher forcing, one column of the prefix a step (a bulk gather of many steps' input rows
         # measured no faster: see benchmarks/results/performance.md)
-        for tokens in prefix.long().t().contiguous().unbind(0):       # prefix_len of (batch,)
+        for tokens in prefix.long().t().contiguous().unbind(0):  # prefix_len of (batch,)
             step(tokens, recurrent(x))
 
         if length == 0:
@@ -511,7 +566,7 @@ class FoldedRecurrentNet:
         # a decoding step's logits and its next recurrent term come from one product with [W_hh; W_out]
         split = (width, self.num_tokens)
         for t in range(length - 1):
-            hidden_gates, logits = both(x).split(split, dim=1)          # (batch, gates * hidden), (batch, num_tokens)
+            hidden_gates, logits = both(x).split(split, dim=1)  # (batch, gates * hidden), (batch, num_tokens)
             step(gumbel_max(logits, temperature, next(noise), out=sampled_rows[t]), hidden_gates)
         gumbel_max(last_logits(x), temperature, next(noise), out=sampled_rows[length - 1])
         return sampled_columns, state

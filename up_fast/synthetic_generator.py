@@ -17,13 +17,16 @@ from torch.nn import GRU, LSTM, Module
 from up_fast.backend import BackendChoice
 from up_fast.buffer import noise_rows
 from up_fast.checks import (
-    check_bool, check_int, check_temperature, check_token_tensor, check_uniform_noise,
+    check_bool,
+    check_int,
+    check_temperature,
+    check_token_tensor,
+    check_uniform_noise,
 )
 from up_fast.folded_cache import FoldedWeightsCache
 from up_fast.helpers import default, exists
 from up_fast.init import default_init_
 from up_fast.sampling import FoldedRecurrentNet, gumbel_max, noise_steps
-
 
 # random sequences, a mixture of uniform random rows and constant rows
 
@@ -50,7 +53,9 @@ def random_sequences(
     if num_samples_random + num_samples_constant == 0:
         raise ValueError('random_sequences needs num_samples_random > 0 or num_samples_constant > 0, got 0 and 0')
 
-    rows = noise_rows(num_samples_random, num_samples_constant, seq_len, num_tokens, device=device, dtype=dtype, generator=generator)
+    rows = noise_rows(
+        num_samples_random, num_samples_constant, seq_len, num_tokens, device=device, dtype=dtype, generator=generator
+    )
 
     if not shuffle:
         return rows
@@ -69,7 +74,7 @@ def is_foldable(embed: Module, net: Module, to_logits: Module) -> bool:
         and net.num_layers == 1
         and not net.bidirectional
         and getattr(net, 'proj_size', 0) == 0
-        and net.batch_first               # a time-major net reads (batch, seq) input as (seq, batch), as in the reference
+        and net.batch_first  # a time-major net reads (batch, seq) input as (seq, batch), as in the reference
         and type(to_logits) is nn.Linear
         and to_logits.in_features == net.hidden_size
     )
@@ -85,7 +90,7 @@ class SyntheticDataGenerator(FoldedWeightsCache, Module):
     path, one `forward` call per token, as the reference does.
     """
 
-    folded_type = FoldedRecurrentNet        # `folded()` and `invalidate_folded()`: up_fast.folded_cache
+    folded_type = FoldedRecurrentNet  # `folded()` and `invalidate_folded()`: up_fast.folded_cache
 
     def __init__(
         self,
@@ -193,36 +198,55 @@ class SyntheticDataGenerator(FoldedWeightsCache, Module):
         if exists(uniform_noise):
             check_uniform_noise(uniform_noise, (batch, length, self.num_tokens))
 
-        return self.generate_unchecked(length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise)
+        return self.generate_unchecked(
+            length, seed, condition, temperature, generator=generator, uniform_noise=uniform_noise
+        )
 
     @torch.no_grad()
     def generate_unchecked(self, length, seed, condition, temperature=1e-4, *, generator=None, uniform_noise=None):
         """`generate` without the argument checks, which read values back from the device.
         The training step calls this with tokens from the buffer, in range by construction."""
         device = self.embed.weight.device
-        prefix = torch.cat([t.to(device, torch.long) for t in (seed, condition) if exists(t)], dim=-1)   # (batch, prefix_len)
+        prefix = torch.cat(
+            [t.to(device, torch.long) for t in (seed, condition) if exists(t)], dim=-1
+        )  # (batch, prefix_len)
 
         if self.uses_folded_path and self.backend_choice.takes_kernels(prefix.device):
             from up_fast.kernels.recurrent_sample import fused_recurrent_sample
-            sampled, _ = fused_recurrent_sample(self.folded(), prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
+
+            sampled, _ = fused_recurrent_sample(
+                self.folded(), prefix, length, temperature, generator=generator, uniform_noise=uniform_noise
+            )
         elif self.uses_folded_path:
-            with torch.autocast(device.type, enabled=False):      # the folded path is fp32 throughout
-                sampled, _ = self.folded().sample(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
+            with torch.autocast(device.type, enabled=False):  # the folded path is fp32 throughout
+                sampled, _ = self.folded().sample(
+                    prefix, length, temperature, generator=generator, uniform_noise=uniform_noise
+                )
         else:
-            sampled = self.generate_generic(prefix, length, temperature, generator=generator, uniform_noise=uniform_noise)
+            sampled = self.generate_generic(
+                prefix, length, temperature, generator=generator, uniform_noise=uniform_noise
+            )
 
         # the reference returns the last max_seq_len tokens of cat(prefix, sampled)
         if length >= self.max_seq_len:
-            return sampled[:, -self.max_seq_len:]
+            return sampled[:, -self.max_seq_len :]
 
         keep = min(self.max_seq_len - length, prefix.shape[1])
-        return torch.cat((prefix[:, prefix.shape[1] - keep:], sampled), dim=-1)
+        return torch.cat((prefix[:, prefix.shape[1] - keep :], sampled), dim=-1)
 
     def generate_generic(self, prefix, length, temperature, *, generator=None, uniform_noise=None):
         """Any network: one `forward` per sampled token, carrying the hidden state."""
         batch = prefix.shape[0]
-        sampled = torch.empty((batch, length), dtype=torch.long, device=prefix.device)    # (batch, length)
-        noise = noise_steps(batch, length, self.num_tokens, temperature, device=prefix.device, generator=generator, uniform_noise=uniform_noise)
+        sampled = torch.empty((batch, length), dtype=torch.long, device=prefix.device)  # (batch, length)
+        noise = noise_steps(
+            batch,
+            length,
+            self.num_tokens,
+            temperature,
+            device=prefix.device,
+            generator=generator,
+            uniform_noise=uniform_noise,
+        )
 
         logits, hiddens = self.forward(prefix)
         for t in range(length):

@@ -38,9 +38,11 @@ run `up-fast COMMAND --help` for the options of each command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog = 'up-fast', description = DESCRIPTION, epilog = EPILOG, formatter_class = HelpFormatter)
-    parser.add_argument('--version', action = 'version', version = f'%(prog)s {__version__}')
-    commands = parser.add_subparsers(dest = 'command', metavar = 'COMMAND', title = 'commands')
+    parser = argparse.ArgumentParser(
+        prog='up-fast', description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
+    )
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND', title='commands')
 
     pretrain.add_parser(commands)
     sample.add_parser(commands)
@@ -61,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except CLIError as err:
-        print(f'up-fast {args.command}: error: {err}', file = sys.stderr)
+        print(f'up-fast {args.command}: error: {err}', file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         # outside the training loop, which saves and exits itself; 130 is the shell's code for SIGINT
-        print(f'up-fast {args.command}: interrupted', file = sys.stderr)
+        print(f'up-fast {args.command}: interrupted', file=sys.stderr)
         raise SystemExit(130) from None
     return 0

@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 MARKOV_ORDERS = (0, 1, 2, 3)
 # the Dirichlet weight of the lower order, in pseudo-counts: small weights make every byte not yet
 # seen in a short row very costly (how 16 was chosen: benchmarks/results/performance.md)
-MARKOV_STRENGTH = 16.
+MARKOV_STRENGTH = 16.0
 
 
 def split_windows(data: bytes, seq_len: int) -> list[bytes]:
@@ -39,7 +39,7 @@ def split_windows(data: bytes, seq_len: int) -> list[bytes]:
     every byte after the first is predicted from the bytes before it."""
     if seq_len < 2:
         raise ValueError(f'seq_len must be at least 2 (one byte of context, one predicted), got {seq_len}')
-    windows = [data[start:start + seq_len] for start in range(0, len(data), seq_len)]
+    windows = [data[start : start + seq_len] for start in range(0, len(data), seq_len)]
     return [window for window in windows if len(window) > 1]
 
 
@@ -64,17 +64,17 @@ class InContextMarkov:
         self.strength = strength
         self.num_tokens = num_tokens
         self.history: list[int] = []
-        self.next_counts = [defaultdict(Counter) for _ in range(max_order + 1)]     # [k][context][x]: n(c_k, x)
-        self.context_counts = [Counter() for _ in range(max_order + 1)]             # [k][context]: n(c_k)
+        self.next_counts = [defaultdict(Counter) for _ in range(max_order + 1)]  # [k][context][x]: n(c_k, x)
+        self.context_counts = [Counter() for _ in range(max_order + 1)]  # [k][context]: n(c_k)
 
     def context(self, k: int) -> tuple[int, ...] | None:
         """The last k bytes fed, or None when fewer than k were fed."""
         if len(self.history) < k:
             return None
-        return tuple(self.history[len(self.history) - k:])
+        return tuple(self.history[len(self.history) - k :])
 
     def probabilities(self, x: int) -> list[float]:
-        probability = 1. / self.num_tokens      # P_-1: uniform
+        probability = 1.0 / self.num_tokens  # P_-1: uniform
         per_order = []
         for k in range(self.max_order + 1):
             context = self.context(k)
@@ -112,7 +112,7 @@ def markov_bits_per_byte(
         raise ValueError(f'no byte to predict: {len(data)} bytes of data')
 
     max_order = max(orders)
-    total_bits = [0.] * (max_order + 1)
+    total_bits = [0.0] * (max_order + 1)
     count = 0
     for window in windows:
         model = InContextMarkov(max_order, strength)
@@ -128,7 +128,7 @@ def markov_bits_per_byte(
 
 # the baselines as the commands report them: by name, with labels, and which side of them a model is on
 
-UNIFORM_BITS = 8.                       # log2(256): a byte guessed uniformly at random
+UNIFORM_BITS = 8.0  # log2(256): a byte guessed uniformly at random
 
 
 def markov_name(order: int) -> str:
@@ -149,11 +149,10 @@ def baseline_bits(data: bytes, seq_len: int) -> dict[str, float]:
 
 
 def best_markov(results: dict[str, float]) -> str:
-    return min((markov_name(order) for order in MARKOV_ORDERS), key = results.__getitem__)
+    return min((markov_name(order) for order in MARKOV_ORDERS), key=results.__getitem__)
 
 
 def versus_counting(bits: float, results: dict[str, float]) -> tuple[str, float]:
     """('below' or 'above', margin): which side of in-context counting `bits` is on, and by how much."""
     best = results[best_markov(results)]
     return ('below' if bits < best else 'above'), abs(bits - best)
-

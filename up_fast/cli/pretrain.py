@@ -18,9 +18,24 @@ from up_fast import __version__
 from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov, predicted_positions, versus_counting
 from up_fast.cli.checkpoint import check_out_path, claimed, load_checkpoint, load_state, save_checkpoint
 from up_fast.cli.common import (
-    DEFAULT_CHECKPOINT, DEFAULT_CONFIG, SOURCES, CLIError, HelpFormatter, add_device_option, bits_per_byte, build,
-    config_summary, default_text_file, log, non_negative_int, one_line, paragraph, pick_device, positive_float,
-    positive_int, read_text,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIG,
+    SOURCES,
+    CLIError,
+    HelpFormatter,
+    add_device_option,
+    bits_per_byte,
+    build,
+    config_summary,
+    default_text_file,
+    log,
+    non_negative_int,
+    one_line,
+    paragraph,
+    pick_device,
+    positive_float,
+    positive_int,
+    read_text,
 )
 from up_fast.cli.sizes import check_memory_before_torch, check_memory_on
 from up_fast.helpers import default, exists
@@ -32,12 +47,13 @@ if TYPE_CHECKING:
 
 def lr_lambda(warmup: int, steps: int):
     # linear warm-up to the full lr, then cosine decay to a tenth of it: the schedule fine-tuning uses too
-    from up_fast.byte_model import lr_lambda as schedule      # imported here: it imports torch
+    from up_fast.byte_model import lr_lambda as schedule  # imported here: it imports torch
+
     return schedule(warmup, steps)
 
 
-EVAL_EVERY = 100            # pretrain: steps between zero-shot evaluations
-EVAL_BYTES = 16 * 1024      # pretrain: bytes of the eval text used, so that an evaluation stays cheap
+EVAL_EVERY = 100  # pretrain: steps between zero-shot evaluations
+EVAL_BYTES = 16 * 1024  # pretrain: bytes of the eval text used, so that an evaluation stays cheap
 
 
 def eval_files(out: Path) -> tuple[Path, Path]:
@@ -49,13 +65,19 @@ def check_source_options(config: dict):
     # the paper's generator and schedule are fixed: options of the x-transformers generator do not apply
     if config['source'] == 'paper':
         if config['gru']:
-            raise CLIError('--gru chooses the x-transformers generator\'s network: use it with --source xt (the paper\'s generator is a 4-layer LSTM)')
+            raise CLIError(
+                "--gru chooses the x-transformers generator's network: use it with --source xt (the paper's generator is a 4-layer LSTM)"
+            )
         if config['reset_turing_machine_every'] != DEFAULT_CONFIG['reset_turing_machine_every']:
-            raise CLIError('--reset-every applies to --source xt: the paper\'s generator is re-drawn every step')
+            raise CLIError("--reset-every applies to --source xt: the paper's generator is re-drawn every step")
         if config['num_reset'] != DEFAULT_CONFIG['num_reset']:
-            raise CLIError('--num-reset applies to --source xt: the paper\'s buffer algorithm resets 100 rows of its own every step')
+            raise CLIError(
+                "--num-reset applies to --source xt: the paper's buffer algorithm resets 100 rows of its own every step"
+            )
     if config['num_reset'] % 2:
-        raise CLIError(f'--num-reset must be even (half the reset rows are uniform noise, half constant), got {config["num_reset"]}')
+        raise CLIError(
+            f'--num-reset must be even (half the reset rows are uniform noise, half constant), got {config["num_reset"]}'
+        )
 
 
 EVAL_COLUMNS = ('step', 'synthetic_tokens', 'bits_per_byte', 'train_loss')
@@ -63,13 +85,20 @@ EVAL_COLUMNS = ('step', 'synthetic_tokens', 'bits_per_byte', 'train_loss')
 
 def write_eval_csv(path: Path, history: list[dict], baselines: dict[str, float]):
     """One row per evaluation; the baselines, constant over the run, as columns of every row."""
-    with open(path, 'w', newline = '') as file:
+    with open(path, 'w', newline='') as file:
         writer = csv.writer(file)
         writer.writerow([*EVAL_COLUMNS, *baselines])
         for record in history:
             loss = record['train_loss']
-            writer.writerow([record['step'], record['synthetic_tokens'], f"{record['bits_per_byte']:.6f}",
-                             '' if loss is None else f'{loss:.6f}', *(f'{bits:.6f}' for bits in baselines.values())])
+            writer.writerow(
+                [
+                    record['step'],
+                    record['synthetic_tokens'],
+                    f'{record["bits_per_byte"]:.6f}',
+                    '' if loss is None else f'{loss:.6f}',
+                    *(f'{bits:.6f}' for bits in baselines.values()),
+                ]
+            )
 
 
 def plot_eval(path: Path, history: list[dict], baselines: dict[str, float], title: str) -> bool:
@@ -77,23 +106,32 @@ def plot_eval(path: Path, history: list[dict], baselines: dict[str, float], titl
     matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
         return False
 
-    figure, axes = plt.subplots(figsize = (8, 5))
+    figure, axes = plt.subplots(figsize=(8, 5))
     tokens = [record['synthetic_tokens'] for record in history]
-    axes.plot(tokens, [record['bits_per_byte'] for record in history], marker = 'o', color = 'black', label = 'model (step 0: untrained)')
+    axes.plot(
+        tokens,
+        [record['bits_per_byte'] for record in history],
+        marker='o',
+        color='black',
+        label='model (step 0: untrained)',
+    )
     for index, (name, bits) in enumerate(baselines.items()):
-        axes.axhline(bits, linestyle = '--', linewidth = 1, color = f'C{index}', label = f'{BASELINE_LABELS[name]} ({bits:.2f})')
+        axes.axhline(
+            bits, linestyle='--', linewidth=1, color=f'C{index}', label=f'{BASELINE_LABELS[name]} ({bits:.2f})'
+        )
     axes.set_xlabel('synthetic tokens seen')
     axes.set_ylabel('bits per byte (lower is better)')
-    axes.set_title(title, fontsize = 9)
-    axes.grid(alpha = 0.3)
-    axes.legend(fontsize = 8)
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi = 120)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
 
@@ -112,9 +150,11 @@ class ZeroShotEval:
         self.device = device
         self.history = history
         if predicted_positions(self.data, self.seq_len) == 0:
-            raise CLIError(f'--eval-text {self.path} holds {len(self.data)} byte(s): too few to predict any in windows of {self.seq_len}')
+            raise CLIError(
+                f'--eval-text {self.path} holds {len(self.data)} byte(s): too few to predict any in windows of {self.seq_len}'
+            )
         self.baselines = baseline_bits(self.data, self.seq_len)
-        self.seconds = 0.
+        self.seconds = 0.0
 
     def due(self, step: int, steps: int) -> bool:
         return step == 0 or step % self.every == 0 or step == steps
@@ -124,31 +164,55 @@ class ZeroShotEval:
         bits = bits_per_byte(model, self.data, self.seq_len, 32, self.device)
         self.seconds += time.perf_counter() - start
 
-        self.history[:] = [record for record in self.history if record['step'] < step]     # a resumed run may repeat a step
-        self.history.append(dict(step = step, synthetic_tokens = step * self.tokens_per_step, bits_per_byte = bits, train_loss = train_loss))
+        self.history[:] = [
+            record for record in self.history if record['step'] < step
+        ]  # a resumed run may repeat a step
+        self.history.append(
+            dict(step=step, synthetic_tokens=step * self.tokens_per_step, bits_per_byte=bits, train_loss=train_loss)
+        )
 
         side, margin = versus_counting(bits, self.baselines)
         best = best_markov(self.baselines)
         loss = f', train loss {train_loss:.3f}' if exists(train_loss) else ' (untrained)'
-        return (f'step {step}: {bits:.3f} bits/byte zero-shot on {self.path.name}{loss}; '
-                f'{margin:.2f} {side} the best in-context Markov model ({BASELINE_LABELS[best]}: {self.baselines[best]:.3f})')
+        return (
+            f'step {step}: {bits:.3f} bits/byte zero-shot on {self.path.name}{loss}; '
+            f'{margin:.2f} {side} the best in-context Markov model ({BASELINE_LABELS[best]}: {self.baselines[best]:.3f})'
+        )
 
     def save(self, out: Path, title: str) -> list[str]:
         csv_path, png_path = eval_files(out)
         write_eval_csv(csv_path, self.history, self.baselines)
         if plot_eval(png_path, self.history, self.baselines, title):
             return [f'zero-shot evaluations: {csv_path}, plotted in {png_path}']
-        return [f'zero-shot evaluations: {csv_path} (matplotlib is missing: pip install "up-fast[cli]" for the PNG plot as well)']
-
+        return [
+            f'zero-shot evaluations: {csv_path} (matplotlib is missing: pip install "up-fast[cli]" for the PNG plot as well)'
+        ]
 
 
 # options of a run, by their name in the configuration: those a resumed run may change with --override, and
 # those it never may (the model, the data and their random streams are the run's own)
-CHANGEABLE = dict(lr = '--lr', steps = '--steps', eval_every = '--eval-every', eval_text = '--eval-text', eval_bytes = '--eval-bytes',
-                  save_every = '--save-every', keep_best = '--keep-best')
-FIXED = dict(batch_size = '--batch-size', seq_len = '--seq-len', dim = '--dim', depth = '--depth', heads = '--heads', seed = '--seed',
-             source = '--source', gru = '--gru', reset_turing_machine_every = '--reset-every', num_reset = '--num-reset')
-ARGUMENT = dict(reset_turing_machine_every = 'reset_every')     # the configuration's name where the option's differs
+CHANGEABLE = dict(
+    lr='--lr',
+    steps='--steps',
+    eval_every='--eval-every',
+    eval_text='--eval-text',
+    eval_bytes='--eval-bytes',
+    save_every='--save-every',
+    keep_best='--keep-best',
+)
+FIXED = dict(
+    batch_size='--batch-size',
+    seq_len='--seq-len',
+    dim='--dim',
+    depth='--depth',
+    heads='--heads',
+    seed='--seed',
+    source='--source',
+    gru='--gru',
+    reset_turing_machine_every='--reset-every',
+    num_reset='--num-reset',
+)
+ARGUMENT = dict(reset_turing_machine_every='reset_every')  # the configuration's name where the option's differs
 
 
 def given(args, key: str):
@@ -162,7 +226,7 @@ def new_config(args) -> dict:
         config[key] = default(given(args, key), DEFAULT_CONFIG[key])
     config['warmup'] = min(config['warmup'], max(1, config['steps'] // 10))
     config['eval_every'] = default(args.eval_every, EVAL_EVERY)
-    config['eval_text'] = args.eval_text          # None: the default text, wherever Python is
+    config['eval_text'] = args.eval_text  # None: the default text, wherever Python is
     config['eval_bytes'] = default(args.eval_bytes, EVAL_BYTES)
     config['save_every'] = args.save_every
     config['keep_best'] = args.keep_best
@@ -171,7 +235,7 @@ def new_config(args) -> dict:
 
 def fill_cadence(config: dict) -> dict:
     # by default the run saves with each evaluation, and keeps its best evaluated model when it evaluates
-    config['eval_every'] = default(config.get('eval_every'), 0)        # older checkpoints: no evaluations
+    config['eval_every'] = default(config.get('eval_every'), 0)  # older checkpoints: no evaluations
     config['eval_bytes'] = default(config.get('eval_bytes'), EVAL_BYTES)
     config['save_every'] = default(config.get('save_every'), config['eval_every'] or EVAL_EVERY)
     config['keep_best'] = default(config.get('keep_best'), config['eval_every'] > 0)
@@ -182,20 +246,27 @@ def resumed_config(args, checkpoint: dict) -> dict:
     """The resumed run's own configuration. An option given here that disagrees with it is an error, never ignored:
     --override applies those a run can change, the others never apply."""
     config = fill_cadence(checkpoint['config'])
-    differ = {key: given(args, key) for key in (*CHANGEABLE, *FIXED)
-              if exists(given(args, key)) and given(args, key) != config.get(key)}
+    differ = {
+        key: given(args, key)
+        for key in (*CHANGEABLE, *FIXED)
+        if exists(given(args, key)) and given(args, key) != config.get(key)
+    }
 
     def shown(key, value):
         return f'{FIXED.get(key) or CHANGEABLE[key]} {value}'
 
     fixed = [f'{shown(key, value)} (the run has {config.get(key)})' for key, value in differ.items() if key in FIXED]
     if fixed:
-        raise CLIError(f'--resume {args.resume}: {", ".join(fixed)}: a resumed run keeps its model, data and random streams; '
-                       f'leave these options out, or start a new run with another --out')
+        raise CLIError(
+            f'--resume {args.resume}: {", ".join(fixed)}: a resumed run keeps its model, data and random streams; '
+            f'leave these options out, or start a new run with another --out'
+        )
     if differ and not args.override:
         listed = ', '.join(f'{shown(key, value)} (the run has {config.get(key)})' for key, value in differ.items())
-        raise CLIError(f'--resume {args.resume}: options that disagree with the run: {listed}; pass --override to apply them, '
-                       f'or leave them out to continue the run as it was')
+        raise CLIError(
+            f'--resume {args.resume}: options that disagree with the run: {listed}; pass --override to apply them, '
+            f'or leave them out to continue the run as it was'
+        )
     for key, value in differ.items():
         log(f'--override: {key} {config.get(key)} -> {value}')
         config[key] = value
@@ -218,7 +289,7 @@ class StopRequest:
         self.received = signal.Signals(signum).name
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():     # handlers can only be set there
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
         return self
 
@@ -233,12 +304,14 @@ class Divergence:
 
     def __init__(self, device):
         import torch
-        self.first_bad = torch.full((), -1, dtype = torch.long, device = device)
-        self.bad_loss = torch.zeros((), device = device)
-        self.last_finite = torch.full((), float('nan'), device = device)
+
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+        self.last_finite = torch.full((), float('nan'), device=device)
 
     def update(self, loss, step: int):
         import torch
+
         finite = torch.isfinite(loss)
         first = ~finite & (self.first_bad < 0)
         self.last_finite = torch.where(finite & (self.first_bad < 0), loss.float(), self.last_finite)
@@ -250,10 +323,14 @@ class Divergence:
         if step < 0:
             return
         last = self.last_finite.item()
-        before = f'last finite loss {last:.4f} at step {step - 1}' if math.isfinite(last) else 'no finite loss before it'
+        before = (
+            f'last finite loss {last:.4f} at step {step - 1}' if math.isfinite(last) else 'no finite loss before it'
+        )
         kept = f'{out} (step {saved_step}) is kept as it was' if exists(saved_step) else f'nothing was written to {out}'
-        raise CLIError(f'training diverged: the loss is {self.bad_loss.item()} at step {step} ({before}); nothing saved from there on, '
-                       f'{kept}; try a lower --lr (this run: {config["lr"]:g}) or a smaller model')
+        raise CLIError(
+            f'training diverged: the loss is {self.bad_loss.item()} at step {step} ({before}); nothing saved from there on, '
+            f'{kept}; try a lower --lr (this run: {config["lr"]:g}) or a smaller model'
+        )
 
 
 def best_path(out: Path) -> Path:
@@ -276,11 +353,15 @@ def run(args) -> dict:
         checkpoint = load_checkpoint(args.resume)
         missing = {'optimizer', 'scheduler'} - set(checkpoint)
         if missing:
-            raise CLIError(f'{args.resume} cannot be resumed: it lacks {", ".join(sorted(missing))} (a best-model checkpoint, or written by an older up-fast)')
+            raise CLIError(
+                f'{args.resume} cannot be resumed: it lacks {", ".join(sorted(missing))} (a best-model checkpoint, or written by an older up-fast)'
+            )
         config = resumed_config(args, checkpoint)
     else:
         if args.override:
-            raise CLIError('--override applies options to a run continued with --resume; a new run takes its options as given')
+            raise CLIError(
+                '--override applies options to a run continued with --resume; a new run takes its options as given'
+            )
         checkpoint = None
         config = new_config(args)
         check_source_options(config)
@@ -289,7 +370,9 @@ def run(args) -> dict:
     out = Path(default(args.out, args.resume or DEFAULT_CHECKPOINT))
     check_out_path(out, args.resume, args.force)
     if config['keep_best']:
-        check_out_path(best_path(out), None if not exists(args.resume) else str(best_path(Path(args.resume))), args.force)
+        check_out_path(
+            best_path(out), None if not exists(args.resume) else str(best_path(Path(args.resume))), args.force
+        )
 
     with claimed(out):
         return train(args, config, checkpoint, out)
@@ -305,36 +388,43 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
 
     wrapper = build(config, device)
     wrapper.train()
-    wrapper.prefetch = args.prefetch        # how the data is made, not what: not part of the run's configuration
+    wrapper.prefetch = args.prefetch  # how the data is made, not what: not part of the run's configuration
 
-    optimizer = torch.optim.AdamW(wrapper.model.parameters(), lr = config['lr'], weight_decay = config['weight_decay'])
+    optimizer = torch.optim.AdamW(wrapper.model.parameters(), lr=config['lr'], weight_decay=config['weight_decay'])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config['warmup'], config['steps']))
 
     smoothed = None
     history = []
-    best = None         # the best evaluation after training started: dict(step, bits_per_byte)
+    best = None  # the best evaluation after training started: dict(step, bits_per_byte)
     if exists(checkpoint):
         load_state(wrapper, checkpoint['wrapper'], args.resume, checkpoint.get('version'))
         try:
             optimizer.load_state_dict(checkpoint['optimizer'])
             scheduler.load_state_dict(checkpoint['scheduler'])
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            raise CLIError(f'{args.resume} cannot be resumed: its optimizer state does not fit the model ({one_line(err)}); '
-                           f'start a new run with `up-fast pretrain`') from None
+            raise CLIError(
+                f'{args.resume} cannot be resumed: its optimizer state does not fit the model ({one_line(err)}); '
+                f'start a new run with `up-fast pretrain`'
+            ) from None
         # a new peak learning rate (--override) takes effect from the step the run is at
         scheduler.base_lrs = [config['lr'] for _ in optimizer.param_groups]
-        for group, lr in zip(optimizer.param_groups, [config['lr'] * scheduler.lr_lambdas[0](scheduler.last_epoch)] * len(optimizer.param_groups)):
+        for group, lr in zip(
+            optimizer.param_groups,
+            [config['lr'] * scheduler.lr_lambdas[0](scheduler.last_epoch)] * len(optimizer.param_groups),
+        ):
             group['initial_lr'], group['lr'] = config['lr'], lr
         # the running average continues, so that a resumed run prints what the whole run prints
         if 'smoothed_loss' in checkpoint:
-            smoothed = torch.tensor(checkpoint['smoothed_loss'], dtype = torch.float32, device = device)
+            smoothed = torch.tensor(checkpoint['smoothed_loss'], dtype=torch.float32, device=device)
         history = list(checkpoint.get('eval_history', []))
         best = checkpoint.get('best')
 
     steps, tokens_per_step = config['steps'], config['batch_size'] * config['seq_len']
     done = wrapper.num_steps
     if done >= steps:
-        raise CLIError(f'the run has done {done} of its {steps} steps: nothing to resume (pass --steps N --override, N > {done}, to extend it)')
+        raise CLIError(
+            f'the run has done {done} of its {steps} steps: nothing to resume (pass --steps N --override, N > {done}, to extend it)'
+        )
     stop = steps if not exists(args.stop_after) else min(steps, done + args.stop_after)
 
     zero_shot = ZeroShotEval(config, history, device) if config['eval_every'] > 0 else None
@@ -344,22 +434,22 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
 
     def snapshot(step: int, with_optimizer: bool = True) -> dict:
         state = dict(
-            config = config,
-            model = wrapper.model.state_dict(),
-            wrapper = wrapper.state_dict(),     # the buffer, the step counter and the generator's weights too
-            final_loss = loss.item() if exists(loss) else checkpoint.get('final_loss') if exists(checkpoint) else None,
-            smoothed_loss = smoothed.item() if exists(smoothed) else None,
-            eval_history = history,
-            best = best,
-            version = __version__,
+            config=config,
+            model=wrapper.model.state_dict(),
+            wrapper=wrapper.state_dict(),  # the buffer, the step counter and the generator's weights too
+            final_loss=loss.item() if exists(loss) else checkpoint.get('final_loss') if exists(checkpoint) else None,
+            smoothed_loss=smoothed.item() if exists(smoothed) else None,
+            eval_history=history,
+            best=best,
+            version=__version__,
         )
         if with_optimizer:
-            state.update(optimizer = optimizer.state_dict(), scheduler = scheduler.state_dict())
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         return state
 
     def save(step: int):
         nonlocal saved_step
-        divergence.check(config, out, saved_step)       # nothing saved over a good checkpoint
+        divergence.check(config, out, saved_step)  # nothing saved over a good checkpoint
         save_checkpoint(snapshot(step), out)
         saved_step = step
 
@@ -369,27 +459,36 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
         progress.write(zero_shot(wrapper.model, step, smoothed.item() if exists(smoothed) and step > 0 else None))
         bits = history[-1]['bits_per_byte']
         if step > 0 and math.isfinite(bits) and (not exists(best) or bits < best['bits_per_byte']):
-            best = dict(step = step, bits_per_byte = bits)
+            best = dict(step=step, bits_per_byte=bits)
             if config['keep_best']:
-                save_checkpoint(snapshot(step, with_optimizer = False), best_path(out))
+                save_checkpoint(snapshot(step, with_optimizer=False), best_path(out))
 
     with StopRequest() as stop_request:
         resuming = f', resuming at step {done}' if done else ''
-        log(f'pre-training {sum(p.numel() for p in wrapper.model.parameters()):,} parameters ({config_summary(config)}) for {steps} steps on {device}{resuming}')
+        log(
+            f'pre-training {sum(p.numel() for p in wrapper.model.parameters()):,} parameters ({config_summary(config)}) for {steps} steps on {device}{resuming}'
+        )
         saving = f'every {config["save_every"]} steps' if config['save_every'] > 0 else 'at the end'
-        log(f'saving to {out} {saving} and on Ctrl-C' + (f', the best evaluated model to {best_path(out)}' if config['keep_best'] and exists(zero_shot) else ''))
-        with tqdm(range(done, stop), initial = done, total = steps, desc = 'pretrain', unit = 'step', dynamic_ncols = True) as progress:     # closed on an error too, which then starts a line of its own
+        log(
+            f'saving to {out} {saving} and on Ctrl-C'
+            + (f', the best evaluated model to {best_path(out)}' if config['keep_best'] and exists(zero_shot) else '')
+        )
+        with tqdm(
+            range(done, stop), initial=done, total=steps, desc='pretrain', unit='step', dynamic_ncols=True
+        ) as progress:  # closed on an error too, which then starts a line of its own
             if exists(zero_shot):
-                progress.write(f'zero-shot bits per byte every {zero_shot.every} steps on {zero_shot.path} ({len(zero_shot.data):,} bytes in windows of {config["seq_len"]}); '
-                               + ', '.join(f'{BASELINE_LABELS[name]} {bits:.3f}' for name, bits in zero_shot.baselines.items()))
+                progress.write(
+                    f'zero-shot bits per byte every {zero_shot.every} steps on {zero_shot.path} ({len(zero_shot.data):,} bytes in windows of {config["seq_len"]}); '
+                    + ', '.join(f'{BASELINE_LABELS[name]} {bits:.3f}' for name, bits in zero_shot.baselines.items())
+                )
                 if done == 0:
                     evaluate(0)
 
             def eval_seconds():
                 # time spent evaluating since training started, left out of the training speed
-                return zero_shot.seconds - untrained_eval_seconds if exists(zero_shot) else 0.
+                return zero_shot.seconds - untrained_eval_seconds if exists(zero_shot) else 0.0
 
-            untrained_eval_seconds = zero_shot.seconds if exists(zero_shot) else 0.
+            untrained_eval_seconds = zero_shot.seconds if exists(zero_shot) else 0.0
             start = time.perf_counter()
 
             for step in progress:
@@ -397,7 +496,7 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(wrapper.model.parameters(), config['grad_clip'])
                 optimizer.step()
-                optimizer.zero_grad(set_to_none = True)
+                optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
 
                 # the smoothed loss stays on the device, read back only when the bar is redrawn
@@ -409,19 +508,27 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
                 if exists(zero_shot) and zero_shot.due(finished, steps):
                     evaluate(finished)
 
-                if step % 10 == 0 or device.type == 'cpu':        # reading it back costs a CUDA device a sync
+                if step % 10 == 0 or device.type == 'cpu':  # reading it back costs a CUDA device a sync
                     divergence.check(config, out, saved_step)
 
                 if step % 10 == 0 or step == stop - 1:
                     elapsed = time.perf_counter() - start - eval_seconds()
-                    progress.set_postfix({'loss': f'{smoothed.item():.3f}', 'synthetic tok/s': f'{tokens_per_step * (finished - done) / elapsed:,.0f}'}, refresh = False)
+                    progress.set_postfix(
+                        {
+                            'loss': f'{smoothed.item():.3f}',
+                            'synthetic tok/s': f'{tokens_per_step * (finished - done) / elapsed:,.0f}',
+                        },
+                        refresh=False,
+                    )
 
                 if exists(stop_request.received):
                     save(finished)
                     progress.close()
                     write_evaluations(zero_shot, out, config)
-                    log(f'{stop_request.received}: stopped after step {finished} of {steps} and saved checkpoint to {out}; '
-                        f'continue with `{resume_command(out, args)}`')
+                    log(
+                        f'{stop_request.received}: stopped after step {finished} of {steps} and saved checkpoint to {out}; '
+                        f'continue with `{resume_command(out, args)}`'
+                    )
                     raise SystemExit(130)
 
                 if config['save_every'] > 0 and finished % config['save_every'] == 0 and finished < stop:
@@ -438,17 +545,23 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
     if exists(best):
         last = history[-1]
         kept = f', saved to {best_path(out)}' if config['keep_best'] else ''
-        log(f'best zero-shot evaluation: {best["bits_per_byte"]:.3f} bits/byte at step {best["step"]}{kept}; '
-            f'last: {last["bits_per_byte"]:.3f} at step {last["step"]}')
+        log(
+            f'best zero-shot evaluation: {best["bits_per_byte"]:.3f} bits/byte at step {best["step"]}{kept}; '
+            f'last: {last["bits_per_byte"]:.3f} at step {last["step"]}'
+        )
     evaluating = f' (and {zero_shot.seconds:.1f}s of zero-shot evaluation)' if exists(zero_shot) else ''
-    log(f'{ran} steps in {elapsed:.1f}s on {device}{evaluating}: final loss {final_loss:.4f} (smoothed {smoothed_loss:.4f} nats, '
-        f'{smoothed_loss / math.log(2):.2f} bits/byte on synthetic data), {tokens_per_step * ran / elapsed:,.0f} synthetic tokens/s')
+    log(
+        f'{ran} steps in {elapsed:.1f}s on {device}{evaluating}: final loss {final_loss:.4f} (smoothed {smoothed_loss:.4f} nats, '
+        f'{smoothed_loss / math.log(2):.2f} bits/byte on synthetic data), {tokens_per_step * ran / elapsed:,.0f} synthetic tokens/s'
+    )
     return {**snapshot(stop), 'seconds': elapsed}
 
 
 def write_evaluations(zero_shot: ZeroShotEval | None, out: Path, config: dict):
     if exists(zero_shot):
-        for line in zero_shot.save(out, f'zero-shot bits per byte on {zero_shot.path.name} during pre-training\n{config_summary(config)}'):
+        for line in zero_shot.save(
+            out, f'zero-shot bits per byte on {zero_shot.path.name} during pre-training\n{config_summary(config)}'
+        ):
             log(line)
 
 
@@ -457,14 +570,17 @@ def add_parser(commands):
     c = DEFAULT_CONFIG
 
     p = commands.add_parser(
-        'pretrain', formatter_class = HelpFormatter,
-        help = 'pre-train a small byte-level transformer on synthetic data and save a checkpoint',
-        description = paragraph('Pre-train a small byte-level TransformerWrapper (256 tokens) with up_fast.UniversalPretrainWrapper '
-                      'on synthetic data only, and save a checkpoint. Every --eval-every steps the model\'s zero-shot bits per '
-                      'byte on real text are measured, printed, written to a CSV beside the checkpoint and plotted in a PNG, '
-                      'with in-context Markov models and uniform guessing as baselines (see `up-fast eval --help`). '
-                      'The defaults take a few minutes on 2 CPU cores.'),
-        epilog = textwrap.dedent(f"""\
+        'pretrain',
+        formatter_class=HelpFormatter,
+        help='pre-train a small byte-level transformer on synthetic data and save a checkpoint',
+        description=paragraph(
+            'Pre-train a small byte-level TransformerWrapper (256 tokens) with up_fast.UniversalPretrainWrapper '
+            "on synthetic data only, and save a checkpoint. Every --eval-every steps the model's zero-shot bits per "
+            'byte on real text are measured, printed, written to a CSV beside the checkpoint and plotted in a PNG, '
+            'with in-context Markov models and uniform guessing as baselines (see `up-fast eval --help`). '
+            'The defaults take a few minutes on 2 CPU cores.'
+        ),
+        epilog=textwrap.dedent(f"""\
             examples:
               up-fast pretrain                              the default run; writes {DEFAULT_CHECKPOINT}, its .eval.csv and .eval.png
               up-fast pretrain --steps 50 --out /tmp/quick.pt
@@ -475,31 +591,156 @@ def add_parser(commands):
               up-fast pretrain --resume {DEFAULT_CHECKPOINT} --steps 2000 --override   extend a run
               up-fast pretrain --force                      overwrite the checkpoint of an earlier run"""),
     )
-    p.add_argument('--source', choices = SOURCES, default = None,
-                   help = 'the synthetic data: "paper" is the published method (the author\'s generator, a 4-layer LSTM re-drawn every step, '
-                          'and the author\'s buffer algorithm, UniversalPretrainWrapper.paper); "xt" is x-transformers\' generator '
-                          '(one LSTM or GRU layer as wide as the model, re-drawn every --reset-every steps) and buffer algorithm (default: %(default)s)')
-    p.add_argument('--steps', type = positive_int, metavar = 'N', default = None, help = f'training steps in the whole run, one synthetic batch each (default: {c["steps"]}, or the resumed run\'s own)')
-    p.add_argument('--batch-size', type = positive_int, metavar = 'N', default = None, help = f'sequences trained on per step; the buffer holds 20 times as many for xt, 40 for paper (default: {c["batch_size"]})')
-    p.add_argument('--seq-len', metavar = 'N', type = positive_int, default = None, help = f'length of the synthetic sequences and the model\'s context, in bytes (default: {c["seq_len"]})')
-    p.add_argument('--dim', metavar = 'N', type = positive_int, default = None, help = f'model width, also the width of the xt generator\'s LSTM/GRU (default: {c["dim"]})')
-    p.add_argument('--depth', metavar = 'N', type = positive_int, default = None, help = f'number of transformer layers (default: {c["depth"]})')
-    p.add_argument('--heads', metavar = 'N', type = positive_int, default = None, help = f'attention heads per layer (default: {c["heads"]})')
-    p.add_argument('--lr', metavar = 'LR', type = positive_float, default = None, help = f'peak AdamW learning rate, after a linear warm-up, decayed to a tenth by a cosine (default: {c["lr"]})')
-    p.add_argument('--seed', type = int, metavar = 'SEED', default = None, help = f'seeds the weights, the buffer and every draw: the same seed repeats a run (default: {c["seed"]})')
-    p.add_argument('--prefetch', action = 'store_true', help = 'make the next step\'s synthetic batch while the transformer trains on this one (on a GPU, on a side stream); the same data and losses as without it (default: off)')
-    p.add_argument('--gru', action = 'store_true', default = None, help = 'xt source only: a GRU instead of an LSTM as the random "turing machine" that generates the data (default: LSTM)')
-    p.add_argument('--num-reset', metavar = 'N', type = non_negative_int, default = None, help = f'xt source only: buffer rows reset to fresh noise every step, even, at most the buffer less a batch (default: {c["num_reset"]}; x-transformers\' own default is 20)')
-    p.add_argument('--reset-every', metavar = 'N', type = non_negative_int, default = None, help = f'xt source only: re-draw the generator\'s random weights every this many steps, 0 for never: a new machine brings new kinds of structure (default: {c["reset_turing_machine_every"]})')
-    p.add_argument('--eval-every', metavar = 'N', type = non_negative_int, default = None, help = f'measure zero-shot bits per byte on --eval-text every N steps (and before the first and after the last), 0 for never (default: {EVAL_EVERY}, or the resumed run\'s own)')
-    p.add_argument('--eval-text', metavar = 'FILE', default = None, help = f'real text for those measurements (default: the file `up-fast eval` uses, here {default_text_file()})')
-    p.add_argument('--eval-bytes', metavar = 'N', type = non_negative_int, default = None, help = f'use at most this many bytes from the start of --eval-text, 0 for all: more is steadier but slower (default: {EVAL_BYTES})')
-    p.add_argument('--out', metavar = 'PATH', default = None, help = f'where to save the checkpoint, checked before training starts; the evaluations go beside it as PATH with .eval.csv and .eval.png (default: {DEFAULT_CHECKPOINT}, or the resumed checkpoint)')
-    p.add_argument('--force', action = 'store_true', help = 'overwrite --out if it exists (default: refuse, unless it is the checkpoint being resumed)')
-    p.add_argument('--save-every', metavar = 'N', type = non_negative_int, default = None, help = f'save the checkpoint every N steps, 0 for only at the end; it is also saved on Ctrl-C or SIGTERM, after the step under way (default: with each evaluation, else every {EVAL_EVERY})')
-    p.add_argument('--keep-best', action = argparse.BooleanOptionalAction, default = None, help = 'save the model of the best zero-shot evaluation beside --out as PATH with .best.pt, for `up-fast eval` and `sample` (default: on when evaluating)')
-    p.add_argument('--resume', metavar = 'PATH', default = None, help = 'continue the run saved in this checkpoint, exactly where it stopped: same data stream, model, optimizer, schedule and smoothed loss; options that disagree with its configuration are an error, but see --override')
-    p.add_argument('--override', action = 'store_true', help = 'with --resume: apply the options given that a run can change (--lr, --steps, --eval-every, --eval-text, --eval-bytes, --save-every, --keep-best), printing each change (default: refuse them)')
-    p.add_argument('--stop-after', metavar = 'N', type = positive_int, default = None, help = 'stop after N steps of this invocation and save; the schedule still spans --steps, and --resume continues (default: run to the end)')
+    p.add_argument(
+        '--source',
+        choices=SOURCES,
+        default=None,
+        help='the synthetic data: "paper" is the published method (the author\'s generator, a 4-layer LSTM re-drawn every step, '
+        'and the author\'s buffer algorithm, UniversalPretrainWrapper.paper); "xt" is x-transformers\' generator '
+        '(one LSTM or GRU layer as wide as the model, re-drawn every --reset-every steps) and buffer algorithm (default: %(default)s)',
+    )
+    p.add_argument(
+        '--steps',
+        type=positive_int,
+        metavar='N',
+        default=None,
+        help=f"training steps in the whole run, one synthetic batch each (default: {c['steps']}, or the resumed run's own)",
+    )
+    p.add_argument(
+        '--batch-size',
+        type=positive_int,
+        metavar='N',
+        default=None,
+        help=f'sequences trained on per step; the buffer holds 20 times as many for xt, 40 for paper (default: {c["batch_size"]})',
+    )
+    p.add_argument(
+        '--seq-len',
+        metavar='N',
+        type=positive_int,
+        default=None,
+        help=f"length of the synthetic sequences and the model's context, in bytes (default: {c['seq_len']})",
+    )
+    p.add_argument(
+        '--dim',
+        metavar='N',
+        type=positive_int,
+        default=None,
+        help=f"model width, also the width of the xt generator's LSTM/GRU (default: {c['dim']})",
+    )
+    p.add_argument(
+        '--depth',
+        metavar='N',
+        type=positive_int,
+        default=None,
+        help=f'number of transformer layers (default: {c["depth"]})',
+    )
+    p.add_argument(
+        '--heads',
+        metavar='N',
+        type=positive_int,
+        default=None,
+        help=f'attention heads per layer (default: {c["heads"]})',
+    )
+    p.add_argument(
+        '--lr',
+        metavar='LR',
+        type=positive_float,
+        default=None,
+        help=f'peak AdamW learning rate, after a linear warm-up, decayed to a tenth by a cosine (default: {c["lr"]})',
+    )
+    p.add_argument(
+        '--seed',
+        type=int,
+        metavar='SEED',
+        default=None,
+        help=f'seeds the weights, the buffer and every draw: the same seed repeats a run (default: {c["seed"]})',
+    )
+    p.add_argument(
+        '--prefetch',
+        action='store_true',
+        help="make the next step's synthetic batch while the transformer trains on this one (on a GPU, on a side stream); the same data and losses as without it (default: off)",
+    )
+    p.add_argument(
+        '--gru',
+        action='store_true',
+        default=None,
+        help='xt source only: a GRU instead of an LSTM as the random "turing machine" that generates the data (default: LSTM)',
+    )
+    p.add_argument(
+        '--num-reset',
+        metavar='N',
+        type=non_negative_int,
+        default=None,
+        help=f"xt source only: buffer rows reset to fresh noise every step, even, at most the buffer less a batch (default: {c['num_reset']}; x-transformers' own default is 20)",
+    )
+    p.add_argument(
+        '--reset-every',
+        metavar='N',
+        type=non_negative_int,
+        default=None,
+        help=f"xt source only: re-draw the generator's random weights every this many steps, 0 for never: a new machine brings new kinds of structure (default: {c['reset_turing_machine_every']})",
+    )
+    p.add_argument(
+        '--eval-every',
+        metavar='N',
+        type=non_negative_int,
+        default=None,
+        help=f"measure zero-shot bits per byte on --eval-text every N steps (and before the first and after the last), 0 for never (default: {EVAL_EVERY}, or the resumed run's own)",
+    )
+    p.add_argument(
+        '--eval-text',
+        metavar='FILE',
+        default=None,
+        help=f'real text for those measurements (default: the file `up-fast eval` uses, here {default_text_file()})',
+    )
+    p.add_argument(
+        '--eval-bytes',
+        metavar='N',
+        type=non_negative_int,
+        default=None,
+        help=f'use at most this many bytes from the start of --eval-text, 0 for all: more is steadier but slower (default: {EVAL_BYTES})',
+    )
+    p.add_argument(
+        '--out',
+        metavar='PATH',
+        default=None,
+        help=f'where to save the checkpoint, checked before training starts; the evaluations go beside it as PATH with .eval.csv and .eval.png (default: {DEFAULT_CHECKPOINT}, or the resumed checkpoint)',
+    )
+    p.add_argument(
+        '--force',
+        action='store_true',
+        help='overwrite --out if it exists (default: refuse, unless it is the checkpoint being resumed)',
+    )
+    p.add_argument(
+        '--save-every',
+        metavar='N',
+        type=non_negative_int,
+        default=None,
+        help=f'save the checkpoint every N steps, 0 for only at the end; it is also saved on Ctrl-C or SIGTERM, after the step under way (default: with each evaluation, else every {EVAL_EVERY})',
+    )
+    p.add_argument(
+        '--keep-best',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='save the model of the best zero-shot evaluation beside --out as PATH with .best.pt, for `up-fast eval` and `sample` (default: on when evaluating)',
+    )
+    p.add_argument(
+        '--resume',
+        metavar='PATH',
+        default=None,
+        help='continue the run saved in this checkpoint, exactly where it stopped: same data stream, model, optimizer, schedule and smoothed loss; options that disagree with its configuration are an error, but see --override',
+    )
+    p.add_argument(
+        '--override',
+        action='store_true',
+        help='with --resume: apply the options given that a run can change (--lr, --steps, --eval-every, --eval-text, --eval-bytes, --save-every, --keep-best), printing each change (default: refuse them)',
+    )
+    p.add_argument(
+        '--stop-after',
+        metavar='N',
+        type=positive_int,
+        default=None,
+        help='stop after N steps of this invocation and save; the schedule still spans --steps, and --resume continues (default: run to the end)',
+    )
     add_device_option(p)
-    p.set_defaults(run = run)
+    p.set_defaults(run=run)

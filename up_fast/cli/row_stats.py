@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-SHORT_PERIOD = 16      # the largest period counted as short
+SHORT_PERIOD = 16  # the largest period counted as short
 
 
 def row_bytes(row: Tensor | bytes) -> bytes:
@@ -54,23 +54,29 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     """(25th percentile, median, 75th percentile), interpolated as numpy's default does."""
     if len(values) == 1:
         return (values[0],) * 3
-    q1, q2, q3 = statistics.quantiles(values, n = 4, method = 'inclusive')
+    q1, q2, q3 = statistics.quantiles(values, n=4, method='inclusive')
     return q1, q2, q3
 
 
 @dataclass
 class BufferStats:
-    zlib: tuple[float, float, float]            # quartiles of the per-row zlib ratio
-    constant: float                             # share of constant rows
-    periodic: float                             # share of rows with a short period above 1
-    cycling: float                              # share of other rows whose second half has a short period
-    distinct: tuple[float, float, float]        # quartiles of distinct tokens per row
+    zlib: tuple[float, float, float]  # quartiles of the per-row zlib ratio
+    constant: float  # share of constant rows
+    periodic: float  # share of rows with a short period above 1
+    cycling: float  # share of other rows whose second half has a short period
+    distinct: tuple[float, float, float]  # quartiles of distinct tokens per row
 
     def as_dict(self) -> dict:
         return dict(
-            zlib_q1 = self.zlib[0], zlib_median = self.zlib[1], zlib_q3 = self.zlib[2],
-            constant_share = self.constant, periodic_share = self.periodic, cycling_share = self.cycling,
-            distinct_q1 = self.distinct[0], distinct_median = self.distinct[1], distinct_q3 = self.distinct[2],
+            zlib_q1=self.zlib[0],
+            zlib_median=self.zlib[1],
+            zlib_q3=self.zlib[2],
+            constant_share=self.constant,
+            periodic_share=self.periodic,
+            cycling_share=self.cycling,
+            distinct_q1=self.distinct[0],
+            distinct_median=self.distinct[1],
+            distinct_q3=self.distinct[2],
         )
 
 
@@ -78,11 +84,11 @@ def buffer_stats(buffer: Tensor, max_period: int = SHORT_PERIOD) -> BufferStats:
     """The statistics above over the rows of a (rows, seq_len) buffer of byte ids."""
     rows = [row_bytes(row) for row in buffer.cpu()]
     periods = [smallest_period(row, max_period) for row in rows]
-    tail_periods = [smallest_period(row[len(row) // 2:], max_period) for row in rows]
+    tail_periods = [smallest_period(row[len(row) // 2 :], max_period) for row in rows]
     return BufferStats(
-        zlib = quartiles([zlib_ratio(row) for row in rows]),
-        constant = sum(period == 1 for period in periods) / len(rows),
-        periodic = sum(period is not None and period > 1 for period in periods) / len(rows),
-        cycling = sum(period is None and tail is not None for period, tail in zip(periods, tail_periods)) / len(rows),
-        distinct = quartiles([float(distinct_tokens(row)) for row in rows]),
+        zlib=quartiles([zlib_ratio(row) for row in rows]),
+        constant=sum(period == 1 for period in periods) / len(rows),
+        periodic=sum(period is not None and period > 1 for period in periods) / len(rows),
+        cycling=sum(period is None and tail is not None for period, tail in zip(periods, tail_periods)) / len(rows),
+        distinct=quartiles([float(distinct_tokens(row)) for row in rows]),
     )
