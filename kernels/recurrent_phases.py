@@ -309,6 +309,18 @@ def next_token(
 
 
 @triton.jit
+def invalidate_tokens(p, rows, row_mask, tokens_ptr, stride_tokens_b, stride_tokens_t, length,
+                      BLOCK_B: tl.constexpr):
+    """An aborted launch: program 0 of the group writes INVALID_TOKEN (-1) over every sampled token
+    of its rows, so that no write-back takes them for tokens (a signed `out` keeps it negative)."""
+    if p == 0:
+        invalid = tl.full((BLOCK_B,), -1, dtype=tl.int32)
+        for t in range(length):
+            tl.store(tokens_ptr + rows.to(tl.int64) * stride_tokens_b + tl.cast(t, tl.int64) * stride_tokens_t,
+                     invalid, mask=row_mask)
+
+
+@triton.jit
 def philox_key(seed_ptr, offset_ptr, SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr):
     if SAMPLE and not INJECTED_NOISE:
         seed = tl.load(seed_ptr)

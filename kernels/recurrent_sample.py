@@ -24,7 +24,7 @@ from up_fast.kernels.launch_plan import (
     COMPILE_OPTIONS, PHASE_NUM_WARPS, LaunchPlan, capability, cdiv, check_plan, num_sms, plan_launch,
 )
 from up_fast.kernels.recurrent_phases import (
-    gates_phase, grid_barrier, logits_phase, next_token, philox_key, philox_uniform,
+    gates_phase, grid_barrier, invalidate_tokens, logits_phase, next_token, philox_key, philox_uniform,
 )
 from up_fast.sampling import SUPPORTED_CELLS, FoldedRecurrentNet
 
@@ -42,6 +42,9 @@ MAX_COUNTERS_PER_ROW = 1 << 32
 # ~0.5 us an atomic round trip: about 10 s before a barrier gives up
 DEFAULT_MAX_SPINS = 1 << 24
 CHECK_ENV = 'UP_FAST_KERNEL_CHECK'
+# what an aborted persistent launch leaves in `out` for every sampled token of its rows (a signed
+# `out`; uint8 wraps it to 255): write-backs refuse rows holding it
+INVALID_TOKEN = -1
 
 
 @triton.jit
@@ -111,6 +114,8 @@ def recurrent_sample_kernel(
         next_token(p, num_feeds, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
                    partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
                    BLOCK_B, BLOCK_P)
+    else:
+        invalidate_tokens(p, rows, row_mask, tokens_ptr, stride_tokens_b, stride_tokens_t, length, BLOCK_B)
 
 
 @triton.jit
@@ -214,20 +219,64 @@ class KernelBarrierError(RuntimeError):
     pass
 
 
+def barrier_error(device: torch.device, grid: int | None = None, plan: LaunchPlan | None = None) -> KernelBarrierError:
+    where = 'a persistent launch'
+    if plan is not None:
+        where = f'a grid of {grid} programs ({plan.groups} groups of {plan.programs})'
+    return KernelBarrierError(
+        f'recurrent_sample_kernel: {where} on {device} with {num_sms(device)} SMs did not meet at a grid barrier '
+        'within max_spins: the programs were not all co-resident (another kernel holding SMs, MPS/MIG limits, or a '
+        'grid larger than the device allows). Its tokens are invalid (INVALID_TOKEN). Retry with mode="phases" or '
+        'fewer programs.')
+
+
 def check_kernel_errors(device: torch.device, *, grid: int | None = None, plan: LaunchPlan | None = None):
     """Raise if a grid barrier on `device` gave up since the last check (reads the flag: a host
     sync; call it where the host synchronises anyway). Clears the flag."""
     device = torch.device(device)
     flag = error_flag(device)
+    _pending_flags.pop(str(flag.device), None)
     if int(flag.item()) != 0:
         flag.zero_()
-        where = 'a persistent launch'
-        if plan is not None:
-            where = f'a grid of {grid} programs ({plan.groups} groups of {plan.programs})'
-        raise KernelBarrierError(
-            f'recurrent_sample_kernel: {where} on {device} with {num_sms(device)} SMs did not meet at a grid barrier '
-            'within max_spins: the programs were not all co-resident (another kernel holding SMs, MPS/MIG limits, or a '
-            'grid larger than the device allows). Its tokens are invalid. Retry with mode="phases" or fewer programs.')
+        raise barrier_error(device, grid, plan)
+
+
+# a launch without `check` copies the flag to host memory behind the launch (no sync); the next
+# call raises if that copy has landed and shows an abort: {device: (host copy, event, grid, plan)}
+_pending_flags: dict = {}
+
+
+def watch_kernel_errors(device: torch.device, plan: LaunchPlan):
+    """After a launch: copy the device's error flag to pinned host memory, asynchronously."""
+    flag = error_flag(device)
+    key = str(flag.device)
+    if flag.device.type != 'cuda':
+        _pending_flags[key] = (flag.clone(), None, plan.grid, plan)      # the interpreter ran the launch already
+        return
+    if torch.cuda.is_current_stream_capturing():
+        return                                  # a captured graph checks with check_kernel_errors after replays
+    host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    _pending_flags[key] = (host, event, plan.grid, plan)
+
+
+def raise_pending_kernel_errors(device: torch.device):
+    """Raise KernelBarrierError if an earlier launch on `device` gave up at a barrier, as far as its
+    flag copy has landed (no host sync: a copy still in flight is looked at by the next call)."""
+    flag = error_flag(device)
+    key = str(flag.device)
+    pending = _pending_flags.get(key)
+    if pending is None:
+        return
+    host, event, grid, plan = pending
+    if event is not None and not event.query():
+        return
+    del _pending_flags[key]
+    if int(host[0]) != 0:
+        flag.zero_()
+        raise barrier_error(flag.device, grid, plan)
 
 
 def wants_check() -> bool:
@@ -386,7 +435,9 @@ def fused_recurrent_sample(
     interpreter when the plan has more than one program a group). `programs` forces the programs
     per group; `plan` replaces the whole launch plan (tests, tuning). `check` (default: env
     UP_FAST_KERNEL_CHECK) synchronises after the launch and raises KernelBarrierError if a grid
-    barrier gave up; a training step leaves it off (no host sync).
+    barrier gave up; a training step leaves it off (no host sync): then the rows of a launch that
+    gave up hold INVALID_TOKEN (-1) and the next call on the device raises KernelBarrierError once
+    the error flag's asynchronous copy to host memory has landed.
     """
     if not isinstance(folded, FoldedRecurrentNet):
         raise TypeError(f'folded must be a FoldedRecurrentNet, got {type(folded).__name__}')
@@ -473,6 +524,9 @@ def fused_recurrent_sample(
     if not state_scratch.is_contiguous():
         raise ValueError('state_scratch must be contiguous')
 
+    # an earlier launch that gave up raises here, before this one changes anything
+    raise_pending_kernel_errors(device)
+
     weight_bytes = max(t.element_size() for t in (weight_hh, folded.weight_out))
     if plan is None:
         plan = plan_launch(batch, hidden, num_tokens, num_sms(device), weight_bytes=weight_bytes, programs=programs,
@@ -498,6 +552,9 @@ def fused_recurrent_sample(
     )
     # the next call (or graph replay) draws fresh noise
     offset.add_(1)
-    if check and mode == 'persistent':
-        check_kernel_errors(device, grid=plan.grid, plan=plan)
+    if mode == 'persistent':
+        if check:
+            check_kernel_errors(device, grid=plan.grid, plan=plan)
+        else:
+            watch_kernel_errors(device, plan)
     return out, state

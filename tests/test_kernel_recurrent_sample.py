@@ -510,6 +510,31 @@ def test_a_barrier_that_never_fills_sets_the_flag_and_raises():
     rs.check_kernel_errors(DEVICE)
 
 
+def test_an_aborted_launch_marks_its_rows_and_the_next_call_raises():
+    """Without check (a training step: no host sync) a launch that gave up leaves INVALID_TOKEN in
+    every sampled token of its rows, and the next call raises before it changes anything."""
+    if DEVICE.type == 'cuda':
+        pytest.skip('on a GPU a grid of 2 is co-resident: the barrier fills')
+    folded = to_device(make_folded('lstm', 37, 24, seed=4))
+    prefix = torch.randint(0, 37, (3, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    aborted, _ = fused_recurrent_sample(folded, prefix, 4, 1., mode='persistent', programs=2, max_spins=50,
+                                        check=False)
+    assert (aborted == rs.INVALID_TOKEN).all()
+
+    out = torch.full((3, 4), 7, dtype=torch.int64, device=DEVICE)
+    offset = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    seed = torch.tensor([5], device=DEVICE)
+    with pytest.raises(rs.KernelBarrierError, match=r'grid of 2 programs'):
+        fused_recurrent_sample(folded, prefix, 4, 1., programs=1, out=out, seed=seed, offset=offset)
+    assert (out == 7).all() and int(offset) == 0, 'the raising call changed its outputs'
+
+    # raised once: the flag is clear again, and a good launch leaves nothing pending
+    tokens, _ = fused_recurrent_sample(folded, prefix, 4, 1., programs=1, out=out, seed=seed, offset=offset)
+    assert ((tokens >= 0) & (tokens < 37)).all()
+    fused_recurrent_sample(folded, prefix, 4, 1., programs=1)
+    rs.check_kernel_errors(DEVICE)
+
+
 def test_debug_env_var_turns_the_check_on(monkeypatch):
     if DEVICE.type == 'cuda':
         pytest.skip('on a GPU a grid of 2 is co-resident: the barrier fills')

@@ -629,7 +629,12 @@ class UniversalPretrainWrapper(Module):
         with phase('write-back and reset', self.nvtx):
             if exists(noise):
                 buffer[rows.reset_rows] = noise
-            buffer[rows.condition_rows] = generated.to(buffer.device, buffer.dtype)     # after the reset: generated rows win
+            # after the reset: generated rows win. A row with a negative id (the sampling kernel's mark of a
+            # launch that gave up at a grid barrier) is refused on the device, no host sync: the row keeps what
+            # it held, and the kernel's next call raises
+            generated = generated.to(buffer.device)
+            valid = (generated >= 0).all(dim=1, keepdim=True)                                   # (generation batch, 1)
+            buffer[rows.condition_rows] = torch.where(valid, generated.to(buffer.dtype), buffer[rows.condition_rows])
         self.last_step_rows = rows
 
         # count the step, maybe re-draw the turing machine. After the writes, so that a step that
