@@ -11,6 +11,7 @@ steps through the phases). docs/kernel.md explains the design, its hazards and i
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
@@ -318,7 +319,8 @@ def recurrent_sample_launch(
     precision: str,
     max_spins: int = DEFAULT_MAX_SPINS,
 ) -> tuple[Tensor, ...]:
-    """Launch on checked, contiguous weights. Returns the final state tuple (views into state_scratch)."""
+    """Launch on checked, contiguous weights. Returns the final state tuple (views into state_scratch) and
+    the mode that ran: 'phases' when the device refused a persistent cooperative grid."""
     batch, prefix_len = prefix.shape
     hidden = weight_hh.shape[1]
     num_tokens = weight_out.shape[0]
@@ -353,14 +355,14 @@ def recurrent_sample_launch(
     num_feeds = prefix_len + length - 1
 
     if mode == 'persistent':
-        sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)        # counters, abort word
-        launch_options = dict(num_warps=plan.num_warps, num_stages=1, **COMPILE_OPTIONS)
-        if plan.cooperative and not INTERPRETED:
-            launch_options['launch_cooperative_grid'] = True
-        recurrent_sample_kernel[(plan.grid,)](
-            *args, sync, error_flag(device), *sizes, plan.groups, *sampling, max_spins,
-            **constexprs, **launch_options)
-    else:
+        try:
+            launch_persistent(args, sizes, sampling, constexprs, plan, device, max_spins)
+        except Exception as error:              # noqa: BLE001 - any refusal of a cooperative grid
+            if not plan.cooperative:
+                raise
+            refuse_cooperative(device, plan, error)
+            mode = 'phases'
+    if mode == 'phases':
         phase = lambda s, which: recurrent_phase_kernel[(plan.grid,)](
             *args, *sizes, *sampling, s, PHASE=which, **constexprs, num_warps=PHASE_NUM_WARPS, num_stages=1,
             **COMPILE_OPTIONS)
@@ -372,7 +374,35 @@ def recurrent_sample_launch(
 
     # feed s writes slot (s + 1) % 2
     final = num_feeds % 2
-    return (h[final], c) if is_lstm else (h[final],)
+    return ((h[final], c) if is_lstm else (h[final],)), mode
+
+
+def launch_persistent(args, sizes, sampling, constexprs, plan: LaunchPlan, device, max_spins: int):
+    sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)        # counters, abort word
+    launch_options = dict(num_warps=plan.num_warps, num_stages=1, **COMPILE_OPTIONS)
+    if plan.cooperative and not INTERPRETED:
+        launch_options['launch_cooperative_grid'] = True
+    recurrent_sample_kernel[(plan.grid,)](
+        *args, sync, error_flag(device), *sizes, plan.groups, *sampling, max_spins,
+        **constexprs, **launch_options)
+
+
+# (device, grid) whose cooperative launch was refused: later calls go to the phase-per-launch mode at once
+_refused_grids: set = set()
+
+
+def refuse_cooperative(device: torch.device, plan: LaunchPlan, error: Exception):
+    """A cooperative grid the device refused (MPS or MIG limits, SMs held by another kernel): one
+    warning naming grid and SM count; this and later calls with that grid run phase per launch."""
+    key = (str(device), plan.grid)
+    if key in _refused_grids:
+        return
+    _refused_grids.add(key)
+    warnings.warn(
+        f'recurrent_sample_kernel: the cooperative launch of a grid of {plan.grid} programs ({plan.groups} groups '
+        f'of {plan.programs}) on {device} with {num_sms(device)} SMs was refused ({type(error).__name__}: '
+        f'{str(error)[:200]}); running one launch per phase instead (slower, same tokens)', RuntimeWarning,
+        stacklevel=4)
 
 
 # public function
@@ -432,7 +462,9 @@ def fused_recurrent_sample(
 
     mode: 'persistent' (one launch, grid barriers), 'phases' (one launch per phase, the host stepping:
     what the interpreter checks with P > 1 programs), 'auto' (persistent; phases under the
-    interpreter when the plan has more than one program a group). `programs` forces the programs
+    interpreter when the plan has more than one program a group). A cooperative grid the device
+    refuses (MPS/MIG limits, SMs held by another kernel) runs as 'phases' instead, with one
+    RuntimeWarning naming grid and SM count; 'auto' remembers it. `programs` forces the programs
     per group; `plan` replaces the whole launch plan (tests, tuning). `check` (default: env
     UP_FAST_KERNEL_CHECK) synchronises after the launch and raises KernelBarrierError if a grid
     barrier gave up; a training step leaves it off (no host sync): then the rows of a launch that
@@ -534,11 +566,12 @@ def fused_recurrent_sample(
     else:
         check_plan(plan, batch, hidden, num_tokens)
     if mode == 'auto':
-        mode = 'phases' if INTERPRETED and plan.programs > 1 else 'persistent'
+        refused = (str(device), plan.grid) in _refused_grids
+        mode = 'phases' if (INTERPRETED or refused) and plan.programs > 1 else 'persistent'
     if plan.grid > 65535:
         raise ValueError(f'batch {batch} needs a grid of {plan.grid} programs, more than a launch allows')
 
-    state = recurrent_sample_launch(
+    state, mode = recurrent_sample_launch(
         folded.cell,
         folded.input_table.contiguous(),
         weight_hh.contiguous(),

@@ -19,6 +19,7 @@ if not torch.cuda.is_available():
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 from torch import nn
@@ -533,6 +534,44 @@ def test_an_aborted_launch_marks_its_rows_and_the_next_call_raises():
     assert ((tokens >= 0) & (tokens < 37)).all()
     fused_recurrent_sample(folded, prefix, 4, 1., programs=1)
     rs.check_kernel_errors(DEVICE)
+
+
+class RefusedLaunch:
+    """Stands in for the persistent kernel: every launch is refused as a device refuses a grid
+    larger than it can hold at once."""
+    launches = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            RefusedLaunch.launches += 1
+            raise RuntimeError('Triton Error [CUDA]: too many blocks in cooperative launch')
+        return launch
+
+
+def test_a_refused_cooperative_launch_falls_back_to_phases_with_one_warning(monkeypatch):
+    folded = to_device(make_folded('gru', 37, 24, seed=4))
+    prefix = torch.randint(0, 37, (3, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    noise = torch.rand(3, 5, 37, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    expected, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='phases', programs=2, uniform_noise=noise)
+
+    monkeypatch.setattr(rs, 'recurrent_sample_kernel', RefusedLaunch())
+    monkeypatch.setattr(rs, '_refused_grids', set())
+    RefusedLaunch.launches = 0
+    with pytest.warns(RuntimeWarning, match=r'grid of 2 programs \(1 groups of 2\) on cpu with 1 SMs was refused'):
+        tokens, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise,
+                                           check=True)
+    assert torch.equal(tokens, expected) and RefusedLaunch.launches == 1
+
+    # the warning is said once; 'auto' then goes to the phases at once, an explicit 'persistent' tries again
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        again, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='auto', programs=2, uniform_noise=noise)
+        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise)
+    assert torch.equal(again, expected) and RefusedLaunch.launches == 2
+
+    # one program a group is no cooperative grid: its launch error is the caller's
+    with pytest.raises(RuntimeError, match='too many blocks'):
+        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=1, uniform_noise=noise)
 
 
 def test_debug_env_var_turns_the_check_on(monkeypatch):
