@@ -134,6 +134,7 @@ def check_config(cfg: AotConfig):
     typed_constexprs = [a for a in cfg.signature if a in constexpr_args]
     untyped = [a for a in cfg.constexprs if a not in constexpr_args]
     unknown += [a for a in (cfg.divisible_by_16 or ()) if a not in cfg.signature]
+    unknown += [a for a in cfg.equal_to_1 if not cfg.signature.get(a, '').startswith('i')]
     for what, names in (('named twice', both), ('missing', missing), ('not arguments of the kernel', unknown),
                         ('tl.constexpr arguments given a type in signature', typed_constexprs)):
         if names:
@@ -159,12 +160,14 @@ def make_source(cfg: AotConfig):
         import triton
         raise RuntimeError(f'Triton {triton.__version__} is too old for this compile gate (needs >= 3.2)')
     args = list(cfg.fn.arg_names)
-    signature = {name: cfg.signature.get(name, 'constexpr') for name in args}
+    # an int the launcher passes as 1 is a constant of the binary that runs (Triton specialises it)
+    ones = dict.fromkeys(cfg.equal_to_1, 1)
+    signature = {name: 'constexpr' if name in ones else cfg.signature.get(name, 'constexpr') for name in args}
     aligned = cfg.divisible_by_16
     if aligned is None:
         aligned = [name for name, kind in cfg.signature.items() if kind.startswith('*')]
     attrs = {(args.index(name),): [['tt.divisibility', 16]] for name in aligned}
-    return ASTSource(fn=cfg.fn, signature=signature, constexprs=dict(cfg.constexprs), attrs=attrs)
+    return ASTSource(fn=cfg.fn, signature=signature, constexprs={**cfg.constexprs, **ones}, attrs=attrs)
 
 
 PTXAS_USED = re.compile(r'Used (\d+) registers')
@@ -249,7 +252,7 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
 
 def compile_key(cfg: AotConfig, arch: int) -> tuple:
     """Configurations that differ only in shape compile to the same binary: compile those once."""
-    return (id(cfg.fn), arch, tuple(sorted(cfg.signature.items())),
+    return (id(cfg.fn), arch, tuple(sorted(cfg.signature.items())), cfg.divisible_by_16, cfg.equal_to_1,
             tuple(sorted((k, repr(v)) for k, v in cfg.constexprs.items())),
             cfg.num_warps, cfg.num_stages, cfg.cooperative, tuple(sorted((k, repr(v)) for k, v in cfg.options.items())))
 

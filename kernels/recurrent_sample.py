@@ -43,12 +43,16 @@ MAX_COUNTERS_PER_ROW = 1 << 32
 # ~0.5 us an atomic round trip: about 10 s before a barrier gives up
 DEFAULT_MAX_SPINS = 1 << 24
 CHECK_ENV = 'UP_FAST_KERNEL_CHECK'
+# integer arguments that change from call to call (prefix and sample lengths and the row strides
+# they set, the feed a phase launch belongs to, the spin bound): not specialised, so one binary
+# serves every value and the compile gate (aot.py) compiles the binary that runs
+PER_CALL_ARGUMENTS = ('stride_prefix_b', 'prefix_len', 'length', 'stride_tokens_b', 'stride_noise_b', 'max_spins', 's')
 # what an aborted persistent launch leaves in `out` for every sampled token of its rows (a signed
 # `out`; uint8 wraps it to 255): write-backs refuse rows holding it
 INVALID_TOKEN = -1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=[a for a in PER_CALL_ARGUMENTS if a != 's'])
 def recurrent_sample_kernel(
     prefix_ptr, stride_prefix_b, stride_prefix_t,     # (batch, prefix_len) integer token ids
     input_table_ptr,                                  # (num_tokens, gates * hidden)
@@ -119,7 +123,7 @@ def recurrent_sample_kernel(
         invalidate_tokens(p, rows, row_mask, tokens_ptr, stride_tokens_b, stride_tokens_t, length, BLOCK_B)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=[a for a in PER_CALL_ARGUMENTS if a != 'max_spins'])
 def recurrent_phase_kernel(
     prefix_ptr, stride_prefix_b, stride_prefix_t,
     input_table_ptr, weight_hh_ptr, bias_hn_ptr, weight_out_ptr, bias_out_ptr,
@@ -408,6 +412,21 @@ def refuse_cooperative(device: torch.device, plan: LaunchPlan, error: Exception)
 # public function
 
 
+def check_int32_offsets(batch: int, hidden: int, num_tokens: int, gates: int):
+    """In-kernel element offsets into the tables and the state are int32: every index must be < 2**31."""
+    sizes = {
+        'input table (num_tokens * gates * hidden)': num_tokens * gates * hidden,
+        'W_hh padded to 4 gates (4 * hidden * hidden)': 4 * hidden * hidden,
+        'W_out (num_tokens * hidden)': num_tokens * hidden,
+        'exchange slots (2 * batch * hidden)': 2 * batch * hidden,
+        'batch * num_tokens': batch * num_tokens,
+    }
+    for what, size in sizes.items():
+        if size > 2**31:
+            raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens}: the {what} has {size} elements, "
+                             f"more than the kernel's int32 offsets reach (2**31)")
+
+
 def check_device_tensor(name: str, t, device: torch.device, dtypes, shape=None) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
@@ -519,10 +538,7 @@ def fused_recurrent_sample(
     batch, prefix_len = prefix.shape
     if batch < 1 or prefix_len < 1:
         raise ValueError(f'prefix must hold at least one token per row and one row, got shape {tuple(prefix.shape)}')
-    # in-kernel offsets into the state slots and weights are int32
-    if (2 * batch * hidden >= 2**31 or batch * num_tokens >= 2**31
-            or (num_tokens + gates * hidden) * max(hidden, gates) >= 2**31):
-        raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens} overflow the kernel's int32 offsets")
+    check_int32_offsets(batch, hidden, num_tokens, gates)
     if length * num_tokens > MAX_COUNTERS_PER_ROW:
         raise ValueError(f'length * num_tokens must be <= 2**32 (Philox counter word), got {length} * {num_tokens}')
 

@@ -169,6 +169,63 @@ def test_config_must_name_every_argument_once():
             aot_compile.check_config(AotConfig('c', spill_canary, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
 
 
+# the gate compiles what runs: the same specialisation as Triton's JIT gives the launcher's arguments
+
+
+class RecordingKernel:
+    """Stands in for a kernel: records each launch's arguments, runs nothing."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, kwargs))
+
+
+def jit_specialization(kernel, args):
+    """{argument: (type, key)} as Triton's JIT specialises a launch of `kernel` with positional `args`."""
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+    not_specialized = kernel.kwargs['do_not_specialize'] if hasattr(kernel, 'kwargs') else kernel.do_not_specialize
+    return {name: native_specialize_impl(BaseBackend, value, False, name not in not_specialized, True)
+            for name, value in zip(kernel.arg_names, args)}
+
+
+@pytest.mark.parametrize('cell, injected', [('lstm', False), ('gru', True)], ids=['lstm-philox', 'gru-injected'])
+def test_gate_specialises_as_the_launcher_does(monkeypatch, cell, injected):
+    pytest.importorskip('triton.runtime.jit').__dict__.get('native_specialize_impl') or pytest.skip(
+        "this Triton's JIT has no native_specialize_impl to compare with")
+    import torch
+    from test_kernel_recurrent_sample import make_folded
+
+    from up_fast.kernels import aot
+    from up_fast.kernels import recurrent_sample as rs
+    batch, hidden, num_tokens = aot.AOT_SHAPES['example']
+    plan = rs.plan_launch(batch, hidden, num_tokens, aot.TARGET_SMS[90])
+    folded = make_folded(cell, num_tokens, hidden, seed=3, bias_out=True)       # as the configurations
+    prefix = torch.randint(0, num_tokens, (batch, 5))
+    noise = torch.rand(batch, 7, num_tokens) if injected else None
+    configs = {c.name: c for c in aot.aot_configurations(90)}
+    stem = f'example-{cell}-fp32-sample{"-injected" if injected else ""}-tf32x3'
+
+    for attr, mode in (('recurrent_sample_kernel', 'persistent'), ('recurrent_phase_kernel', 'phases')):
+        recorder = RecordingKernel(getattr(rs, attr))
+        monkeypatch.setattr(rs, attr, recorder)
+        rs.fused_recurrent_sample(folded, prefix, 7, 1., uniform_noise=noise, plan=plan, mode=mode, check=False)
+        for args, kwargs in recorder.launches[:3]:
+            name = f'persistent-{stem}' if mode == 'persistent' else f'phase{kwargs["PHASE"]}-{stem}'
+            cfg = configs[name]
+            seen = jit_specialization(recorder.kernel, args)
+            assert set(seen) == set(cfg.signature), name
+            ones = {a for a, (kind, _) in seen.items() if kind == 'constexpr'}
+            aligned = {a for a, (kind, key) in seen.items() if kind != 'constexpr' and key and 'D' in key}
+            assert ones == set(cfg.equal_to_1), name
+            assert aligned == set(cfg.divisible_by_16), name
+            assert {a: kind for a, (kind, _) in seen.items() if a not in ones} == {
+                a: kind for a, kind in cfg.signature.items() if a not in ones}, name
+            assert {a: kwargs[a] for a in cfg.constexprs} == cfg.constexprs, name
+
+
 def test_compile_report_table():
     path = Path(__file__).parents[1] / 'benchmarks' / 'compile_report.py'
     spec = importlib.util.spec_from_file_location('compile_report', path)

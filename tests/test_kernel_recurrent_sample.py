@@ -669,6 +669,24 @@ def test_bad_arguments_name_the_argument(small, change, error, name):
         fused_recurrent_sample(args.pop('folded'), args.pop('prefix'), args.pop('length'), args.pop('temperature'), **args)
 
 
+def test_int32_guard_bounds_the_input_table():
+    # LSTM, hidden 1024: the input table has num_tokens * 4096 elements; 2**19 tokens is the last that fits
+    rs.check_int32_offsets(32, 1024, 2**19, 4)
+    with pytest.raises(ValueError, match=r'input table .* 2147487744 elements'):
+        rs.check_int32_offsets(32, 1024, 2**19 + 1, 4)
+    rs.check_int32_offsets(32, 1024, 699050, 3)                        # GRU: 3 gates, 699050 * 3072 < 2**31
+    with pytest.raises(ValueError, match='input table'):
+        rs.check_int32_offsets(32, 1024, 699051, 3)
+    with pytest.raises(ValueError, match='exchange slots'):
+        rs.check_int32_offsets(2**21 + 1, 512, 2, 4)
+    # vocab 2**20 at hidden 1024 passes a bound on num_tokens * hidden alone; the launcher refuses it
+    meta = dict(device='meta')
+    folded = FoldedRecurrentNet('lstm', torch.empty(2**20, 4096, **meta), torch.empty(4096, 1024, **meta), None,
+                                torch.empty(2**20, 1024, **meta), None)
+    with pytest.raises(ValueError, match='input table'):
+        fused_recurrent_sample(folded, torch.zeros(32, 1, dtype=torch.long, **meta), 4, 1.)
+
+
 def test_bad_weights_name_the_field(small):
     folded, prefix = small
     with pytest.raises(ValueError, match='input_table'):
