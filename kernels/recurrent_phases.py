@@ -9,23 +9,31 @@ import triton
 import triton.language as tl
 
 
+# a spinning program reads the abort word once in this many spins (docs/kernel.md, "The barrier")
+ABORT_EVERY = tl.constexpr(256)
+
+
 @triton.jit
 def grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins):
     """Wait until the group's counter reaches `target` (this program's arrival included).
     Returns 1, or 0 after max_spins reads or when another program gave up (then it sets the abort
-    word and the sticky error flag)."""
+    word and the sticky error flag). Release arrive, relaxed spin, one acquire: docs/kernel.md."""
     tl.debug_barrier()                       # every thread's stores of this phase precede the arrival
-    arrived = tl.atomic_add(counter_ptr, 1, sem='acq_rel', scope='gpu') + 1
-    aborted = tl.atomic_add(abort_ptr, 0, sem='acquire', scope='gpu')
+    tl.atomic_add(counter_ptr, 1, sem='release', scope='gpu')             # result unused: a release reduction
+    arrived = tl.load(counter_ptr, volatile=True)
+    aborted = 0
     spins = 0
     while (arrived < target) & (aborted == 0) & (spins < max_spins):
-        arrived = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
-        aborted = tl.atomic_add(abort_ptr, 0, sem='acquire', scope='gpu')
+        arrived = tl.load(counter_ptr, volatile=True)
         spins += 1
+        if spins % ABORT_EVERY == 0:
+            aborted = tl.load(abort_ptr, volatile=True)
     passed = (arrived >= target).to(tl.int32)
-    if passed == 0:
-        tl.atomic_xchg(abort_ptr, 1, sem='acq_rel', scope='gpu')
-        tl.atomic_xchg(error_ptr, 1, sem='acq_rel', scope='gpu')
+    if passed != 0:
+        tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')       # the one acquire: the others' phase is seen
+    else:
+        tl.atomic_xchg(abort_ptr, 1, sem='relaxed', scope='gpu')
+        tl.atomic_xchg(error_ptr, 1, sem='relaxed', scope='gpu')
     tl.debug_barrier()                       # no thread reads the exchange buffer before the wait ends
     return passed
 

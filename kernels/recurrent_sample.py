@@ -361,8 +361,8 @@ def recurrent_sample_launch(
     if mode == 'persistent':
         try:
             launch_persistent(args, sizes, sampling, constexprs, plan, device, max_spins)
-        except Exception as error:              # noqa: BLE001 - any refusal of a cooperative grid
-            if not plan.cooperative:
+        except RuntimeError as error:
+            if not (plan.cooperative and launch_refused(error)):
                 raise
             refuse_cooperative(device, plan, error)
             mode = 'phases'
@@ -383,12 +383,18 @@ def recurrent_sample_launch(
 
 def launch_persistent(args, sizes, sampling, constexprs, plan: LaunchPlan, device, max_spins: int):
     sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)        # counters, abort word
-    launch_options = dict(num_warps=plan.num_warps, num_stages=1, **COMPILE_OPTIONS)
+    launch_options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, **COMPILE_OPTIONS)
     if plan.cooperative and not INTERPRETED:
         launch_options['launch_cooperative_grid'] = True
     recurrent_sample_kernel[(plan.grid,)](
         *args, sync, error_flag(device), *sizes, plan.groups, *sampling, max_spins,
         **constexprs, **launch_options)
+
+
+def launch_refused(error: RuntimeError) -> bool:
+    """The device refused the launch itself (Triton's launcher raises 'Triton Error [CUDA]: ...', e.g. 'too
+    many blocks in cooperative launch'), as opposed to an error from inside the kernel (the interpreter's)."""
+    return 'Triton Error [CUDA]' in str(error) or 'cooperative launch' in str(error)
 
 
 # (device, grid) whose cooperative launch was refused: later calls go to the phase-per-launch mode at once

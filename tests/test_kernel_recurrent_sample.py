@@ -569,7 +569,17 @@ def test_a_refused_cooperative_launch_falls_back_to_phases_with_one_warning(monk
         fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise)
     assert torch.equal(again, expected) and RefusedLaunch.launches == 2
 
+    # an error from inside the kernel is no refusal: raised, not run again in phases
+    class FailingKernel(RefusedLaunch):
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError('an error inside the kernel'))
+
+    monkeypatch.setattr(rs, 'recurrent_sample_kernel', FailingKernel())
+    with pytest.raises(RuntimeError, match='inside the kernel'):
+        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise)
+
     # one program a group is no cooperative grid: its launch error is the caller's
+    monkeypatch.setattr(rs, 'recurrent_sample_kernel', RefusedLaunch())
     with pytest.raises(RuntimeError, match='too many blocks'):
         fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=1, uniform_noise=noise)
 
