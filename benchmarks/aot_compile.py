@@ -67,6 +67,7 @@ class CompileResult:
     floor: dict = field(default_factory=dict)
     compile_seconds: float | None = None
     ptxas: str | None = None           # ptxas version line
+    sass: dict = field(default_factory=dict)   # SASS opcode counts that the latency model is checked against
 
     @property
     def shared_bytes(self) -> int | None:
@@ -197,6 +198,31 @@ def resource_usage(cubin: bytes) -> dict:
     return dict(registers=reg, stack_bytes=stack, static_shared=shared, local_bytes=local)
 
 
+# the opcodes the latency model counts: L1 invalidations (each acquire), global loads (plain, async
+# copies), atomics and reductions, fences, tensor-core MMAs
+SASS_OPCODES = ('CCTL.IVALL', 'LDG', 'LDGSTS', 'ATOMG', 'REDG', 'MEMBAR', 'HMMA')
+SASS_INSTRUCTION = re.compile(r'^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)')
+
+
+def sass_counts(cubin: bytes) -> dict:
+    """Static counts of SASS_OPCODES in `cubin` (cuobjdump -sass)."""
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([triton_bin('cuobjdump'), '-sass', f.name], capture_output=True, text=True,
+                              check=True).stdout
+    counts = dict.fromkeys(SASS_OPCODES, 0)
+    for line in sass.splitlines():
+        match = SASS_INSTRUCTION.match(line)
+        if not match:
+            continue
+        op = match.group(1)
+        for name in SASS_OPCODES:
+            if op == name or op.startswith(name + '.') and '.' not in name:
+                counts[name] += 1
+    return counts
+
+
 def ptxas_version() -> str:
     out = subprocess.run([triton_bin('ptxas'), '--version'], capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1] if out.strip() else 'unknown'
@@ -247,6 +273,7 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
     result.local_bytes = usage['local_bytes']
     result.static_shared = usage['static_shared']
     result.dynamic_shared = int(kernel.metadata.shared)
+    result.sass = sass_counts(kernel.asm['cubin'])
     return result
 
 

@@ -124,7 +124,8 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
             return
         seen.add(key)
         configs.append(AotConfig(name=name, fn=fn, signature=signature, constexprs=constexprs,
-                                 num_warps=num_warps, num_stages=plan.num_stages if fn is recurrent_sample_kernel else 1,
+                                 num_warps=num_warps,
+                                 num_stages=plan.num_stages if fn is recurrent_sample_kernel else 1,
                                  programs=plan.grid, floor=floor,
                                  cooperative=fn is recurrent_sample_kernel and plan.cooperative,
                                  options=dict(COMPILE_OPTIONS), divisible_by_16=aligned, equal_to_1=ones))

@@ -429,8 +429,8 @@ def check_int32_offsets(batch: int, hidden: int, num_tokens: int, gates: int):
     }
     for what, size in sizes.items():
         if size > 2**31:
-            raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens}: the {what} has {size} elements, "
-                             f"more than the kernel's int32 offsets reach (2**31)")
+            raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens}: the {what} has {size} "
+                             f"elements, more than the kernel's int32 offsets reach (2**31)")
 
 
 def check_device_tensor(name: str, t, device: torch.device, dtypes, shape=None) -> Tensor:

@@ -251,3 +251,13 @@ def test_compile_report_table():
     assert 'bytes_per_program_per_phase.gates=12,288' in text and 'barriers_per_step=2' in text
     assert 'broken sm_90: CompilationError: boom' in text
     assert '3 fail the gate' in text
+
+    latency = dict(base, floor=dict(barriers_per_sampling_step=2, l2_round_trips_per_sampling_step=9,
+                                    mma_chain_per_k_loop=96, floor_us_per_sampling_step=4.6, weights='streamed'))
+    text = compile_report.report([
+        CompileResult(name='persistent-a', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 2}, **latency),
+        CompileResult(name='persistent-b', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 12}, **latency)])
+    rows = text.split('latency model')[1].splitlines()
+    assert next(r for r in rows if r.startswith('persistent-a')).split()[-1] == 'ok'
+    assert '12 CCTL != 2 barrier sites' in next(r for r in rows if r.startswith('persistent-b'))
+    assert 'assumptions: L2 hit' in text
