@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     prefix = torch.randint(0, v, (args.batch, args.prefix), device=device)
     figures = {}
     for length in (1, args.length):
-        sample = lambda: fused_recurrent_sample(folded, prefix, length, 1., check=False)
+        sample = lambda length=length: fused_recurrent_sample(folded, prefix, length, 1., check=False)
         figures[f'ms_length_{length}'] = time_launch(sample, args.repeat, args.warmup)
     check_kernel_errors(device)                      # every timed launch met at its barriers
     step_us = (figures[f'ms_length_{args.length}'] - figures['ms_length_1']) * 1e3 / (args.length - 1)
