@@ -261,3 +261,19 @@ def test_compile_report_table():
     assert next(r for r in rows if r.startswith('persistent-a')).split()[-1] == 'ok'
     assert '12 CCTL != 2 barrier sites' in next(r for r in rows if r.startswith('persistent-b'))
     assert 'assumptions: L2 hit' in text
+
+
+def test_residency_probe_counts_the_step_loop_loads():
+    from benchmarks.residency_probe import loop_loads
+    sass = '\n'.join([
+        '        /*0010*/                   LDG.E.128 R20, desc[UR6][R16.64] ;',
+        '        /*0020*/                   LDG.E.128 R12, desc[UR6][R16.64+0x10] ;',
+        '        /*0030*/                   LDG.E.128.STRONG.GPU R12, desc[UR6][R10.64] ;',
+        '        /*0040*/               @P1 LDG.E.128 R8, desc[UR6][R4.64] ;',
+        '        /*0050*/                   HMMA.1688.F32.TF32 R0, R4, R8, R0 ;',
+        '        /*0060*/               @P0 BRA 0x30 ;',
+        '        /*0070*/                   EXIT ;',
+        '        /*0080*/                   BRA 0x80;',
+    ])
+    # two loads before the loop; in it one '.cg' load of h and one plain load (a weight re-read)
+    assert loop_loads(sass) == (2, 1, 1)
