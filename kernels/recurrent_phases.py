@@ -30,7 +30,9 @@ def grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins):
             aborted = tl.load(abort_ptr, volatile=True)
     passed = (arrived >= target).to(tl.int32)
     if passed != 0:
-        tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')       # the one acquire: the others' phase is seen
+        # the one acquire: the others' phase is seen. Its value is used: Triton 3.6 drops an unused add of 0
+        seen = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
+        passed = (seen >= target).to(tl.int32)
     else:
         tl.atomic_xchg(abort_ptr, 1, sem='relaxed', scope='gpu')
         tl.atomic_xchg(error_ptr, 1, sem='relaxed', scope='gpu')
