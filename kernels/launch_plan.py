@@ -115,8 +115,10 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
 
     block_k = min(max(16, next_power_of_2(hidden)), 32 if capability >= 90 else 16)
     num_warps = 8
+    # pipelined K loops compiled without spills on sm_90 (Triton 3.6 and 3.9); sm_80 keeps one stage
+    num_stages = 3 if capability >= 90 else 1
     return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
-                      min(32, max(2, next_power_of_2(num_slices))), num_warps)
+                      min(32, max(2, next_power_of_2(num_slices))), num_warps, num_stages)
 
 
 def check_plan(plan, batch: int, hidden: int, num_tokens: int):
