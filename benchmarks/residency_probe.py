@@ -47,8 +47,9 @@ def resident_probe(h_ptr, w_ptr, out_ptr, steps, BLOCK_B: tl.constexpr, K: tl.co
     # (SPLITS, CHUNK, N): loaded once
     w = tl.load(w_ptr + (split[:, None, None] * CHUNK + k[None, :, None]) * N + n[None, None, :])
     for step in range(steps):
+        # (SPLITS, BLOCK_B, CHUNK)
         h = tl.load(h_ptr + step * BLOCK_B * K + rows[None, :, None] * K + split[:, None, None] * CHUNK
-                    + k[None, None, :], cache_modifier='.cg')                                    # (SPLITS, BLOCK_B, CHUNK)
+                    + k[None, None, :], cache_modifier='.cg')
         acc = tl.sum(tl.dot(h, w, input_precision=PRECISION), axis=0)                          # (BLOCK_B, N)
         tl.store(out_ptr + step * BLOCK_B * N + rows[:, None] * N + n[None, :], acc)
 
