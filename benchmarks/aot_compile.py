@@ -67,6 +67,7 @@ class CompileResult:
     floor: dict = field(default_factory=dict)
     compile_seconds: float | None = None
     ptxas: str | None = None           # ptxas version line
+    sass: dict = field(default_factory=dict)   # SASS opcode counts that the latency model is checked against
 
     @property
     def shared_bytes(self) -> int | None:
@@ -134,6 +135,7 @@ def check_config(cfg: AotConfig):
     typed_constexprs = [a for a in cfg.signature if a in constexpr_args]
     untyped = [a for a in cfg.constexprs if a not in constexpr_args]
     unknown += [a for a in (cfg.divisible_by_16 or ()) if a not in cfg.signature]
+    unknown += [a for a in cfg.equal_to_1 if not cfg.signature.get(a, '').startswith('i')]
     for what, names in (('named twice', both), ('missing', missing), ('not arguments of the kernel', unknown),
                         ('tl.constexpr arguments given a type in signature', typed_constexprs)):
         if names:
@@ -159,12 +161,14 @@ def make_source(cfg: AotConfig):
         import triton
         raise RuntimeError(f'Triton {triton.__version__} is too old for this compile gate (needs >= 3.2)')
     args = list(cfg.fn.arg_names)
-    signature = {name: cfg.signature.get(name, 'constexpr') for name in args}
+    # an int the launcher passes as 1 is a constant of the binary that runs (Triton specialises it)
+    ones = dict.fromkeys(cfg.equal_to_1, 1)
+    signature = {name: 'constexpr' if name in ones else cfg.signature.get(name, 'constexpr') for name in args}
     aligned = cfg.divisible_by_16
     if aligned is None:
         aligned = [name for name, kind in cfg.signature.items() if kind.startswith('*')]
     attrs = {(args.index(name),): [['tt.divisibility', 16]] for name in aligned}
-    return ASTSource(fn=cfg.fn, signature=signature, constexprs=dict(cfg.constexprs), attrs=attrs)
+    return ASTSource(fn=cfg.fn, signature=signature, constexprs={**cfg.constexprs, **ones}, attrs=attrs)
 
 
 PTXAS_USED = re.compile(r'Used (\d+) registers')
@@ -192,6 +196,31 @@ def resource_usage(cubin: bytes) -> dict:
         raise RuntimeError(f'cuobjdump printed no resource usage:\n{out}')
     reg, stack, shared, local = map(int, match.groups())
     return dict(registers=reg, stack_bytes=stack, static_shared=shared, local_bytes=local)
+
+
+# the opcodes the latency model counts: L1 invalidations (each acquire), global loads (plain, async
+# copies), atomics and reductions, fences, tensor-core MMAs
+SASS_OPCODES = ('CCTL.IVALL', 'LDG', 'LDGSTS', 'ATOMG', 'REDG', 'MEMBAR', 'HMMA')
+SASS_INSTRUCTION = re.compile(r'^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)')
+
+
+def sass_counts(cubin: bytes) -> dict:
+    """Static counts of SASS_OPCODES in `cubin` (cuobjdump -sass)."""
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([triton_bin('cuobjdump'), '-sass', f.name], capture_output=True, text=True,
+                              check=True).stdout
+    counts = dict.fromkeys(SASS_OPCODES, 0)
+    for line in sass.splitlines():
+        match = SASS_INSTRUCTION.match(line)
+        if not match:
+            continue
+        op = match.group(1)
+        for name in SASS_OPCODES:
+            if op == name or op.startswith(name + '.') and '.' not in name:
+                counts[name] += 1
+    return counts
 
 
 def ptxas_version() -> str:
@@ -244,12 +273,13 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
     result.local_bytes = usage['local_bytes']
     result.static_shared = usage['static_shared']
     result.dynamic_shared = int(kernel.metadata.shared)
+    result.sass = sass_counts(kernel.asm['cubin'])
     return result
 
 
 def compile_key(cfg: AotConfig, arch: int) -> tuple:
     """Configurations that differ only in shape compile to the same binary: compile those once."""
-    return (id(cfg.fn), arch, tuple(sorted(cfg.signature.items())),
+    return (id(cfg.fn), arch, tuple(sorted(cfg.signature.items())), cfg.divisible_by_16, cfg.equal_to_1,
             tuple(sorted((k, repr(v)) for k, v in cfg.constexprs.items())),
             cfg.num_warps, cfg.num_stages, cfg.cooperative, tuple(sorted((k, repr(v)) for k, v in cfg.options.items())))
 

@@ -42,6 +42,34 @@ def table(rows: list[list[str]]) -> str:
     return '\n'.join(lines)
 
 
+# a persistent kernel inlines the grid barrier at two call sites, each with one acquire: one CCTL.IVALL each
+BARRIER_SITES = 2
+
+
+def latency_table(results: list) -> str:
+    """The latency model of each persistent configuration (AotConfig.floor) beside its SASS counts: the
+    CCTL.IVALL (one a barrier site: each wipes L1) and the global loads the model assumes."""
+    rows = [['configuration', 'arch', 'weights', 'barriers', 'L2 trips', 'MMA chain', 'us/step', 'CCTL', 'LDG',
+             'LDGSTS', 'HMMA', 'check']]
+    for r in results:
+        if not r.name.startswith('persistent') or 'l2_round_trips_per_sampling_step' not in r.floor:
+            continue
+        f, sass = r.floor, r.sass or {}
+        cctl = sass.get('CCTL.IVALL')
+        check = '-' if cctl is None else (
+            'ok' if cctl == BARRIER_SITES else f'{cctl} CCTL != {BARRIER_SITES} barrier sites')
+        rows.append([r.name, f'sm_{r.arch}', str(f.get('weights', '-')), str(f['barriers_per_sampling_step']),
+                     str(f['l2_round_trips_per_sampling_step']), str(f['mma_chain_per_k_loop']),
+                     fmt(f['floor_us_per_sampling_step'])] + [str(sass.get(k, '-')) for k in ('CCTL.IVALL', 'LDG',
+                                                                                                'LDGSTS', 'HMMA')]
+                    + [check])
+    if len(rows) == 1:
+        return ''
+    from up_fast.kernels.perf_model import ASSUMPTIONS
+    return '\n'.join(['latency model of a sampling step (estimates, not measured; SASS counts are static)',
+                      table(rows), f'assumptions: {ASSUMPTIONS}'])
+
+
 def report(results: list) -> str:
     header = ['configuration', 'arch', 'regs', 'spill st/ld B', 'shared KiB (limit)', 'programs', 'warps', 'stages',
               'coop', 'gate']
@@ -71,6 +99,10 @@ def report(results: list) -> str:
         floor_rows.append([name, ','.join(archs), ', '.join(f'{k}={fmt(v)}' for k, v in flatten(floor))])
     if len(floor_rows) > 1:
         out += ['', table(floor_rows)]
+
+    latency = latency_table(results)
+    if latency:
+        out += ['', latency]
 
     errors = [r for r in results if not r.compiled]
     for r in errors:

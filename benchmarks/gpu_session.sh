@@ -12,25 +12,31 @@
 #              persistent mode and the GPU-only cases included; the compile gate too          170
 #   compile    python -m benchmarks.compile_report under the machine's Triton (sm_90)          30
 #   memcheck   compute-sanitizer memcheck on the kernel tests selected by SANITIZER_SELECTION   45
-#              (the sampling kernel's, and the buffer kernels' parity cases)
+#              (small shapes, phase per launch or at most 4 programs a group: a spin barrier of
+#              many programs may starve under instrumentation),
+#              and the buffer kernels' parity cases
 #   racecheck  compute-sanitizer racecheck (shared-memory hazards), same selection               45
+#   step       python -m benchmarks.step_timing: one sampling step, length 1 vs 512 at the same
+#              prefix (the example and batch 4096)                                                30
 #   bench      pytest benchmarks --benchmark-only, then python -m benchmarks.report             110
-#   ncu        Nsight Compute on the sampling kernel of one data step                            40
+#   ncu        Nsight Compute on the persistent kernel at the example: L1 hit rate of global
+#              loads (the weights), long-scoreboard stalls, the samples in the barrier's lines    45
 # Pick steps with STEPS="tests bench"; change a limit with e.g. LIMIT_tests=200. A failing step does
 # not stop the later ones; a step that would get less than 15 s of the budget is skipped.
 #
 # Back in $OUT (the device tool returns at most 8 files): session.log (every step's output),
 # summary.json (device, versions, each step's status and seconds), gpu.json (pytest-benchmark),
-# results.md and speedup.png (the benchmark report), compile.json, generate.ncu-rep.
+# results.md and speedup.png (the benchmark report), compile.json, step.json, sample.ncu-rep.
 # Exit status: 0 if every step that ran passed, 1 if one failed or timed out, 2 without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-/tmp/up_fast_gpu}
-STEPS=${STEPS:-"tests compile memcheck racecheck bench ncu"}
+STEPS=${STEPS:-"tests compile memcheck racecheck step bench ncu"}
 BUDGET=${BUDGET:-440}
 # pytest -k for the sanitizers: small shapes only (they slow every launch down many times)
-SANITIZER_SELECTION=${SANITIZER_SELECTION:-"not graph and not chi_square and not batch4096 and not vocab32768 and not vocab5000 and not hidden1000"}
+# and small grids: the oracle cases in single-program and phase modes, the tiled plans (2 programs a group)
+SANITIZER_SELECTION=${SANITIZER_SELECTION:-"injected_noise or tiled_plans or pytorch_twins"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET          # the real compiler, not the interpreter
@@ -41,7 +47,7 @@ STATUS="$OUT/steps.tsv"          # name, status, exit code, seconds, limit: made
 start=$SECONDS
 failed=0
 
-declare -A LIMIT=([tests]=170 [compile]=30 [memcheck]=45 [racecheck]=45 [bench]=110 [ncu]=40)
+declare -A LIMIT=([tests]=170 [compile]=30 [memcheck]=45 [racecheck]=45 [step]=30 [bench]=110 [ncu]=45)
 
 summary() {     # summary.json from steps.tsv and the device line; steps.tsv is removed (8 files back)
     python3 - "$OUT" "$1" <<'PY'
@@ -137,16 +143,25 @@ if tool compute-sanitizer racecheck; then
         -q -p no:cacheprovider -x -k "$SANITIZER_SELECTION"
 fi
 
-# 5. the benchmarks, reference first in each group, then the report (table + plot)
+# 5. one sampling step: length 1 against length 512 at the same prefix (the difference / 511)
+step step bash -c "python3 -m benchmarks.step_timing --json '$OUT/step.json' \
+    && python3 -m benchmarks.step_timing --batch 4096 --length 128 --repeat 5"
+
+# 6. the benchmarks, reference first in each group, then the report (table + plot)
 step bench bash -c "python3 -m pytest benchmarks --benchmark-only -q -p no:cacheprovider --benchmark-json='$OUT/gpu.json' \
     && python3 -m benchmarks.report '$OUT/gpu.json' --out '$OUT'"
 
-# 6. Nsight Compute on the sampling kernel: registers, spills, occupancy, L2/DRAM throughput,
-#    stalls. Clocks left alone (--clock-control none, METHOD.md); the details page goes to the log.
+# 7. Nsight Compute on the persistent kernel at the example (length 64): the L1 hit rate of global
+#    loads (weights streamed every step; each barrier's acquire invalidates L1), long-scoreboard
+#    stalls (waits on L2), and per source line the samples in grid_barrier (barrier time). Clocks
+#    left alone (--clock-control none, METHOD.md); the details and source pages go to the log.
+NCU_METRICS=l1tex__t_sector_pipe_lsu_mem_global_op_ld_hit_rate.pct,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,gpu__time_duration.sum
 if tool ncu ncu; then
-    step ncu bash -c "ncu --clock-control none --nvtx --nvtx-include 'up_fast/generate/' --launch-count 2 --set full \
-        -f -o '$OUT/generate' python3 -m up_fast.profiling --data-only --steps 1 --warmup 1 --backend triton \
-        && ncu -i '$OUT/generate.ncu-rep' --page details"
+    step ncu bash -c "ncu --clock-control none --kernel-name regex:recurrent_sample_kernel --launch-skip 2 --launch-count 1 \
+        --import-source yes --section SourceCounters --section WarpStateStats --section MemoryWorkloadAnalysis \
+        --metrics $NCU_METRICS -f -o '$OUT/sample' python3 -m benchmarks.step_timing --length 64 --repeat 1 --warmup 1 \
+        && ncu -i '$OUT/sample.ncu-rep' --page details \
+        && ncu -i '$OUT/sample.ncu-rep' --page source --csv --print-source cuda 2>&1 | grep -n -A3 -i 'grid_barrier\|volatile\|atomic' | head -80"
 fi
 
 echo "== session: $((SECONDS - start))s of the ${BUDGET}s budget" | tee -a "$LOG"

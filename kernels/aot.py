@@ -13,7 +13,9 @@ The contract a configuration satisfies (checked before anything compiles):
   `options`: any further compile options the launcher passes (e.g. `maxnreg`).
 - `programs` (grid size launched) and `floor` (any dict, nested dicts flattened in the report:
   bytes and FLOPs per program per phase, barriers per step, floor us per step) are only reported.
-- `divisible_by_16`: the arguments the JIT sees as multiples of 16 (default: every pointer).
+- `divisible_by_16`: the arguments the JIT sees as multiples of 16 (default: every pointer);
+  `equal_to_1`: the int arguments the launcher passes as 1, which the JIT makes constants. Both
+  follow from the shape (`launch_specialization`), so the gate compiles the binary that runs.
 - names unique per arch, readable; nothing here touches a GPU.
 """
 
@@ -23,7 +25,9 @@ from dataclasses import dataclass, field
 
 from up_fast.kernels.launch_plan import COMPILE_OPTIONS, PHASE_NUM_WARPS, plan_launch
 from up_fast.kernels.perf_model import design_floor
-from up_fast.kernels.recurrent_sample import kernel_constexprs, recurrent_phase_kernel, recurrent_sample_kernel
+from up_fast.kernels.recurrent_sample import (
+    PER_CALL_ARGUMENTS, kernel_constexprs, recurrent_phase_kernel, recurrent_sample_kernel,
+)
 
 # SMs of the part each target stands for (H100 SXM / H200, A100): launchers size grids by them
 TARGET_SMS = {90: 132, 80: 108}
@@ -45,6 +49,7 @@ class AotConfig:
     # arguments the JIT would see divisible by 16 (it specialises on that at launch); None: every
     # pointer argument, as for freshly allocated tensors
     divisible_by_16: tuple | None = None
+    equal_to_1: tuple = ()             # int arguments launched as 1: constants of the binary
 
 
 AOT_SHAPES = {                  # name: (batch, hidden, num_tokens)
@@ -76,6 +81,30 @@ def kernel_signature(fn, weight_type: str, constexprs: dict) -> dict:
     return types
 
 
+def launch_ints(plan, batch: int, hidden: int, num_tokens: int, injected: bool) -> dict:
+    """The int arguments a launch at this shape passes that its shape fixes (contiguous prefix,
+    `out` and noise; PER_CALL_ARGUMENTS change from call to call and are not specialised)."""
+    return dict(stride_prefix_t=1, stride_tokens_t=1, stride_noise_t=num_tokens if injected else 0,
+                stride_noise_v=1 if injected else 0, batch=batch, hidden=hidden, num_tokens=num_tokens,
+                programs=plan.programs, num_slices=plan.num_slices, groups=plan.groups)
+
+
+def launch_specialization(signature: dict, ints: dict) -> tuple[tuple, tuple]:
+    """(divisible_by_16, equal_to_1) as Triton's JIT specialises a launch: pointers of fresh
+    tensors and ints that are multiples of 16 get a divisibility hint, ints equal to 1 become
+    constants; PER_CALL_ARGUMENTS (do_not_specialize) neither."""
+    aligned, ones = [], []
+    for name, kind in signature.items():
+        if kind.startswith('*'):
+            aligned.append(name)
+        elif kind in ('i32', 'i64') and name not in PER_CALL_ARGUMENTS:
+            if ints[name] == 1:
+                ones.append(name)
+            elif ints[name] % 16 == 0:
+                aligned.append(name)
+    return tuple(aligned), tuple(ones)
+
+
 def aot_configurations(arch: int = 90) -> list[AotConfig]:
     """Every kernel configuration the launcher chooses for the gate's shapes on sm_`arch` with the
     SM count of its part (TARGET_SMS: an H200 for 90, an A100 for 80): LSTM and GRU, fp32 and bf16
@@ -84,18 +113,22 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
     sms, capability = TARGET_SMS[arch], arch
     configs, seen = [], set()
 
-    def add(name, fn, constexprs, plan, floor):
+    def add(name, fn, constexprs, plan, floor, ints):
         weight_type = constexprs.pop('_weight_type')
         signature = kernel_signature(fn, weight_type, constexprs)
+        aligned, ones = launch_specialization(signature, ints)
         num_warps = plan.num_warps if fn is recurrent_sample_kernel else PHASE_NUM_WARPS
-        key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), num_warps)
+        key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), num_warps, aligned,
+               ones)
         if key in seen:
             return
         seen.add(key)
         configs.append(AotConfig(name=name, fn=fn, signature=signature, constexprs=constexprs,
-                                 num_warps=num_warps, num_stages=1, programs=plan.grid, floor=floor,
+                                 num_warps=num_warps,
+                                 num_stages=plan.num_stages if fn is recurrent_sample_kernel else 1,
+                                 programs=plan.grid, floor=floor,
                                  cooperative=fn is recurrent_sample_kernel and plan.cooperative,
-                                 options=dict(COMPILE_OPTIONS)))
+                                 options=dict(COMPILE_OPTIONS), divisible_by_16=aligned, equal_to_1=ones))
 
     variants = []
     for shape in AOT_SHAPES:
@@ -116,10 +149,11 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         floor = design_floor(plan, hidden, num_tokens, gates, weight_bytes, precision, sample)
         kind = ('sample' if sample else 'greedy') + ('-injected' if injected else '')
         stem = f'{shape}-{cell}-{weights}-{kind}-{precision}'
-        add(f'persistent-{stem}', recurrent_sample_kernel, dict(base, _weight_type=weights), plan, floor)
+        ints = launch_ints(plan, batch, hidden, num_tokens, injected)
+        add(f'persistent-{stem}', recurrent_sample_kernel, dict(base, _weight_type=weights), plan, floor, ints)
         for phase in (0, 1, 2):
             add(f'phase{phase}-{stem}', recurrent_phase_kernel, dict(base, PHASE=phase, _weight_type=weights),
-                plan, floor)
+                plan, floor, ints)
     # the buffer kernels (gather, write-back): their configurations live beside them; imported here, not at
     # the top, because they take AotConfig from this module
     from up_fast.kernels.buffer_ops import aot_configurations as buffer_configurations

@@ -113,8 +113,16 @@ def write_kernel(
     else:
         c = p - num_reset
         row = tl.load(condition_rows_ptr + c)
-        generated = tl.load(generated_ptr + c * generated_stride + cols, mask=mask, other=0)
-        tl.store(buffer_ptr + row * buffer_stride + cols, generated.to(buffer_ptr.dtype.element_ty), mask=mask)
+        # a generated row holding a negative id (a sampling launch that gave up) is refused: the row keeps
+        # what it held before the step (its reset program left it to this one)
+        offs = tl.arange(0, BLOCK)
+        smallest = tl.min(tl.load(generated_ptr + c * generated_stride + offs, mask=offs < seq_len, other=0), axis=0)
+        for start in range(BLOCK, seq_len, BLOCK):
+            part = tl.load(generated_ptr + c * generated_stride + start + offs, mask=start + offs < seq_len, other=0)
+            smallest = tl.minimum(smallest, tl.min(part, axis=0))
+        valid = mask & ((cols * 0 + smallest) >= 0)       # (BLOCK,) the row's test as a column mask
+        generated = tl.load(generated_ptr + c * generated_stride + cols, mask=valid, other=0)
+        tl.store(buffer_ptr + row * buffer_stride + cols, generated.to(buffer_ptr.dtype.element_ty), mask=valid)
 
 
 # launchers

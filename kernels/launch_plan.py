@@ -64,6 +64,16 @@ class LaunchPlan:
     block_k: int          # hidden (reduction) tile
     block_p: int          # partials reduced at a time: next_pow2(num_slices), at most 32
     num_warps: int
+    # the persistent kernel's software pipelining of its K loops: with 3 stages Triton prefetches the next
+    # h and weight tiles (cp.async) while the current ones multiply, instead of one dependent L2 round
+    # trip a tile. The weights are streamed every step, never held across a barrier (docs/kernel.md)
+    num_stages: int = 3
+
+    @property
+    def weights(self) -> str:
+        """How the persistent kernel's programs get their weight slices each step."""
+        return f'streamed from L2, pipelined (num_stages={self.num_stages})' if self.num_stages > 1 else \
+            'streamed from L2, one tile at a time'
 
     @property
     def grid(self) -> int:
@@ -105,8 +115,10 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
 
     block_k = min(max(16, next_power_of_2(hidden)), 32 if capability >= 90 else 16)
     num_warps = 8
+    # pipelined K loops compiled without spills on sm_90 (Triton 3.6 and 3.9); sm_80 keeps one stage
+    num_stages = 3 if capability >= 90 else 1
     return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
-                      min(32, max(2, next_power_of_2(num_slices))), num_warps)
+                      min(32, max(2, next_power_of_2(num_slices))), num_warps, num_stages)
 
 
 def check_plan(plan, batch: int, hidden: int, num_tokens: int):
@@ -126,6 +138,7 @@ def check_plan(plan, batch: int, hidden: int, num_tokens: int):
          f'slice {plan.num_slices - 1} of {plan.num_slices} is empty'),
         (plan.num_slices > plan.programs, f'num_slices {plan.num_slices} > programs {plan.programs}'),
         (plan.num_warps not in (1, 2, 4, 8, 16), f'num_warps {plan.num_warps} is not a power of two <= 16'),
+        (plan.num_stages not in (1, 2, 3, 4), f'num_stages {plan.num_stages} is not in 1..4'),
     ]
     for bad, what in problems:
         if bad:

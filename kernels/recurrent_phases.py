@@ -9,23 +9,33 @@ import triton
 import triton.language as tl
 
 
+# a spinning program reads the abort word once in this many spins (docs/kernel.md, "The barrier")
+ABORT_EVERY = tl.constexpr(256)
+
+
 @triton.jit
 def grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins):
     """Wait until the group's counter reaches `target` (this program's arrival included).
     Returns 1, or 0 after max_spins reads or when another program gave up (then it sets the abort
-    word and the sticky error flag)."""
+    word and the sticky error flag). Release arrive, relaxed spin, one acquire: docs/kernel.md."""
     tl.debug_barrier()                       # every thread's stores of this phase precede the arrival
-    arrived = tl.atomic_add(counter_ptr, 1, sem='acq_rel', scope='gpu') + 1
-    aborted = tl.atomic_add(abort_ptr, 0, sem='acquire', scope='gpu')
+    tl.atomic_add(counter_ptr, 1, sem='release', scope='gpu')             # result unused: a release reduction
+    arrived = tl.load(counter_ptr, volatile=True)
+    aborted = 0
     spins = 0
     while (arrived < target) & (aborted == 0) & (spins < max_spins):
-        arrived = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
-        aborted = tl.atomic_add(abort_ptr, 0, sem='acquire', scope='gpu')
+        arrived = tl.load(counter_ptr, volatile=True)
         spins += 1
+        if spins % ABORT_EVERY == 0:
+            aborted = tl.load(abort_ptr, volatile=True)
     passed = (arrived >= target).to(tl.int32)
-    if passed == 0:
-        tl.atomic_xchg(abort_ptr, 1, sem='acq_rel', scope='gpu')
-        tl.atomic_xchg(error_ptr, 1, sem='acq_rel', scope='gpu')
+    if passed != 0:
+        # the one acquire: the others' phase is seen. Its value is used: Triton 3.6 drops an unused add of 0
+        seen = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
+        passed = (seen >= target).to(tl.int32)
+    else:
+        tl.atomic_xchg(abort_ptr, 1, sem='relaxed', scope='gpu')
+        tl.atomic_xchg(error_ptr, 1, sem='relaxed', scope='gpu')
     tl.debug_barrier()                       # no thread reads the exchange buffer before the wait ends
     return passed
 
@@ -306,6 +316,18 @@ def next_token(
         tl.store(tokens_ptr + rows.to(tl.int64) * stride_tokens_b + tl.cast(t, tl.int64) * stride_tokens_t, token,
                  mask=row_mask & ((tl.zeros((BLOCK_B,), dtype=tl.int32) + p) == 0))
     return token
+
+
+@triton.jit
+def invalidate_tokens(p, rows, row_mask, tokens_ptr, stride_tokens_b, stride_tokens_t, length,
+                      BLOCK_B: tl.constexpr):
+    """An aborted launch: program 0 of the group writes INVALID_TOKEN (-1) over every sampled token
+    of its rows, so that no write-back takes them for tokens (a signed `out` keeps it negative)."""
+    if p == 0:
+        invalid = tl.full((BLOCK_B,), -1, dtype=tl.int32)
+        for t in range(length):
+            tl.store(tokens_ptr + rows.to(tl.int64) * stride_tokens_b + tl.cast(t, tl.int64) * stride_tokens_t,
+                     invalid, mask=row_mask)
 
 
 @triton.jit

@@ -10,6 +10,8 @@ steps through the phases). docs/kernel.md explains the design, its hazards and i
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -23,7 +25,7 @@ from up_fast.kernels.launch_plan import (
     COMPILE_OPTIONS, PHASE_NUM_WARPS, LaunchPlan, capability, cdiv, check_plan, num_sms, plan_launch,
 )
 from up_fast.kernels.recurrent_phases import (
-    gates_phase, grid_barrier, logits_phase, next_token, philox_key, philox_uniform,
+    gates_phase, grid_barrier, invalidate_tokens, logits_phase, next_token, philox_key, philox_uniform,
 )
 from up_fast.sampling import SUPPORTED_CELLS, FoldedRecurrentNet
 
@@ -41,9 +43,16 @@ MAX_COUNTERS_PER_ROW = 1 << 32
 # ~0.5 us an atomic round trip: about 10 s before a barrier gives up
 DEFAULT_MAX_SPINS = 1 << 24
 CHECK_ENV = config.KERNEL_CHECK
+# integer arguments that change from call to call (prefix and sample lengths and the row strides
+# they set, the feed a phase launch belongs to, the spin bound): not specialised, so one binary
+# serves every value and the compile gate (aot.py) compiles the binary that runs
+PER_CALL_ARGUMENTS = ('stride_prefix_b', 'prefix_len', 'length', 'stride_tokens_b', 'stride_noise_b', 'max_spins', 's')
+# what an aborted persistent launch leaves in `out` for every sampled token of its rows (a signed
+# `out`; uint8 wraps it to 255): write-backs refuse rows holding it
+INVALID_TOKEN = -1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=[a for a in PER_CALL_ARGUMENTS if a != 's'])
 def recurrent_sample_kernel(
     prefix_ptr, stride_prefix_b, stride_prefix_t,     # (batch, prefix_len) integer token ids
     input_table_ptr,                                  # (num_tokens, gates * hidden)
@@ -110,9 +119,11 @@ def recurrent_sample_kernel(
         next_token(p, num_feeds, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
                    partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
                    BLOCK_B, BLOCK_P)
+    else:
+        invalidate_tokens(p, rows, row_mask, tokens_ptr, stride_tokens_b, stride_tokens_t, length, BLOCK_B)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=[a for a in PER_CALL_ARGUMENTS if a != 'max_spins'])
 def recurrent_phase_kernel(
     prefix_ptr, stride_prefix_b, stride_prefix_t,
     input_table_ptr, weight_hh_ptr, bias_hn_ptr, weight_out_ptr, bias_out_ptr,
@@ -213,20 +224,64 @@ class KernelBarrierError(RuntimeError):
     pass
 
 
+def barrier_error(device: torch.device, grid: int | None = None, plan: LaunchPlan | None = None) -> KernelBarrierError:
+    where = 'a persistent launch'
+    if plan is not None:
+        where = f'a grid of {grid} programs ({plan.groups} groups of {plan.programs})'
+    return KernelBarrierError(
+        f'recurrent_sample_kernel: {where} on {device} with {num_sms(device)} SMs did not meet at a grid barrier '
+        'within max_spins: the programs were not all co-resident (another kernel holding SMs, MPS/MIG limits, or a '
+        'grid larger than the device allows). Its tokens are invalid (INVALID_TOKEN). Retry with mode="phases" or '
+        'fewer programs.')
+
+
 def check_kernel_errors(device: torch.device, *, grid: int | None = None, plan: LaunchPlan | None = None):
     """Raise if a grid barrier on `device` gave up since the last check (reads the flag: a host
     sync; call it where the host synchronises anyway). Clears the flag."""
     device = torch.device(device)
     flag = error_flag(device)
+    _pending_flags.pop(str(flag.device), None)
     if int(flag.item()) != 0:
         flag.zero_()
-        where = 'a persistent launch'
-        if plan is not None:
-            where = f'a grid of {grid} programs ({plan.groups} groups of {plan.programs})'
-        raise KernelBarrierError(
-            f'recurrent_sample_kernel: {where} on {device} with {num_sms(device)} SMs did not meet at a grid barrier '
-            'within max_spins: the programs were not all co-resident (another kernel holding SMs, MPS/MIG limits, or a '
-            'grid larger than the device allows). Its tokens are invalid. Retry with mode="phases" or fewer programs.')
+        raise barrier_error(device, grid, plan)
+
+
+# a launch without `check` copies the flag to host memory behind the launch (no sync); the next
+# call raises if that copy has landed and shows an abort: {device: (host copy, event, grid, plan)}
+_pending_flags: dict = {}
+
+
+def watch_kernel_errors(device: torch.device, plan: LaunchPlan):
+    """After a launch: copy the device's error flag to pinned host memory, asynchronously."""
+    flag = error_flag(device)
+    key = str(flag.device)
+    if flag.device.type != 'cuda':
+        _pending_flags[key] = (flag.clone(), None, plan.grid, plan)      # the interpreter ran the launch already
+        return
+    if torch.cuda.is_current_stream_capturing():
+        return                                  # a captured graph checks with check_kernel_errors after replays
+    host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    _pending_flags[key] = (host, event, plan.grid, plan)
+
+
+def raise_pending_kernel_errors(device: torch.device):
+    """Raise KernelBarrierError if an earlier launch on `device` gave up at a barrier, as far as its
+    flag copy has landed (no host sync: a copy still in flight is looked at by the next call)."""
+    flag = error_flag(device)
+    key = str(flag.device)
+    pending = _pending_flags.get(key)
+    if pending is None:
+        return
+    host, event, grid, plan = pending
+    if event is not None and not event.query():
+        return
+    del _pending_flags[key]
+    if int(host[0]) != 0:
+        flag.zero_()
+        raise barrier_error(flag.device, grid, plan)
 
 
 # launch
@@ -264,7 +319,8 @@ def recurrent_sample_launch(
     precision: str,
     max_spins: int = DEFAULT_MAX_SPINS,
 ) -> tuple[Tensor, ...]:
-    """Launch on checked, contiguous weights. Returns the final state tuple (views into state_scratch)."""
+    """Launch on checked, contiguous weights. Returns the final state tuple (views into state_scratch) and
+    the mode that ran: 'phases' when the device refused a persistent cooperative grid."""
     batch, prefix_len = prefix.shape
     hidden = weight_hh.shape[1]
     num_tokens = weight_out.shape[0]
@@ -299,14 +355,14 @@ def recurrent_sample_launch(
     num_feeds = prefix_len + length - 1
 
     if mode == 'persistent':
-        sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)        # counters, abort word
-        launch_options = dict(num_warps=plan.num_warps, num_stages=1, **COMPILE_OPTIONS)
-        if plan.cooperative and not INTERPRETED:
-            launch_options['launch_cooperative_grid'] = True
-        recurrent_sample_kernel[(plan.grid,)](
-            *args, sync, error_flag(device), *sizes, plan.groups, *sampling, max_spins,
-            **constexprs, **launch_options)
-    else:
+        try:
+            launch_persistent(args, sizes, sampling, constexprs, plan, device, max_spins)
+        except RuntimeError as error:
+            if not (plan.cooperative and launch_refused(error)):
+                raise
+            refuse_cooperative(device, plan, error)
+            mode = 'phases'
+    if mode == 'phases':
         phase = lambda s, which: recurrent_phase_kernel[(plan.grid,)](
             *args, *sizes, *sampling, s, PHASE=which, **constexprs, num_warps=PHASE_NUM_WARPS, num_stages=1,
             **COMPILE_OPTIONS)
@@ -318,10 +374,59 @@ def recurrent_sample_launch(
 
     # feed s writes slot (s + 1) % 2
     final = num_feeds % 2
-    return (h[final], c) if is_lstm else (h[final],)
+    return ((h[final], c) if is_lstm else (h[final],)), mode
+
+
+def launch_persistent(args, sizes, sampling, constexprs, plan: LaunchPlan, device, max_spins: int):
+    sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)        # counters, abort word
+    launch_options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, **COMPILE_OPTIONS)
+    if plan.cooperative and not INTERPRETED:
+        launch_options['launch_cooperative_grid'] = True
+    recurrent_sample_kernel[(plan.grid,)](
+        *args, sync, error_flag(device), *sizes, plan.groups, *sampling, max_spins,
+        **constexprs, **launch_options)
+
+
+def launch_refused(error: RuntimeError) -> bool:
+    """The device refused the launch itself (Triton's launcher raises 'Triton Error [CUDA]: ...', e.g. 'too
+    many blocks in cooperative launch'), as opposed to an error from inside the kernel (the interpreter's)."""
+    return 'Triton Error [CUDA]' in str(error) or 'cooperative launch' in str(error)
+
+
+# (device, grid) whose cooperative launch was refused: later calls go to the phase-per-launch mode at once
+_refused_grids: set = set()
+
+
+def refuse_cooperative(device: torch.device, plan: LaunchPlan, error: Exception):
+    """A cooperative grid the device refused (MPS or MIG limits, SMs held by another kernel): one
+    warning naming grid and SM count; this and later calls with that grid run phase per launch."""
+    key = (str(device), plan.grid)
+    if key in _refused_grids:
+        return
+    _refused_grids.add(key)
+    warnings.warn(
+        f'recurrent_sample_kernel: the cooperative launch of a grid of {plan.grid} programs ({plan.groups} groups '
+        f'of {plan.programs}) on {device} with {num_sms(device)} SMs was refused ({type(error).__name__}: '
+        f'{str(error)[:200]}); running one launch per phase instead (slower, same tokens)', RuntimeWarning,
+        stacklevel=4)
 
 
 # public function
+
+
+def check_int32_offsets(batch: int, hidden: int, num_tokens: int, gates: int):
+    """In-kernel element offsets into the tables and the state are int32: every index must be < 2**31."""
+    sizes = {
+        'input table (num_tokens * gates * hidden)': num_tokens * gates * hidden,
+        'W_hh padded to 4 gates (4 * hidden * hidden)': 4 * hidden * hidden,
+        'W_out (num_tokens * hidden)': num_tokens * hidden,
+        'exchange slots (2 * batch * hidden)': 2 * batch * hidden,
+        'batch * num_tokens': batch * num_tokens,
+    }
+    for what, size in sizes.items():
+        if size > 2**31:
+            raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens}: the {what} has {size} "
+                             f"elements, more than the kernel's int32 offsets reach (2**31)")
 
 
 def check_device_tensor(name: str, t, device: torch.device, dtypes, shape=None) -> Tensor:
@@ -378,10 +483,14 @@ def fused_recurrent_sample(
 
     mode: 'persistent' (one launch, grid barriers), 'phases' (one launch per phase, the host stepping:
     what the interpreter checks with P > 1 programs), 'auto' (persistent; phases under the
-    interpreter when the plan has more than one program a group). `programs` forces the programs
+    interpreter when the plan has more than one program a group). A cooperative grid the device
+    refuses (MPS/MIG limits, SMs held by another kernel) runs as 'phases' instead, with one
+    RuntimeWarning naming grid and SM count; 'auto' remembers it. `programs` forces the programs
     per group; `plan` replaces the whole launch plan (tests, tuning). `check` (default: env
     UP_FAST_KERNEL_CHECK) synchronises after the launch and raises KernelBarrierError if a grid
-    barrier gave up; a training step leaves it off (no host sync).
+    barrier gave up; a training step leaves it off (no host sync): then the rows of a launch that
+    gave up hold INVALID_TOKEN (-1) and the next call on the device raises KernelBarrierError once
+    the error flag's asynchronous copy to host memory has landed.
     """
     if not isinstance(folded, FoldedRecurrentNet):
         raise TypeError(f'folded must be a FoldedRecurrentNet, got {type(folded).__name__}')
@@ -431,10 +540,7 @@ def fused_recurrent_sample(
     batch, prefix_len = prefix.shape
     if batch < 1 or prefix_len < 1:
         raise ValueError(f'prefix must hold at least one token per row and one row, got shape {tuple(prefix.shape)}')
-    # in-kernel offsets into the state slots and weights are int32
-    if (2 * batch * hidden >= 2**31 or batch * num_tokens >= 2**31
-            or (num_tokens + gates * hidden) * max(hidden, gates) >= 2**31):
-        raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens} overflow the kernel's int32 offsets")
+    check_int32_offsets(batch, hidden, num_tokens, gates)
     if length * num_tokens > MAX_COUNTERS_PER_ROW:
         raise ValueError(f'length * num_tokens must be <= 2**32 (Philox counter word), got {length} * {num_tokens}')
 
@@ -468,6 +574,9 @@ def fused_recurrent_sample(
     if not state_scratch.is_contiguous():
         raise ValueError('state_scratch must be contiguous')
 
+    # an earlier launch that gave up raises here, before this one changes anything
+    raise_pending_kernel_errors(device)
+
     weight_bytes = max(t.element_size() for t in (weight_hh, folded.weight_out))
     if plan is None:
         plan = plan_launch(batch, hidden, num_tokens, num_sms(device), weight_bytes=weight_bytes, programs=programs,
@@ -475,11 +584,12 @@ def fused_recurrent_sample(
     else:
         check_plan(plan, batch, hidden, num_tokens)
     if mode == 'auto':
-        mode = 'phases' if INTERPRETED and plan.programs > 1 else 'persistent'
+        refused = (str(device), plan.grid) in _refused_grids
+        mode = 'phases' if (INTERPRETED or refused) and plan.programs > 1 else 'persistent'
     if plan.grid > 65535:
         raise ValueError(f'batch {batch} needs a grid of {plan.grid} programs, more than a launch allows')
 
-    state = recurrent_sample_launch(
+    state, mode = recurrent_sample_launch(
         folded.cell,
         folded.input_table.contiguous(),
         weight_hh.contiguous(),
@@ -493,6 +603,9 @@ def fused_recurrent_sample(
     )
     # the next call (or graph replay) draws fresh noise
     offset.add_(1)
-    if check and mode == 'persistent':
-        check_kernel_errors(device, grid=plan.grid, plan=plan)
+    if mode == 'persistent':
+        if check:
+            check_kernel_errors(device, grid=plan.grid, plan=plan)
+        else:
+            watch_kernel_errors(device, plan)
     return out, state

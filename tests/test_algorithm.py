@@ -419,6 +419,25 @@ def test_a_generator_returning_the_wrong_shape_fails_before_any_write(monkeypatc
     assert all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items()) and wrapper.num_steps == 0
 
 
+def test_the_write_back_refuses_rows_marked_invalid(monkeypatch, model):
+    """A sampling kernel launch that gave up marks its rows with negative ids: those rows keep what
+    they held (refused on the device, no host sync); the other generated rows are written."""
+    wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=0)
+    real = wrapper.data_generator.generate_unchecked
+
+    def generate_with_an_aborted_row(*args, **kwargs):
+        out = real(*args, **kwargs).clone()
+        out[1, -3:] = -1
+        return out
+
+    monkeypatch.setattr(wrapper.data_generator, 'generate_unchecked', generate_with_an_aborted_row)
+    seen = record_step(monkeypatch, wrapper)
+    conditions = seen['rows'].condition_rows.tolist()
+    assert torch.equal(seen['after'][conditions[1]], seen['before'][conditions[1]])
+    for b in (0, 2, 3):
+        assert torch.equal(seen['after'][conditions[b]].long(), seen['generated'][b])
+
+
 class NoReset(nn.Module):
     max_seq_len = 16
 

@@ -170,6 +170,63 @@ def test_config_must_name_every_argument_once():
             aot_compile.check_config(AotConfig('c', spill_canary, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
 
 
+# the gate compiles what runs: the same specialisation as Triton's JIT gives the launcher's arguments
+
+
+class RecordingKernel:
+    """Stands in for a kernel: records each launch's arguments, runs nothing."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, kwargs))
+
+
+def jit_specialization(kernel, args):
+    """{argument: (type, key)} as Triton's JIT specialises a launch of `kernel` with positional `args`."""
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+    not_specialized = kernel.kwargs['do_not_specialize'] if hasattr(kernel, 'kwargs') else kernel.do_not_specialize
+    return {name: native_specialize_impl(BaseBackend, value, False, name not in not_specialized, True)
+            for name, value in zip(kernel.arg_names, args)}
+
+
+@pytest.mark.parametrize('cell, injected', [('lstm', False), ('gru', True)], ids=['lstm-philox', 'gru-injected'])
+def test_gate_specialises_as_the_launcher_does(monkeypatch, cell, injected):
+    pytest.importorskip('triton.runtime.jit').__dict__.get('native_specialize_impl') or pytest.skip(
+        "this Triton's JIT has no native_specialize_impl to compare with")
+    import torch
+    from test_kernel_recurrent_sample import make_folded
+
+    from up_fast.kernels import aot
+    from up_fast.kernels import recurrent_sample as rs
+    batch, hidden, num_tokens = aot.AOT_SHAPES['example']
+    plan = rs.plan_launch(batch, hidden, num_tokens, aot.TARGET_SMS[90])
+    folded = make_folded(cell, num_tokens, hidden, seed=3, bias_out=True)       # as the configurations
+    prefix = torch.randint(0, num_tokens, (batch, 5))
+    noise = torch.rand(batch, 7, num_tokens) if injected else None
+    configs = {c.name: c for c in aot.aot_configurations(90)}
+    stem = f'example-{cell}-fp32-sample{"-injected" if injected else ""}-tf32x3'
+
+    for attr, mode in (('recurrent_sample_kernel', 'persistent'), ('recurrent_phase_kernel', 'phases')):
+        recorder = RecordingKernel(getattr(rs, attr))
+        monkeypatch.setattr(rs, attr, recorder)
+        rs.fused_recurrent_sample(folded, prefix, 7, 1., uniform_noise=noise, plan=plan, mode=mode, check=False)
+        for args, kwargs in recorder.launches[:3]:
+            name = f'persistent-{stem}' if mode == 'persistent' else f'phase{kwargs["PHASE"]}-{stem}'
+            cfg = configs[name]
+            seen = jit_specialization(recorder.kernel, args)
+            assert set(seen) == set(cfg.signature), name
+            ones = {a for a, (kind, _) in seen.items() if kind == 'constexpr'}
+            aligned = {a for a, (kind, key) in seen.items() if kind != 'constexpr' and key and 'D' in key}
+            assert ones == set(cfg.equal_to_1), name
+            assert aligned == set(cfg.divisible_by_16), name
+            assert {a: kind for a, (kind, _) in seen.items() if a not in ones} == {
+                a: kind for a, kind in cfg.signature.items() if a not in ones}, name
+            assert {a: kwargs[a] for a in cfg.constexprs} == cfg.constexprs, name
+
+
 def test_compile_report_table():
     path = Path(__file__).parents[1] / 'benchmarks' / 'compile_report.py'
     spec = importlib.util.spec_from_file_location('compile_report', path)
@@ -195,3 +252,29 @@ def test_compile_report_table():
     assert 'bytes_per_program_per_phase.gates=12,288' in text and 'barriers_per_step=2' in text
     assert 'broken sm_90: CompilationError: boom' in text
     assert '3 fail the gate' in text
+
+    latency = dict(base, floor=dict(barriers_per_sampling_step=2, l2_round_trips_per_sampling_step=9,
+                                    mma_chain_per_k_loop=96, floor_us_per_sampling_step=4.6, weights='streamed'))
+    text = compile_report.report([
+        CompileResult(name='persistent-a', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 2}, **latency),
+        CompileResult(name='persistent-b', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 12}, **latency)])
+    rows = text.split('latency model')[1].splitlines()
+    assert next(r for r in rows if r.startswith('persistent-a')).split()[-1] == 'ok'
+    assert '12 CCTL != 2 barrier sites' in next(r for r in rows if r.startswith('persistent-b'))
+    assert 'assumptions: L2 hit' in text
+
+
+def test_residency_probe_counts_the_step_loop_loads():
+    from benchmarks.residency_probe import loop_loads
+    sass = '\n'.join([
+        '        /*0010*/                   LDG.E.128 R20, desc[UR6][R16.64] ;',
+        '        /*0020*/                   LDG.E.128 R12, desc[UR6][R16.64+0x10] ;',
+        '        /*0030*/                   LDG.E.128.STRONG.GPU R12, desc[UR6][R10.64] ;',
+        '        /*0040*/               @P1 LDG.E.128 R8, desc[UR6][R4.64] ;',
+        '        /*0050*/                   HMMA.1688.F32.TF32 R0, R4, R8, R0 ;',
+        '        /*0060*/               @P0 BRA 0x30 ;',
+        '        /*0070*/                   EXIT ;',
+        '        /*0080*/                   BRA 0x80;',
+    ])
+    # two loads before the loop; in it one '.cg' load of h and one plain load (a weight re-read)
+    assert loop_loads(sass) == (2, 1, 1)

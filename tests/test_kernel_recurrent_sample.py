@@ -19,6 +19,7 @@ if not torch.cuda.is_available():
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 from torch import nn
@@ -510,6 +511,79 @@ def test_a_barrier_that_never_fills_sets_the_flag_and_raises():
     rs.check_kernel_errors(DEVICE)
 
 
+def test_an_aborted_launch_marks_its_rows_and_the_next_call_raises():
+    """Without check (a training step: no host sync) a launch that gave up leaves INVALID_TOKEN in
+    every sampled token of its rows, and the next call raises before it changes anything."""
+    if DEVICE.type == 'cuda':
+        pytest.skip('on a GPU a grid of 2 is co-resident: the barrier fills')
+    folded = to_device(make_folded('lstm', 37, 24, seed=4))
+    prefix = torch.randint(0, 37, (3, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    aborted, _ = fused_recurrent_sample(folded, prefix, 4, 1., mode='persistent', programs=2, max_spins=50,
+                                        check=False)
+    assert (aborted == rs.INVALID_TOKEN).all()
+
+    out = torch.full((3, 4), 7, dtype=torch.int64, device=DEVICE)
+    offset = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    seed = torch.tensor([5], device=DEVICE)
+    with pytest.raises(rs.KernelBarrierError, match=r'grid of 2 programs'):
+        fused_recurrent_sample(folded, prefix, 4, 1., programs=1, out=out, seed=seed, offset=offset)
+    assert (out == 7).all() and int(offset) == 0, 'the raising call changed its outputs'
+
+    # raised once: the flag is clear again, and a good launch leaves nothing pending
+    tokens, _ = fused_recurrent_sample(folded, prefix, 4, 1., programs=1, out=out, seed=seed, offset=offset)
+    assert ((tokens >= 0) & (tokens < 37)).all()
+    fused_recurrent_sample(folded, prefix, 4, 1., programs=1)
+    rs.check_kernel_errors(DEVICE)
+
+
+class RefusedLaunch:
+    """Stands in for the persistent kernel: every launch is refused as a device refuses a grid
+    larger than it can hold at once."""
+    launches = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            RefusedLaunch.launches += 1
+            raise RuntimeError('Triton Error [CUDA]: too many blocks in cooperative launch')
+        return launch
+
+
+def test_a_refused_cooperative_launch_falls_back_to_phases_with_one_warning(monkeypatch):
+    folded = to_device(make_folded('gru', 37, 24, seed=4))
+    prefix = torch.randint(0, 37, (3, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    noise = torch.rand(3, 5, 37, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    expected, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='phases', programs=2, uniform_noise=noise)
+
+    monkeypatch.setattr(rs, 'recurrent_sample_kernel', RefusedLaunch())
+    monkeypatch.setattr(rs, '_refused_grids', set())
+    RefusedLaunch.launches = 0
+    with pytest.warns(RuntimeWarning, match=r'grid of 2 programs \(1 groups of 2\) on cpu with 1 SMs was refused'):
+        tokens, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise,
+                                           check=True)
+    assert torch.equal(tokens, expected) and RefusedLaunch.launches == 1
+
+    # the warning is said once; 'auto' then goes to the phases at once, an explicit 'persistent' tries again
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        again, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='auto', programs=2, uniform_noise=noise)
+        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise)
+    assert torch.equal(again, expected) and RefusedLaunch.launches == 2
+
+    # an error from inside the kernel is no refusal: raised, not run again in phases
+    class FailingKernel(RefusedLaunch):
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError('an error inside the kernel'))
+
+    monkeypatch.setattr(rs, 'recurrent_sample_kernel', FailingKernel())
+    with pytest.raises(RuntimeError, match='inside the kernel'):
+        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise)
+
+    # one program a group is no cooperative grid: its launch error is the caller's
+    monkeypatch.setattr(rs, 'recurrent_sample_kernel', RefusedLaunch())
+    with pytest.raises(RuntimeError, match='too many blocks'):
+        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=1, uniform_noise=noise)
+
+
 def test_debug_env_var_turns_the_check_on(monkeypatch):
     if DEVICE.type == 'cuda':
         pytest.skip('on a GPU a grid of 2 is co-resident: the barrier fills')
@@ -605,6 +679,24 @@ def test_bad_arguments_name_the_argument(small, change, error, name):
         args[key] = value.to(DEVICE) if isinstance(value, torch.Tensor) and value.device.type != 'meta' else value
     with pytest.raises(error, match=name):
         fused_recurrent_sample(args.pop('folded'), args.pop('prefix'), args.pop('length'), args.pop('temperature'), **args)
+
+
+def test_int32_guard_bounds_the_input_table():
+    # LSTM, hidden 1024: the input table has num_tokens * 4096 elements; 2**19 tokens is the last that fits
+    rs.check_int32_offsets(32, 1024, 2**19, 4)
+    with pytest.raises(ValueError, match=r'input table .* 2147487744 elements'):
+        rs.check_int32_offsets(32, 1024, 2**19 + 1, 4)
+    rs.check_int32_offsets(32, 1024, 699050, 3)                        # GRU: 3 gates, 699050 * 3072 < 2**31
+    with pytest.raises(ValueError, match='input table'):
+        rs.check_int32_offsets(32, 1024, 699051, 3)
+    with pytest.raises(ValueError, match='exchange slots'):
+        rs.check_int32_offsets(2**21 + 1, 512, 2, 4)
+    # vocab 2**20 at hidden 1024 passes a bound on num_tokens * hidden alone; the launcher refuses it
+    meta = dict(device='meta')
+    folded = FoldedRecurrentNet('lstm', torch.empty(2**20, 4096, **meta), torch.empty(4096, 1024, **meta), None,
+                                torch.empty(2**20, 1024, **meta), None)
+    with pytest.raises(ValueError, match='input table'):
+        fused_recurrent_sample(folded, torch.zeros(32, 1, dtype=torch.long, **meta), 4, 1.)
 
 
 def test_bad_weights_name_the_field(small):

@@ -186,8 +186,12 @@ def write_rows_(
     buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor, generated: Tensor
 ) -> Tensor:
     """In place: noise over reset_rows (when given), then generated over condition_rows, which wins where a
-    row is both."""
+    row is both. A generated row holding a negative id (the mark of a sampling launch that gave up) is
+    refused on the device, with no host sync: its row keeps what it held before the step."""
+    generated = generated.to(buffer.device)
+    valid = (generated >= 0).all(dim=1, keepdim=True)                  # (conditions, 1)
+    held = buffer[condition_rows]                                      # before any write of this step
     if exists(noise):
         buffer[reset_rows] = noise.to(buffer.device, buffer.dtype)
-    buffer[condition_rows] = generated.to(buffer.device, buffer.dtype)
+    buffer[condition_rows] = torch.where(valid, generated.to(buffer.dtype), held)
     return buffer
