@@ -317,21 +317,24 @@ def report(log):
         f'--finetune-steps {finetune_steps} --seeds {max(r["seed"] for r in records) + 1}` '
         f'on {cpu_name()}, CPU, one thread each (torch {torch.__version__}).',
         '',
-        f"Model: the main job's (dim {MODEL['dim']}, depth {MODEL['depth']}, heads {MODEL['heads']}, seq_len {MODEL['seq_len']}, "
-        f'batch {BATCH_SIZE}, AdamW lr {LR}, warm-up and cosine), pre-trained for {pretrain_steps} steps (the main job: 1200). '
-        f'Text: {path.name} ({len(data):,} bytes): zero-shot on all of it; fine-tuned {finetune_steps} steps on the first 80%, '
-        f'scored on the last 20% ({len(held):,} bytes). Figures: mean over seeds (min to max). Bits per byte, lower is better.',
+        f"Model: the main job's (dim {MODEL['dim']}, depth {MODEL['depth']}, heads {MODEL['heads']}, seq_len "
+        f'{MODEL["seq_len"]}, batch {BATCH_SIZE}, AdamW lr {LR}, warm-up and cosine), pre-trained for '
+        f'{pretrain_steps} steps (the main job: 1200). Text: {path.name} ({len(data):,} bytes): zero-shot on all of '
+        f'it; fine-tuned {finetune_steps} steps on the first 80%, scored on the last 20% ({len(held):,} bytes). '
+        'Figures: mean over seeds (min to max). Bits per byte, lower is better.',
         '',
-        f'| source | seeds | zero-shot | scratch minus this at step {early_step} | fine-tuned, step {finetune_steps} | '
-        f"scratch minus this at step {finetune_steps} | steps to scratch's final level | pre-training wall s/step (shared machine) |",
+        f'| source | seeds | zero-shot | scratch minus this at step {early_step} | fine-tuned, step {finetune_steps} '
+        f"| scratch minus this at step {finetune_steps} | steps to scratch's final level | pre-training wall s/step "
+        '(shared machine) |',
         '|---|---|---|---|---|---|---|---|',
     ]
     for row in rows:
         per_step = spread(row['seconds_per_step']) if row['seconds_per_step'] else '-'
         scratch_row = row['variant'] == SCRATCH
         lines.append(
-            f'| {row["variant"]} | {row["seeds"]} | {spread(row["zero_shot"])} | {"0" if scratch_row else spread(row["early"])} | '
-            f'{spread(row["finetuned"])} | {"0" if scratch_row else spread(row["difference"])} | {reach_text(row["reach"])} | {per_step} |'
+            f'| {row["variant"]} | {row["seeds"]} | {spread(row["zero_shot"])} | '
+            f'{"0" if scratch_row else spread(row["early"])} | {spread(row["finetuned"])} | '
+            f'{"0" if scratch_row else spread(row["difference"])} | {reach_text(row["reach"])} | {per_step} |'
         )
     lines += [
         '',

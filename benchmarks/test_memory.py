@@ -68,7 +68,8 @@ def test_memory_data_step(benchmark, record, impl):
     benchmark.extra_info['buffer_bytes_per_token_vs_reference'] = ratio
     if size.num_tokens == 256:
         assert ratio == 8, (
-            f'buffer bytes per token: reference {ref["buffer_bytes_per_token"]}, {impl} {measured["buffer_bytes_per_token"]}; expected 8x fewer'
+            f'buffer bytes per token: reference {ref["buffer_bytes_per_token"]}, {impl} '
+            f'{measured["buffer_bytes_per_token"]}; expected 8x fewer'
         )
 
     if ON_CUDA:

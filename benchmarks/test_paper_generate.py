@@ -131,8 +131,8 @@ def test_paper_generate(benchmark, measure, impl):
         info['best_possible_speedup'] = author / median
         info['up_fast_over_floor'] = fast / median if fast else None
         print(
-            f"\npaper-generate: floor {author / median:.2f}x the author's loop (the most any fp32 loop of these products reaches here); "
-            f"up_fast takes {fast / median:.2f}x the floor's time"
+            f"\npaper-generate: floor {author / median:.2f}x the author's loop (the most any fp32 loop of these "
+            f"products reaches here); up_fast takes {fast / median:.2f}x the floor's time"
             if fast
             else ''
         )

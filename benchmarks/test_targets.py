@@ -148,8 +148,12 @@ def test_summary_says_why_each_target_was_not_measured(fresh_run, monkeypatch):
     targets.check_targets('generate', EXAMPLE, 'up_fast-torch')
 
     skipped = {
-        'benchmarks/test_generate.py::test_generate[example-up_fast-triton]': 'no Triton path on a CPU: the kernel needs CUDA',
-        'benchmarks/test_train_step.py::test_train_step[up_fast-triton]': 'no Triton path on a CPU: the kernel needs CUDA',
+        'benchmarks/test_generate.py::test_generate[example-up_fast-triton]': (
+            'no Triton path on a CPU: the kernel needs CUDA'
+        ),
+        'benchmarks/test_train_step.py::test_train_step[up_fast-triton]': (
+            'no Triton path on a CPU: the kernel needs CUDA'
+        ),
         'benchmarks/test_report.py::test_table_and_plot': 'Skipping non-benchmark (--benchmark-only active).',
     }
     rows = {row['name']: row for row in targets.summary(skipped, set())}
@@ -159,8 +163,8 @@ def test_summary_says_why_each_target_was_not_measured(fresh_run, monkeypatch):
     lines = targets.summary_lines(list(rows.values()), skipped)
     text = '\n'.join(lines)
     assert (
-        'NOT MET      generate 3x on a CPU (cpu, reported only): measured 2.50x, target >= 3.00x, measured / target 0.83'
-        in text
+        'NOT MET      generate 3x on a CPU (cpu, reported only): measured 2.50x, target >= 3.00x, measured / target '
+        '0.83' in text
     )
     assert 'do not fail the run' in text
     assert '  2 skipped: no Triton path on a CPU: the kernel needs CUDA (test_generate.py, test_train_step.py)' in lines
@@ -192,12 +196,12 @@ def test_report_prints_the_targets_and_the_skips(tmp_path, capsys):
     assert report.main([str(path), '--no-plot', '--out', str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert (
-        f'| generate 3x on a CPU | {targets.TARGETS[0].reason} | cpu | not met | 2.50x | >= 3.00x | 0.83 | no (reported only) | - |'
-        in printed
+        f'| generate 3x on a CPU | {targets.TARGETS[0].reason} | cpu | not met | 2.50x | >= 3.00x | 0.83 | no '
+        '(reported only) | - |' in printed
     )
     assert (
-        f'| generate 30x on CUDA | {targets.TARGETS[1].reason} | cuda | not measured | - | >= 30.00x | - | yes | set for CUDA; this run is on CPU |'
-        in printed
+        f'| generate 30x on CUDA | {targets.TARGETS[1].reason} | cuda | not measured | - | >= 30.00x | - | yes | set '
+        'for CUDA; this run is on CPU |' in printed
     )
     assert '| 1 | no Triton path on a CPU: needs CUDA | test_soak_data_path[triton] |' in printed
 

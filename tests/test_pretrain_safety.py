@@ -300,8 +300,8 @@ def test_the_best_evaluation_is_kept_beside_the_last(tmp_path, capsys):
     best = min(trained, key=lambda record: record['bits_per_byte'])
     best_file = tmp_path / 'run.best.pt'
     assert (
-        f'best zero-shot evaluation: {best["bits_per_byte"]:.3f} bits/byte at step {best["step"]}, saved to {best_file}; '
-        f'last: {trained[-1]["bits_per_byte"]:.3f} at step 6'
+        f'best zero-shot evaluation: {best["bits_per_byte"]:.3f} bits/byte at step {best["step"]}, saved to '
+        f'{best_file}; last: {trained[-1]["bits_per_byte"]:.3f} at step 6'
     ) in output
     assert int(load(best_file)['wrapper']['step']) == best['step']
 

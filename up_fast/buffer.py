@@ -50,8 +50,9 @@ class StepRows:
     """The buffer rows one training step touches, all int64 on the buffer's device.
 
     A step writes in one order whatever `reset_first` says: first the reset rows get fresh noise
-    (half uniform random, half constant rows, the kinds in a random order), then the generated rows replace the condition rows, so
-    a row that is both ends up holding its generated row. The training batch is drawn after both.
+    (half uniform random, half constant rows, the kinds in a random order), then the generated rows
+    replace the condition rows, so a row that is both ends up holding its generated row. The training
+    batch is drawn after both.
 
     reset_first=False, Algorithm 1 as the reference means it: condition rows and reset rows come from
     one permutation, so they do not overlap while num_reset <= buffer_size - generator batch; beyond

@@ -37,7 +37,8 @@ def check_bool(name: str, value) -> bool:
 def check_temperature(temperature) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, Real):
         raise TypeError(
-            f'temperature must be a real number >= 0 (0 means greedy argmax), got {temperature!r} of type {type(temperature).__name__}'
+            f'temperature must be a real number >= 0 (0 means greedy argmax), got {temperature!r} of type '
+            f'{type(temperature).__name__}'
         )
     temperature = float(temperature)
     if not math.isfinite(temperature) or temperature < 0:
@@ -93,7 +94,8 @@ def check_uniform_noise(uniform_noise, shape: tuple[int, int, int]):
         raise TypeError(f'uniform_noise must be a torch.Tensor of U[0, 1) draws, got {type(uniform_noise).__name__}')
     if tuple(uniform_noise.shape) != tuple(shape):
         raise ValueError(
-            f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got {tuple(uniform_noise.shape)}'
+            f'uniform_noise must have shape {tuple(shape)} (batch, length, num_tokens), got '
+            f'{tuple(uniform_noise.shape)}'
         )
     if not uniform_noise.is_floating_point():
         raise TypeError(
@@ -113,11 +115,13 @@ def check_causal_transformer(name: str, model):
         raise TypeError(f'{name} must be a causal x_transformers TransformerWrapper, got {type(model).__name__}')
     if getattr(model, 'attn_layers', None) is None or not hasattr(model, 'num_tokens'):
         raise TypeError(
-            f'{name} must be a causal x_transformers TransformerWrapper (with attn_layers and num_tokens), got {type(model).__name__}'
+            f'{name} must be a causal x_transformers TransformerWrapper (with attn_layers and num_tokens), got '
+            f'{type(model).__name__}'
         )
     if not getattr(model.attn_layers, 'causal', False):
         raise ValueError(
-            f'{name} must be causal (attn_layers=Decoder(...)), got attn_layers of type {type(model.attn_layers).__name__} with causal=False'
+            f'{name} must be causal (attn_layers=Decoder(...)), got attn_layers of type '
+            f'{type(model.attn_layers).__name__} with causal=False'
         )
     return model
 
@@ -129,8 +133,8 @@ def check_seq_len(seq_len: int, model) -> int:
     limit = getattr(getattr(model, 'pos_emb', None), 'max_seq_len', None)
     if isinstance(limit, int) and limit > 0 and seq_len > limit:
         raise ValueError(
-            f"seq_len must be at most the model's max_seq_len ({limit}), the length of its absolute position embedding, "
-            f'got {seq_len} (a model without absolute positions, e.g. rotary, has no such limit)'
+            f"seq_len must be at most the model's max_seq_len ({limit}), the length of its absolute position "
+            f'embedding, got {seq_len} (a model without absolute positions, e.g. rotary, has no such limit)'
         )
     return seq_len
 
@@ -138,6 +142,7 @@ def check_seq_len(seq_len: int, model) -> int:
 def check_data_generator(name: str, data_generator):
     if not isinstance(data_generator, torch.nn.Module) or not callable(getattr(data_generator, 'generate', None)):
         raise TypeError(
-            f'{name} must be a Module with a generate(length, seed=, condition=) method, got {type(data_generator).__name__}'
+            f'{name} must be a Module with a generate(length, seed=, condition=) method, got '
+            f'{type(data_generator).__name__}'
         )
     return data_generator

@@ -346,7 +346,8 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         if checked == 'triton':
             source = 'backend' if exists(backend) else 'the environment variable UP_FAST_BACKEND'
             raise ValueError(
-                f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or 'torch' (its PyTorch loop runs on any device)"
+                f"{source}='triton' asks for a Triton kernel, and PaperDataGenerator has none yet: use 'auto' or "
+                "'torch' (its PyTorch loop runs on any device)"
             )
         self._backend = checked
 
@@ -396,7 +397,8 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         temperature = check_temperature(temperature)
         if not exists(seed):
             raise ValueError(
-                'generate needs a seed (batch, seed_len) tensor of token ids, seed_len >= 1: the start of the output, got None'
+                'generate needs a seed (batch, seed_len) tensor of token ids, seed_len >= 1: the start of the output, '
+                'got None'
             )
         check_token_tensor('seed', seed, self.num_tokens)
         batch, seed_len = seed.shape
@@ -410,7 +412,8 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
             check_token_tensor('condition', condition, self.num_tokens, batch=batch)
             if condition.shape[1] < length - 1:
                 raise ValueError(
-                    f'condition must hold at least length - 1 = {length - 1} tokens per row (position j of the output reads condition[:, j]), got {condition.shape[1]}'
+                    f'condition must hold at least length - 1 = {length - 1} tokens per row (position j of the output '
+                    f'reads condition[:, j]), got {condition.shape[1]}'
                 )
         if exists(uniform_noise):
             check_uniform_noise(uniform_noise, (batch, length - seed_len, self.num_tokens))
@@ -446,7 +449,8 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         num_tokens) and nn.LSTM's (h, c). Position j's logits predict output token j + 1."""
         if input.shape != condition.shape:
             raise ValueError(
-                f'input and condition must have the same (batch, seq) shape, got {tuple(input.shape)} and {tuple(condition.shape)}'
+                f'input and condition must have the same (batch, seq) shape, got {tuple(input.shape)} and '
+                f'{tuple(condition.shape)}'
             )
         tokens = torch.cat((self.embed(input), self.embed(condition)), dim=-1)  # (batch, seq, 2 dim)
         out, hiddens = self.net(tokens, hiddens)

@@ -8,7 +8,8 @@ The profiling entry: run a warm-up and N training (or data-only) steps of a chos
 
     python -m up_fast.profiling --steps 20
     nsys profile -t cuda,nvtx --capture-range=cudaProfilerApi -o up_fast python -m up_fast.profiling --steps 20
-    ncu --nvtx --nvtx-include "up_fast/generate/" --set full -o generate python -m up_fast.profiling --data-only --steps 1 --backend triton
+    ncu --nvtx --nvtx-include "up_fast/generate/" --set full -o generate python -m up_fast.profiling \
+--data-only --steps 1 --backend triton
 
 NVTX ranges mark each phase of a step (index draw, gather, generate, write-back and reset,
 training-batch gather, transformer); on CUDA only the measured steps sit between
@@ -84,7 +85,10 @@ def parse_args(argv=None):
         type=int,
         default=0,
         metavar='N',
-        help='then run the measured steps again under torch.profiler and print the N operators with the most self time (default: off)',
+        help=(
+            'then run the measured steps again under torch.profiler and print the N operators with the most self time '
+            '(default: off)'
+        ),
     )
     args = parser.parse_args(argv)
     for name in ('steps', 'batch_size', 'seq_len', 'num_tokens', 'dim', 'depth', 'heads'):
@@ -158,7 +162,8 @@ def main(argv=None):
     what = 'data steps' if args.data_only else 'training steps'
     tokens = args.steps * args.batch_size * args.seq_len
     print(
-        f'{args.steps} {what} on {device} ({generator.backend} backend): {elapsed / args.steps * 1e3:.2f} ms a step, {tokens / elapsed:,.0f} synthetic tokens/s'
+        f'{args.steps} {what} on {device} ({generator.backend} backend): {elapsed / args.steps * 1e3:.2f} ms a step, '
+        f'{tokens / elapsed:,.0f} synthetic tokens/s'
     )
 
     if args.ops:
@@ -170,7 +175,8 @@ def main(argv=None):
             sync()
         sort_by = 'self_device_time_total' if cuda else 'self_cpu_time_total'
         print(
-            f'\nthe {args.ops} operators with the most self time over {args.steps} more {what} (torch.profiler, which adds its own overhead):'
+            f'\nthe {args.ops} operators with the most self time over {args.steps} more {what} (torch.profiler, which '
+            'adds its own overhead):'
         )
         print(prof.key_averages().table(sort_by=sort_by, row_limit=args.ops))
 

@@ -183,7 +183,8 @@ class GumbelNoise:
             ((uniform >= 0) & (uniform < 1)).all()
         ):  # a CPU check reads nothing back from a device
             raise ValueError(
-                f'uniform_noise must hold U[0, 1) draws (after conversion to float32); step {step} has values outside [0, 1)'
+                f'uniform_noise must hold U[0, 1) draws (after conversion to float32); step {step} has values outside '
+                '[0, 1)'
             )
         return uniform
 
@@ -194,7 +195,8 @@ class GumbelNoise:
             )
         if tuple(logits.shape) != (self.shape[0], self.shape[2]):
             raise ValueError(
-                f'gumbel_max got logits of shape {tuple(logits.shape)}, but its noise is for (batch, num_tokens) = {(self.shape[0], self.shape[2])}'
+                f'gumbel_max got logits of shape {tuple(logits.shape)}, but its noise is for (batch, num_tokens) = '
+                f'{(self.shape[0], self.shape[2])}'
             )
         if logits.dtype != torch.float32:
             logits = logits.float()
@@ -277,7 +279,10 @@ class GumbelNoise:
 def noise_steps(
     batch, length, num_tokens, temperature, *, device, generator=None, uniform_noise=None
 ) -> Iterator[StepNoise | None]:
-    """Each sampling step's noise for gumbel_max, in order (see GumbelNoise); None at temperature 0, which needs none."""
+    """Each sampling step's noise for gumbel_max, in order (see GumbelNoise).
+
+    None at temperature 0, which needs none.
+    """
     if temperature == 0:
         return repeat(None, length)
     return iter(

@@ -15,8 +15,9 @@ where c_k is the last k bytes before the predicted one, n(c_k, x) counts how oft
 earlier in the row and n(c_k) how often c_k was followed by anything. Each order backs off to the
 next lower one with weight strength / (n(c_k) + strength): an unseen context gives the lower order's
 prediction unchanged, and near the start of a row, with fewer than k bytes before the predicted
-one, the order-k prediction is that of the highest order that has a context. Every P_k sums to one over the vocabulary (a convex mix of a count
-distribution and a distribution that sums to one), which the tests check.
+one, the order-k prediction is that of the highest order that has a context. Every P_k sums to one
+over the vocabulary (a convex mix of a count distribution and a distribution that sums to one),
+which the tests check.
 
 This is a plain implementation written to be read (dicts of counts, one byte at a time): about a
 second for 64 KiB of text on one CPU core.

@@ -28,7 +28,10 @@ FORMAT_VERSION = 2
 
 
 def update_digest(hasher, value):
-    """Feed a checkpoint's value to `hasher`: tensors by dtype, shape and bytes, containers in order, the rest by repr."""
+    """Feed a checkpoint's value to `hasher`.
+
+    Tensors by dtype, shape and bytes, containers in order, the rest by repr.
+    """
     import torch
 
     if isinstance(value, torch.Tensor):
@@ -61,16 +64,16 @@ def check_integrity(checkpoint: dict, path: Path):
     version = checkpoint.get('format_version', 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CLIError(
-            f'{path} has checkpoint format {version!r}, newer than this up-fast reads ({FORMAT_VERSION}, up-fast {__version__}): '
-            f'load it with the up-fast that wrote it ({checkpoint.get("version", "unknown")})'
+            f'{path} has checkpoint format {version!r}, newer than this up-fast reads ({FORMAT_VERSION}, up-fast '
+            f'{__version__}): load it with the up-fast that wrote it ({checkpoint.get("version", "unknown")})'
         )
     if version < 2:
         return  # written before checkpoints carried a checksum
     stored = checkpoint.get('checksum')
     if not isinstance(stored, str) or stored != content_checksum(checkpoint):
         raise CLIError(
-            f'{path} is damaged: its contents do not match the checksum written with them, so nothing in it can be trusted; '
-            f'use another checkpoint or write this one again with `up-fast pretrain`'
+            f'{path} is damaged: its contents do not match the checksum written with them, so nothing in it can be '
+            'trusted; use another checkpoint or write this one again with `up-fast pretrain`'
         )
 
 
@@ -88,7 +91,8 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = {'config', 'model', 'wrapper'} - set(checkpoint) if isinstance(checkpoint, dict) else {'a dict'}
     if missing:
         raise CLIError(
-            f'{path} is a PyTorch file but not an up-fast checkpoint: it lacks {", ".join(sorted(missing))} (`up-fast pretrain` writes them)'
+            f'{path} is a PyTorch file but not an up-fast checkpoint: it lacks {", ".join(sorted(missing))} (`up-fast '
+            'pretrain` writes them)'
         )
     check_integrity(checkpoint, path)
     # a checkpoint from before the `source` option was written with the x-transformers generator
@@ -112,18 +116,22 @@ def read_torch_file(path: str | Path):
     except pickle.UnpicklingError as err:
         if not zipfile.is_zipfile(path):
             raise CLIError(
-                f'{path} is not a PyTorch checkpoint file ({describe_file(path)}); pass a checkpoint written by `up-fast pretrain`'
+                f'{path} is not a PyTorch checkpoint file ({describe_file(path)}); pass a checkpoint written by '
+                '`up-fast pretrain`'
             ) from None
         raise CLIError(
-            f'{path} holds objects other than tensors and plain data, which up-fast does not load (weights_only): {one_line(err)}'
+            f'{path} holds objects other than tensors and plain data, which up-fast does not load (weights_only): '
+            f'{one_line(err)}'
         ) from None
     except Exception as err:
         if not zipfile.is_zipfile(path):
             raise CLIError(
-                f'{path} is not a PyTorch checkpoint file ({describe_file(path)}); pass a checkpoint written by `up-fast pretrain`'
+                f'{path} is not a PyTorch checkpoint file ({describe_file(path)}); pass a checkpoint written by '
+                '`up-fast pretrain`'
             ) from None
         raise CLIError(
-            f'cannot read checkpoint {path}, a damaged or truncated PyTorch file? ({one_line(err)}); write it again with `up-fast pretrain`'
+            f'cannot read checkpoint {path}, a damaged or truncated PyTorch file? ({one_line(err)}); write it again '
+            'with `up-fast pretrain`'
         ) from None
     return checkpoint
 
@@ -194,7 +202,8 @@ def check_writable(path: Path, what: str, option: str):
             pass
     except OSError as err:
         raise CLIError(
-            f'cannot write {what} {path}: {err.strerror or err} ({err.filename or path.parent}); choose a writable {option}'
+            f'cannot write {what} {path}: {err.strerror or err} ({err.filename or path.parent}); choose a writable '
+            f'{option}'
         ) from None
 
 
@@ -251,8 +260,8 @@ def claimed(out: Path):
                 continue
             holder = f'process {pid} on {lock_host}' if exists(pid) else 'another process'
             raise CLIError(
-                f'{out} is being written by another run ({holder}, lock file {lock}): wait for it to end or choose another --out; '
-                f'if no such run is going, delete {lock}'
+                f'{out} is being written by another run ({holder}, lock file {lock}): wait for it to end or choose '
+                f'another --out; if no such run is going, delete {lock}'
             ) from None
     with os.fdopen(descriptor, 'w') as file:
         file.write(f'{os.getpid()} {host}\n')

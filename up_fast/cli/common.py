@@ -122,11 +122,13 @@ def pick_device(requested: str | None) -> torch.device:
 
     if device.type == 'meta':
         raise CLIError(
-            '--device meta holds tensor shapes but no values: nothing can be trained or measured on it; use --device cpu or cuda'
+            '--device meta holds tensor shapes but no values: nothing can be trained or measured on it; use --device '
+            'cpu or cuda'
         )
     if device.type == 'mps' and not torch.backends.mps.is_available():
         raise CLIError(
-            '--device mps is not available: it needs a Mac with Apple silicon and a PyTorch built with MPS; use --device cpu'
+            '--device mps is not available: it needs a Mac with Apple silicon and a PyTorch built with MPS; use '
+            '--device cpu'
         )
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise CLIError(
@@ -134,7 +136,8 @@ def pick_device(requested: str | None) -> torch.device:
         )
     if device.type == 'cuda' and exists(device.index) and device.index >= torch.cuda.device_count():
         raise CLIError(
-            f'--device {device} is not available on this machine: it has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}'
+            f'--device {device} is not available on this machine: it has {torch.cuda.device_count()} CUDA device(s), '
+            f'cuda:0 to cuda:{torch.cuda.device_count() - 1}'
         )
 
     try:
@@ -218,7 +221,10 @@ def config_summary(config: dict) -> str:
         source = "paper source (the author's 4-layer LSTM generator and buffer)"
     else:
         source = f'xt source ({"GRU" if config["gru"] else "LSTM"} generator)'
-    return f'dim {config["dim"]}, depth {config["depth"]}, heads {config["heads"]}, seq_len {config["seq_len"]}, batch {config["batch_size"]}, {source}'
+    return (
+        f'dim {config["dim"]}, depth {config["depth"]}, heads {config["heads"]}, seq_len {config["seq_len"]}, batch '
+        f'{config["batch_size"]}, {source}'
+    )
 
 
 # zero-shot evaluation on real text: `up-fast eval`, and `up-fast pretrain --eval-every`

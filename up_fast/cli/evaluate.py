@@ -91,7 +91,8 @@ def run(args) -> dict:
         **BASELINE_LABELS,
     )
     log(
-        f'text: {text_path} ({len(data):,} bytes used, in windows of {seq_len}: {positions:,} bytes predicted, each from the bytes before it in its window)'
+        f'text: {text_path} ({len(data):,} bytes used, in windows of {seq_len}: {positions:,} bytes predicted, each '
+        'from the bytes before it in its window)'
     )
     log(f'model: {args.checkpoint} ({config_summary(config)}, {config["steps"]} steps)')
     log('bits per byte on the same predicted bytes (lower is better):')
@@ -102,13 +103,14 @@ def run(args) -> dict:
 
     if side == 'below':
         verdict = (
-            f'the pre-trained model is below in-context counting: {margin:.2f} bits per byte better than the best in-context Markov model '
-            f'({labels[counting]}), so it predicts more than can be counted in its own context'
+            f'the pre-trained model is below in-context counting: {margin:.2f} bits per byte better than the best '
+            f'in-context Markov model ({labels[counting]}), so it predicts more than can be counted in its own context'
         )
     else:
         verdict = (
-            f'the pre-trained model is above in-context counting: {margin:.2f} bits per byte worse than the best in-context Markov model '
-            f"({labels[counting]}); small models pre-trained for minutes usually are, the paper's large models are below it on real text"
+            f'the pre-trained model is above in-context counting: {margin:.2f} bits per byte worse than the best '
+            f'in-context Markov model ({labels[counting]}); small models pre-trained for minutes usually are, the '
+            "paper's large models are below it on real text"
         )
     log(verdict)
     return report
@@ -123,14 +125,15 @@ def add_parser(commands):
         formatter_class=HelpFormatter,
         help='bits per byte on real text: pre-trained vs untrained model vs in-context Markov models vs uniform',
         description=paragraph(
-            "Report zero-shot bits per byte on a real text file: the file's bytes are cut into non-overlapping windows "
-            "of the model's seq_len and every byte after the first of a window is predicted from those before it. "
-            'The same bytes are scored for an untrained model of the same configuration, for uniform guessing (8 bits) '
-            'and for in-context Markov models of order 0 to 3, which count which byte followed the last k bytes earlier '
-            'in the same window and learn nothing beforehand. Their smoothing: P_k(x | last k bytes) = '
-            '(n(context, x) + s * P_k-1(x | last k-1 bytes)) / (n(context) + s), with P_-1 uniform over the 256 bytes and '
-            f's = {MARKOV_STRENGTH:g} pseudo-counts (up_fast/cli/baselines.py). A model below the best of them predicts more than '
-            'can be counted in its own context; small models pre-trained for minutes usually stay above it.'
+            "Report zero-shot bits per byte on a real text file: the file's bytes are cut into non-overlapping "
+            "windows of the model's seq_len and every byte after the first of a window is predicted from those "
+            'before it. The same bytes are scored for an untrained model of the same configuration, for uniform '
+            'guessing (8 bits) and for in-context Markov models of order 0 to 3, which count which byte followed the '
+            'last k bytes earlier in the same window and learn nothing beforehand. Their smoothing: P_k(x | last k '
+            'bytes) = (n(context, x) + s * P_k-1(x | last k-1 bytes)) / (n(context) + s), with P_-1 uniform over the '
+            f'256 bytes and s = {MARKOV_STRENGTH:g} pseudo-counts (up_fast/cli/baselines.py). A model below the best '
+            'of them predicts more than can be counted in its own context; small models pre-trained for minutes '
+            'usually stay above it.'
         ),
         epilog=textwrap.dedent("""\
             examples:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,7 +76,8 @@ def load_start(args) -> tuple[torch.nn.Module, dict, int, str]:
     given = [f'--{key.replace("_", "-")}' for key, value in sizes.items() if exists(value)]
     if exists(config) and given:
         raise CLIError(
-            f'{" ".join(given)} apply to a bare state_dict: {args.checkpoint} carries its own config, which rebuilds the model'
+            f'{" ".join(given)} apply to a bare state_dict: {args.checkpoint} carries its own config, which rebuilds '
+            'the model'
         )
     try:
         model, architecture = rebuild(state, config, **sizes)
@@ -145,7 +145,8 @@ def run(args) -> dict:
         raise CLIError(f'--text {text_path}: {err}') from None
     if args.eval_every > args.steps:
         raise CLIError(
-            f'--eval-every {args.eval_every} is more than --steps {args.steps}: the curves would hold only the start and the end'
+            f'--eval-every {args.eval_every} is more than --steps {args.steps}: the curves would hold only the start '
+            'and the end'
         )
     csv_path, png_path = output_paths(args)
 
@@ -154,8 +155,9 @@ def run(args) -> dict:
     baselines = baseline_bits(held, seq_len)
 
     log(
-        f'fine-tuning on {text_path}: {len(train):,} bytes to train on, {len(held):,} held out (the last {args.held_out:.0%}), '
-        f'windows of {seq_len} bytes, batch {args.batch_size}, {args.steps} steps, lr {args.lr:g}, seeds {seeds[0]} to {seeds[-1]} (the order of the batches)'
+        f'fine-tuning on {text_path}: {len(train):,} bytes to train on, {len(held):,} held out (the last '
+        f'{args.held_out:.0%}), windows of {seq_len} bytes, batch {args.batch_size}, {args.steps} steps, lr '
+        f'{args.lr:g}, seeds {seeds[0]} to {seeds[-1]} (the order of the batches)'
     )
     log(origin)
 
@@ -190,14 +192,16 @@ def run(args) -> dict:
     log('   step   pre-trained   scratch   scratch - pre-trained')
     for i, step in enumerate(result.steps):
         log(
-            f'  {step:5d}   {mean["checkpoint"][i]:11.3f}   {mean["scratch"][i]:7.3f}   {rounded(mean["scratch"][i] - mean["checkpoint"][i]):+21.3f}'
+            f'  {step:5d}   {mean["checkpoint"][i]:11.3f}   {mean["scratch"][i]:7.3f}   '
+            f'{rounded(mean["scratch"][i] - mean["checkpoint"][i]):+21.3f}'
         )
 
     final_step = result.steps[-1]
     log(f'at step {final_step}, per seed:')
     for seed in seeds:
         log(
-            f'  seed {seed}: pre-trained {curves["checkpoint"][seed][-1]:.3f}, scratch {curves["scratch"][seed][-1]:.3f}'
+            f'  seed {seed}: pre-trained {curves["checkpoint"][seed][-1]:.3f}, scratch '
+            f'{curves["scratch"][seed][-1]:.3f}'
         )
 
     counting = best_markov(baselines)
@@ -233,7 +237,8 @@ def run(args) -> dict:
         log(f'fine-tuning curves: {csv_path}, plotted in {png_path}')
     else:
         log(
-            f'fine-tuning curves: {csv_path} (matplotlib is missing: pip install "up-fast[cli]" for the PNG plot as well)'
+            f'fine-tuning curves: {csv_path} (matplotlib is missing: pip install "up-fast[cli]" for the PNG plot as '
+            'well)'
         )
     return dict(
         steps=result.steps,
@@ -307,30 +312,39 @@ def add_parser(commands):
     p = commands.add_parser(
         'finetune',
         formatter_class=HelpFormatter,
-        help='fine-tune a pre-trained checkpoint on real text beside the same model from scratch: what pre-training buys',
+        help=(
+            'fine-tune a pre-trained checkpoint on real text beside the same model from scratch: what pre-training buys'
+        ),
         description=paragraph(
             'Fine-tune the model of a checkpoint on real text, and beside it the same architecture freshly '
-            'initialised, with the same seed, optimiser and batches, and report held-out bits per byte over steps for both, '
-            'the steps each needs to reach given levels, and a verdict: which start is lower at the last step on every seed, '
-            'by how much, and the spread over --seeds (each seed draws its own order of training windows). The text is split '
-            'into a part to train on and the last --held-out fraction, never trained on. For a checkpoint of `up-fast pretrain` '
-            'the scratch start is the very model its run began from. A state_dict saved with the library '
-            "(torch.save(wrapper.state_dict(), path) for a UniversalPretrainWrapper, or a TransformerWrapper's own) is "
-            'rebuilt as TransformerWrapper(256 tokens, Decoder(dim, depth, heads)) with sizes read from its weights '
-            '(--dim, --depth, --heads, --seq-len override them). The defaults take a few minutes on 2 CPU cores.'
+            'initialised, with the same seed, optimiser and batches, and report held-out bits per byte over steps for '
+            'both, the steps each needs to reach given levels, and a verdict: which start is lower at the last step on '
+            'every seed, by how much, and the spread over --seeds (each seed draws its own order of training windows). '
+            'The text is split into a part to train on and the last --held-out fraction, never trained on. For a '
+            'checkpoint of `up-fast pretrain` the scratch start is the very model its run began from. A state_dict '
+            'saved with the library (torch.save(wrapper.state_dict(), path) for a UniversalPretrainWrapper, or a '
+            "TransformerWrapper's own) is rebuilt as TransformerWrapper(256 tokens, Decoder(dim, depth, heads)) with "
+            'sizes read from its weights (--dim, --depth, --heads, --seq-len override them). The defaults take a few '
+            'minutes on 2 CPU cores.'
         ),
-        epilog=textwrap.dedent(f"""\
-            examples:
-              up-fast finetune                              the checkpoint of `up-fast pretrain` ({DEFAULT_CHECKPOINT}) on a text that ships with Python
-              up-fast finetune --text my_corpus.txt --steps 300 --seeds 5
-              up-fast finetune --checkpoint wrapper_state.pt --init-seed 0      a UniversalPretrainWrapper state_dict
-              up-fast finetune --levels 6,5,4               steps each start needs to reach 6, 5 and 4 bits per byte"""),
+        epilog=(
+            'examples:\n'
+            '  up-fast finetune                              the checkpoint of `up-fast pretrain` '
+            f'({DEFAULT_CHECKPOINT}) on a text that ships with Python\n'
+            '  up-fast finetune --text my_corpus.txt --steps 300 --seeds 5\n'
+            '  up-fast finetune --checkpoint wrapper_state.pt --init-seed 0      a UniversalPretrainWrapper '
+            'state_dict\n'
+            '  up-fast finetune --levels 6,5,4               steps each start needs to reach 6, 5 and 4 bits per byte'
+        ),
     )
     p.add_argument(
         '--checkpoint',
         metavar='PATH',
         default=DEFAULT_CHECKPOINT,
-        help='an `up-fast pretrain` checkpoint, or a saved UniversalPretrainWrapper or TransformerWrapper state_dict (default: %(default)s)',
+        help=(
+            'an `up-fast pretrain` checkpoint, or a saved UniversalPretrainWrapper or TransformerWrapper state_dict '
+            '(default: %(default)s)'
+        ),
     )
     p.add_argument(
         '--text',
@@ -392,14 +406,20 @@ def add_parser(commands):
         metavar='BITS',
         type=levels_list,
         default=None,
-        help="report the steps each start needs to reach these bits per byte, comma-separated (default: the scratch start's final mean and the best in-context Markov model on the held-out text)",
+        help=(
+            'report the steps each start needs to reach these bits per byte, comma-separated (default: the scratch '
+            "start's final mean and the best in-context Markov model on the held-out text)"
+        ),
     )
     p.add_argument(
         '--init-seed',
         metavar='SEED',
         type=int,
         default=None,
-        help="torch.manual_seed of the scratch start's weights (default: the seed of the `up-fast pretrain` run, 0 for a state_dict)",
+        help=(
+            "torch.manual_seed of the scratch start's weights (default: the seed of the `up-fast pretrain` run, 0 for "
+            'a state_dict)'
+        ),
     )
     for key, what in (
         ('dim', 'model width'),
@@ -418,7 +438,10 @@ def add_parser(commands):
         '--out',
         metavar='PATH',
         default=None,
-        help="the CSV of the curves to write, the PNG beside it (default: the checkpoint's path with .finetune.csv and .finetune.png)",
+        help=(
+            "the CSV of the curves to write, the PNG beside it (default: the checkpoint's path with .finetune.csv and "
+            '.finetune.png)'
+        ),
     )
     add_device_option(p)
     p.set_defaults(run=run)

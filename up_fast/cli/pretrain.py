@@ -8,7 +8,6 @@ import csv
 import math
 import shlex
 import signal
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -66,7 +65,8 @@ def check_source_options(config: dict):
     if config['source'] == 'paper':
         if config['gru']:
             raise CLIError(
-                "--gru chooses the x-transformers generator's network: use it with --source xt (the paper's generator is a 4-layer LSTM)"
+                "--gru chooses the x-transformers generator's network: use it with --source xt (the paper's "
+                'generator is a 4-layer LSTM)'
             )
         if config['reset_turing_machine_every'] != DEFAULT_CONFIG['reset_turing_machine_every']:
             raise CLIError("--reset-every applies to --source xt: the paper's generator is re-drawn every step")
@@ -76,7 +76,8 @@ def check_source_options(config: dict):
             )
     if config['num_reset'] % 2:
         raise CLIError(
-            f'--num-reset must be even (half the reset rows are uniform noise, half constant), got {config["num_reset"]}'
+            '--num-reset must be even (half the reset rows are uniform noise, half constant), got '
+            f'{config["num_reset"]}'
         )
 
 
@@ -151,7 +152,8 @@ class ZeroShotEval:
         self.history = history
         if predicted_positions(self.data, self.seq_len) == 0:
             raise CLIError(
-                f'--eval-text {self.path} holds {len(self.data)} byte(s): too few to predict any in windows of {self.seq_len}'
+                f'--eval-text {self.path} holds {len(self.data)} byte(s): too few to predict any in windows of '
+                f'{self.seq_len}'
             )
         self.baselines = baseline_bits(self.data, self.seq_len)
         self.seconds = 0.0
@@ -175,8 +177,8 @@ class ZeroShotEval:
         best = best_markov(self.baselines)
         loss = f', train loss {train_loss:.3f}' if exists(train_loss) else ' (untrained)'
         return (
-            f'step {step}: {bits:.3f} bits/byte zero-shot on {self.path.name}{loss}; '
-            f'{margin:.2f} {side} the best in-context Markov model ({BASELINE_LABELS[best]}: {self.baselines[best]:.3f})'
+            f'step {step}: {bits:.3f} bits/byte zero-shot on {self.path.name}{loss}; {margin:.2f} {side} the best '
+            f'in-context Markov model ({BASELINE_LABELS[best]}: {self.baselines[best]:.3f})'
         )
 
     def save(self, out: Path, title: str) -> list[str]:
@@ -185,7 +187,8 @@ class ZeroShotEval:
         if plot_eval(png_path, self.history, self.baselines, title):
             return [f'zero-shot evaluations: {csv_path}, plotted in {png_path}']
         return [
-            f'zero-shot evaluations: {csv_path} (matplotlib is missing: pip install "up-fast[cli]" for the PNG plot as well)'
+            f'zero-shot evaluations: {csv_path} (matplotlib is missing: pip install "up-fast[cli]" for the PNG plot as '
+            'well)'
         ]
 
 
@@ -328,8 +331,8 @@ class Divergence:
         )
         kept = f'{out} (step {saved_step}) is kept as it was' if exists(saved_step) else f'nothing was written to {out}'
         raise CLIError(
-            f'training diverged: the loss is {self.bad_loss.item()} at step {step} ({before}); nothing saved from there on, '
-            f'{kept}; try a lower --lr (this run: {config["lr"]:g}) or a smaller model'
+            f'training diverged: the loss is {self.bad_loss.item()} at step {step} ({before}); nothing saved from '
+            f'there on, {kept}; try a lower --lr (this run: {config["lr"]:g}) or a smaller model'
         )
 
 
@@ -354,7 +357,8 @@ def run(args) -> dict:
         missing = {'optimizer', 'scheduler'} - set(checkpoint)
         if missing:
             raise CLIError(
-                f'{args.resume} cannot be resumed: it lacks {", ".join(sorted(missing))} (a best-model checkpoint, or written by an older up-fast)'
+                f'{args.resume} cannot be resumed: it lacks {", ".join(sorted(missing))} (a best-model checkpoint, or '
+                'written by an older up-fast)'
             )
         config = resumed_config(args, checkpoint)
     else:
@@ -423,7 +427,8 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
     done = wrapper.num_steps
     if done >= steps:
         raise CLIError(
-            f'the run has done {done} of its {steps} steps: nothing to resume (pass --steps N --override, N > {done}, to extend it)'
+            f'the run has done {done} of its {steps} steps: nothing to resume (pass --steps N --override, N > {done}, '
+            'to extend it)'
         )
     stop = steps if not exists(args.stop_after) else min(steps, done + args.stop_after)
 
@@ -466,7 +471,8 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
     with StopRequest() as stop_request:
         resuming = f', resuming at step {done}' if done else ''
         log(
-            f'pre-training {sum(p.numel() for p in wrapper.model.parameters()):,} parameters ({config_summary(config)}) for {steps} steps on {device}{resuming}'
+            f'pre-training {sum(p.numel() for p in wrapper.model.parameters()):,} parameters '
+            f'({config_summary(config)}) for {steps} steps on {device}{resuming}'
         )
         saving = f'every {config["save_every"]} steps' if config['save_every'] > 0 else 'at the end'
         log(
@@ -478,7 +484,8 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
         ) as progress:  # closed on an error too, which then starts a line of its own
             if exists(zero_shot):
                 progress.write(
-                    f'zero-shot bits per byte every {zero_shot.every} steps on {zero_shot.path} ({len(zero_shot.data):,} bytes in windows of {config["seq_len"]}); '
+                    f'zero-shot bits per byte every {zero_shot.every} steps on {zero_shot.path} '
+                    f'({len(zero_shot.data):,} bytes in windows of {config["seq_len"]}); '
                     + ', '.join(f'{BASELINE_LABELS[name]} {bits:.3f}' for name, bits in zero_shot.baselines.items())
                 )
                 if done == 0:
@@ -526,8 +533,8 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
                     progress.close()
                     write_evaluations(zero_shot, out, config)
                     log(
-                        f'{stop_request.received}: stopped after step {finished} of {steps} and saved checkpoint to {out}; '
-                        f'continue with `{resume_command(out, args)}`'
+                        f'{stop_request.received}: stopped after step {finished} of {steps} and saved checkpoint to '
+                        f'{out}; continue with `{resume_command(out, args)}`'
                     )
                     raise SystemExit(130)
 
@@ -551,8 +558,9 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
         )
     evaluating = f' (and {zero_shot.seconds:.1f}s of zero-shot evaluation)' if exists(zero_shot) else ''
     log(
-        f'{ran} steps in {elapsed:.1f}s on {device}{evaluating}: final loss {final_loss:.4f} (smoothed {smoothed_loss:.4f} nats, '
-        f'{smoothed_loss / math.log(2):.2f} bits/byte on synthetic data), {tokens_per_step * ran / elapsed:,.0f} synthetic tokens/s'
+        f'{ran} steps in {elapsed:.1f}s on {device}{evaluating}: final loss {final_loss:.4f} (smoothed '
+        f'{smoothed_loss:.4f} nats, {smoothed_loss / math.log(2):.2f} bits/byte on synthetic data), '
+        f'{tokens_per_step * ran / elapsed:,.0f} synthetic tokens/s'
     )
     return {**snapshot(stop), 'seconds': elapsed}
 
@@ -580,38 +588,49 @@ def add_parser(commands):
             'with in-context Markov models and uniform guessing as baselines (see `up-fast eval --help`). '
             'The defaults take a few minutes on 2 CPU cores.'
         ),
-        epilog=textwrap.dedent(f"""\
-            examples:
-              up-fast pretrain                              the default run; writes {DEFAULT_CHECKPOINT}, its .eval.csv and .eval.png
-              up-fast pretrain --steps 50 --out /tmp/quick.pt
-              up-fast pretrain --source xt --gru --dim 256 --device cuda
-              up-fast pretrain --eval-every 50 --eval-text README.md
-              up-fast pretrain --stop-after 600             half the run now...
-              up-fast pretrain --resume {DEFAULT_CHECKPOINT}   ...the rest later, exactly as one run
-              up-fast pretrain --resume {DEFAULT_CHECKPOINT} --steps 2000 --override   extend a run
-              up-fast pretrain --force                      overwrite the checkpoint of an earlier run"""),
+        epilog=(
+            'examples:\n'
+            f'  up-fast pretrain                              the default run; writes {DEFAULT_CHECKPOINT}, its '
+            '.eval.csv and .eval.png\n'
+            '  up-fast pretrain --steps 50 --out /tmp/quick.pt\n'
+            '  up-fast pretrain --source xt --gru --dim 256 --device cuda\n'
+            '  up-fast pretrain --eval-every 50 --eval-text README.md\n'
+            '  up-fast pretrain --stop-after 600             half the run now...\n'
+            f'  up-fast pretrain --resume {DEFAULT_CHECKPOINT}   ...the rest later, exactly as one run\n'
+            f'  up-fast pretrain --resume {DEFAULT_CHECKPOINT} --steps 2000 --override   extend a run\n'
+            '  up-fast pretrain --force                      overwrite the checkpoint of an earlier run'
+        ),
     )
     p.add_argument(
         '--source',
         choices=SOURCES,
         default=None,
-        help='the synthetic data: "paper" is the published method (the author\'s generator, a 4-layer LSTM re-drawn every step, '
-        'and the author\'s buffer algorithm, UniversalPretrainWrapper.paper); "xt" is x-transformers\' generator '
-        '(one LSTM or GRU layer as wide as the model, re-drawn every --reset-every steps) and buffer algorithm (default: %(default)s)',
+        help=(
+            'the synthetic data: "paper" is the published method (the author\'s generator, a 4-layer LSTM re-drawn '
+            'every step, and the author\'s buffer algorithm, UniversalPretrainWrapper.paper); "xt" is x-transformers\' '
+            'generator (one LSTM or GRU layer as wide as the model, re-drawn every --reset-every steps) and buffer '
+            'algorithm (default: %(default)s)'
+        ),
     )
     p.add_argument(
         '--steps',
         type=positive_int,
         metavar='N',
         default=None,
-        help=f"training steps in the whole run, one synthetic batch each (default: {c['steps']}, or the resumed run's own)",
+        help=(
+            f"training steps in the whole run, one synthetic batch each (default: {c['steps']}, or the resumed run's "
+            'own)'
+        ),
     )
     p.add_argument(
         '--batch-size',
         type=positive_int,
         metavar='N',
         default=None,
-        help=f'sequences trained on per step; the buffer holds 20 times as many for xt, 40 for paper (default: {c["batch_size"]})',
+        help=(
+            'sequences trained on per step; the buffer holds 20 times as many for xt, 40 for paper (default: '
+            f'{c["batch_size"]})'
+        ),
     )
     p.add_argument(
         '--seq-len',
@@ -658,34 +677,49 @@ def add_parser(commands):
     p.add_argument(
         '--prefetch',
         action='store_true',
-        help="make the next step's synthetic batch while the transformer trains on this one (on a GPU, on a side stream); the same data and losses as without it (default: off)",
+        help=(
+            "make the next step's synthetic batch while the transformer trains on this one (on a GPU, on a side "
+            'stream); the same data and losses as without it (default: off)'
+        ),
     )
     p.add_argument(
         '--gru',
         action='store_true',
         default=None,
-        help='xt source only: a GRU instead of an LSTM as the random "turing machine" that generates the data (default: LSTM)',
+        help=(
+            'xt source only: a GRU instead of an LSTM as the random "turing machine" that generates the data (default: '
+            'LSTM)'
+        ),
     )
     p.add_argument(
         '--num-reset',
         metavar='N',
         type=non_negative_int,
         default=None,
-        help=f"xt source only: buffer rows reset to fresh noise every step, even, at most the buffer less a batch (default: {c['num_reset']}; x-transformers' own default is 20)",
+        help=(
+            'xt source only: buffer rows reset to fresh noise every step, even, at most the buffer less a batch '
+            f"(default: {c['num_reset']}; x-transformers' own default is 20)"
+        ),
     )
     p.add_argument(
         '--reset-every',
         metavar='N',
         type=non_negative_int,
         default=None,
-        help=f"xt source only: re-draw the generator's random weights every this many steps, 0 for never: a new machine brings new kinds of structure (default: {c['reset_turing_machine_every']})",
+        help=(
+            "xt source only: re-draw the generator's random weights every this many steps, 0 for never: a new machine "
+            f'brings new kinds of structure (default: {c["reset_turing_machine_every"]})'
+        ),
     )
     p.add_argument(
         '--eval-every',
         metavar='N',
         type=non_negative_int,
         default=None,
-        help=f"measure zero-shot bits per byte on --eval-text every N steps (and before the first and after the last), 0 for never (default: {EVAL_EVERY}, or the resumed run's own)",
+        help=(
+            'measure zero-shot bits per byte on --eval-text every N steps (and before the first and after the last), '
+            f"0 for never (default: {EVAL_EVERY}, or the resumed run's own)"
+        ),
     )
     p.add_argument(
         '--eval-text',
@@ -698,13 +732,19 @@ def add_parser(commands):
         metavar='N',
         type=non_negative_int,
         default=None,
-        help=f'use at most this many bytes from the start of --eval-text, 0 for all: more is steadier but slower (default: {EVAL_BYTES})',
+        help=(
+            'use at most this many bytes from the start of --eval-text, 0 for all: more is steadier but slower '
+            f'(default: {EVAL_BYTES})'
+        ),
     )
     p.add_argument(
         '--out',
         metavar='PATH',
         default=None,
-        help=f'where to save the checkpoint, checked before training starts; the evaluations go beside it as PATH with .eval.csv and .eval.png (default: {DEFAULT_CHECKPOINT}, or the resumed checkpoint)',
+        help=(
+            'where to save the checkpoint, checked before training starts; the evaluations go beside it as PATH with '
+            f'.eval.csv and .eval.png (default: {DEFAULT_CHECKPOINT}, or the resumed checkpoint)'
+        ),
     )
     p.add_argument(
         '--force',
@@ -716,31 +756,46 @@ def add_parser(commands):
         metavar='N',
         type=non_negative_int,
         default=None,
-        help=f'save the checkpoint every N steps, 0 for only at the end; it is also saved on Ctrl-C or SIGTERM, after the step under way (default: with each evaluation, else every {EVAL_EVERY})',
+        help=(
+            'save the checkpoint every N steps, 0 for only at the end; it is also saved on Ctrl-C or SIGTERM, after '
+            f'the step under way (default: with each evaluation, else every {EVAL_EVERY})'
+        ),
     )
     p.add_argument(
         '--keep-best',
         action=argparse.BooleanOptionalAction,
         default=None,
-        help='save the model of the best zero-shot evaluation beside --out as PATH with .best.pt, for `up-fast eval` and `sample` (default: on when evaluating)',
+        help=(
+            'save the model of the best zero-shot evaluation beside --out as PATH with .best.pt, for `up-fast eval` '
+            'and `sample` (default: on when evaluating)'
+        ),
     )
     p.add_argument(
         '--resume',
         metavar='PATH',
         default=None,
-        help='continue the run saved in this checkpoint, exactly where it stopped: same data stream, model, optimizer, schedule and smoothed loss; options that disagree with its configuration are an error, but see --override',
+        help=(
+            'continue the run saved in this checkpoint, exactly where it stopped: same data stream, model, optimizer, '
+            'schedule and smoothed loss; options that disagree with its configuration are an error, but see --override'
+        ),
     )
     p.add_argument(
         '--override',
         action='store_true',
-        help='with --resume: apply the options given that a run can change (--lr, --steps, --eval-every, --eval-text, --eval-bytes, --save-every, --keep-best), printing each change (default: refuse them)',
+        help=(
+            'with --resume: apply the options given that a run can change (--lr, --steps, --eval-every, --eval-text, '
+            '--eval-bytes, --save-every, --keep-best), printing each change (default: refuse them)'
+        ),
     )
     p.add_argument(
         '--stop-after',
         metavar='N',
         type=positive_int,
         default=None,
-        help='stop after N steps of this invocation and save; the schedule still spans --steps, and --resume continues (default: run to the end)',
+        help=(
+            'stop after N steps of this invocation and save; the schedule still spans --steps, and --resume continues '
+            '(default: run to the end)'
+        ),
     )
     add_device_option(p)
     p.set_defaults(run=run)

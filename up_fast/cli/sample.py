@@ -3,7 +3,6 @@ that tell noise, structure and collapse apart, and a plot of them."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,8 +67,9 @@ STATS_HEADER = ' step   zlib q1 / median / q3   constant   periodic    cycling  
 def stats_line(step: int, stats: BufferStats) -> str:
     zlib_q, distinct_q = stats.zlib, stats.distinct
     return (
-        f'{step:5d}   {zlib_q[0]:5.2f} / {zlib_q[1]:5.2f} / {zlib_q[2]:5.2f}   {stats.constant:8.1%}   {stats.periodic:8.1%}   '
-        f'{stats.cycling:8.1%}   {distinct_q[0]:6.1f} / {distinct_q[1]:6.1f} / {distinct_q[2]:6.1f}'
+        f'{step:5d}   {zlib_q[0]:5.2f} / {zlib_q[1]:5.2f} / {zlib_q[2]:5.2f}   {stats.constant:8.1%}   '
+        f'{stats.periodic:8.1%}   {stats.cycling:8.1%}   {distinct_q[0]:6.1f} / {distinct_q[1]:6.1f} / '
+        f'{distinct_q[2]:6.1f}'
     )
 
 
@@ -115,7 +115,8 @@ def run(args):
 
     if args.fresh and exists(args.checkpoint):
         raise CLIError(
-            '--fresh and --checkpoint exclude each other: --fresh samples from a new wrapper, --checkpoint from a saved run'
+            '--fresh and --checkpoint exclude each other: --fresh samples from a new wrapper, --checkpoint from a '
+            'saved run'
         )
     if exists(args.source) and exists(args.checkpoint):
         raise CLIError('--source applies to a fresh wrapper: a checkpoint keeps the source of its run')
@@ -170,9 +171,12 @@ def run(args):
     log(f'{origin}')
     log(f'{config_summary(config)}: buffer of {buffer_size} rows x {seq_len} bytes')
     log(
-        f'per row: zlib = compressed / raw size (about 1.1 for noise, under 0.2 for a constant row, structure in between)\n'
-        f'         constant = one byte repeated; periodic = row[i] == row[i + p] for all i, for some 1 < p <= {args.max_period}\n'
-        f'         cycling = neither, but the second half of the row is periodic (p <= {args.max_period}); distinct = distinct bytes in the row'
+        'per row: zlib = compressed / raw size (about 1.1 for noise, under 0.2 for a constant row, structure in '
+        'between)\n'
+        '         constant = one byte repeated; periodic = row[i] == row[i + p] for all i, for some 1 < p <= '
+        f'{args.max_period}\n'
+        f'         cycling = neither, but the second half of the row is periodic (p <= {args.max_period}); distinct = '
+        'distinct bytes in the row'
     )
 
     before = wrapper.synth_data_buffer.cpu().clone()  # (buffer_size, seq_len) uint8
@@ -220,28 +224,33 @@ def add_parser(commands):
         formatter_class=HelpFormatter,
         help='show synthetic sequences from the buffer as text, with statistics per step',
         description=paragraph(
-            "Show what the synthetic data looks like: statistics of the buffer's rows every few data steps, "
-            'which tell noise, structure and collapse apart (quartiles of the per-row zlib compression ratio, the share '
-            'of constant, periodic and cycling rows, quartiles of distinct bytes per row), then rows of the buffer as text '
-            '(bytes outside printable ASCII are escaped: a newline shows as \\n, byte 0 as \\x00). '
-            f'After `up-fast pretrain` this is the buffer of its checkpoint ({DEFAULT_CHECKPOINT}) as saved; otherwise, '
-            'or with --fresh, a new wrapper with the default configuration, run for --steps data steps so that you can '
+            "Show what the synthetic data looks like: statistics of the buffer's rows every few data steps, which "
+            'tell noise, structure and collapse apart (quartiles of the per-row zlib compression ratio, the share of '
+            'constant, periodic and cycling rows, quartiles of distinct bytes per row), then rows of the buffer as '
+            'text (bytes outside printable ASCII are escaped: a newline shows as \\n, byte 0 as \\x00). After '
+            f'`up-fast pretrain` this is the buffer of its checkpoint ({DEFAULT_CHECKPOINT}) as saved; otherwise, or '
+            'with --fresh, a new wrapper with the default configuration, run for --steps data steps so that you can '
             'see what the generator makes of it (the paper source starts from constant rows, the xt source from half '
             'noise, half constant rows).'
         ),
-        epilog=textwrap.dedent(f"""\
-            examples:
-              up-fast sample                                the checkpoint of `up-fast pretrain` if there is one, else a fresh wrapper
-              up-fast sample --fresh --steps 500 --every 50 --plot buffer.png
-              up-fast sample --fresh --seed 3               another fresh buffer and data stream
-              up-fast sample --source xt --steps 300        x-transformers' generator and buffer algorithm instead of the paper's
-              up-fast sample --checkpoint {DEFAULT_CHECKPOINT} --steps 20 --rows 12"""),
+        epilog=(
+            'examples:\n'
+            '  up-fast sample                                the checkpoint of `up-fast pretrain` if there is one, '
+            'else a fresh wrapper\n'
+            '  up-fast sample --fresh --steps 500 --every 50 --plot buffer.png\n'
+            '  up-fast sample --fresh --seed 3               another fresh buffer and data stream\n'
+            "  up-fast sample --source xt --steps 300        x-transformers' generator and buffer algorithm instead "
+            "of the paper's\n"
+            f'  up-fast sample --checkpoint {DEFAULT_CHECKPOINT} --steps 20 --rows 12'
+        ),
     )
     s.add_argument(
         '--checkpoint',
         metavar='PATH',
         default=None,
-        help=f'the buffer saved by `up-fast pretrain` (default: {DEFAULT_CHECKPOINT} if it exists, else a fresh wrapper)',
+        help=(
+            f'the buffer saved by `up-fast pretrain` (default: {DEFAULT_CHECKPOINT} if it exists, else a fresh wrapper)'
+        ),
     )
     s.add_argument(
         '--fresh',
@@ -259,7 +268,10 @@ def add_parser(commands):
         type=non_negative_int,
         metavar='N',
         default=None,
-        help=f'data steps to run, with statistics along the way (default: {SAMPLE_STEPS} for a fresh wrapper, 0 with a checkpoint)',
+        help=(
+            f'data steps to run, with statistics along the way (default: {SAMPLE_STEPS} for a fresh wrapper, 0 with a '
+            'checkpoint)'
+        ),
     )
     s.add_argument(
         '--every',
@@ -296,7 +308,11 @@ def add_parser(commands):
         type=int,
         metavar='SEED',
         default=None,
-        help=f"seeds the fresh wrapper and its data steps; with a checkpoint, the data steps draw from this seed instead of continuing the run's own stream (default: {c['seed']} for a fresh wrapper, the run's own with a checkpoint)",
+        help=(
+            'seeds the fresh wrapper and its data steps; with a checkpoint, the data steps draw from this seed '
+            f"instead of continuing the run's own stream (default: {c['seed']} for a fresh wrapper, the run's own with "
+            'a checkpoint)'
+        ),
     )
     add_device_option(s)
     s.set_defaults(run=run)

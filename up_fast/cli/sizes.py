@@ -93,12 +93,18 @@ def torch_without_gpus() -> bool:
 
 
 def host_device(requested: str | None) -> bool:
-    """Will the run be on the host's memory? Known without torch for --device cpu, or no --device and a CPU-only torch."""
+    """Will the run be on the host's memory?
+
+    Known without torch for --device cpu, or for no --device and a CPU-only torch.
+    """
     return (exists(requested) and requested.split(':')[0] == 'cpu') or (not exists(requested) and torch_without_gpus())
 
 
 def check_memory(config: dict, device: str, available: int | None):
-    """Refuse a configuration whose estimated memory exceeds what `device` has available, naming the options to lower."""
+    """Refuse a configuration whose estimated memory exceeds what `device` has available.
+
+    The error names the options to lower.
+    """
     if not exists(available):
         return
     parts = memory_needed(config)
@@ -108,7 +114,9 @@ def check_memory(config: dict, device: str, available: int | None):
 
     largest = max(parts, key=parts.__getitem__)
     lower = {
-        'attention': f'--seq-len {config["seq_len"]} (attention grows with its square) or --batch-size {config["batch_size"]}',
+        'attention': (
+            f'--seq-len {config["seq_len"]} (attention grows with its square) or --batch-size {config["batch_size"]}'
+        ),
         'parameters': f'--dim {config["dim"]} or --depth {config["depth"]}',
     }.get(largest, f'--batch-size {config["batch_size"]} or --seq-len {config["seq_len"]}')
     shares = ', '.join(
