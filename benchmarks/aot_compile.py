@@ -52,13 +52,13 @@ class CompileResult:
     triton_version: str
     compiled: bool
     error: str | None = None
-    registers: int | None = None       # per thread
-    spill_stores: int | None = None    # bytes, ptxas -v
-    spill_loads: int | None = None     # bytes, ptxas -v
-    stack_bytes: int | None = None     # stack frame, ptxas -v
-    local_bytes: int | None = None     # local memory, cuobjdump (spills of non-ABI code land here)
+    registers: int | None = None  # per thread
+    spill_stores: int | None = None  # bytes, ptxas -v
+    spill_loads: int | None = None  # bytes, ptxas -v
+    stack_bytes: int | None = None  # stack frame, ptxas -v
+    local_bytes: int | None = None  # local memory, cuobjdump (spills of non-ABI code land here)
     dynamic_shared: int | None = None  # bytes Triton requests at launch (metadata 'shared')
-    static_shared: int | None = None   # bytes the cubin declares, cuobjdump
+    static_shared: int | None = None  # bytes the cubin declares, cuobjdump
     shared_limit: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
@@ -66,8 +66,8 @@ class CompileResult:
     programs: int | None = None
     floor: dict = field(default_factory=dict)
     compile_seconds: float | None = None
-    ptxas: str | None = None           # ptxas version line
-    sass: dict = field(default_factory=dict)   # SASS opcode counts that the latency model is checked against
+    ptxas: str | None = None  # ptxas version line
+    sass: dict = field(default_factory=dict)  # SASS opcode counts that the latency model is checked against
 
     @property
     def shared_bytes(self) -> int | None:
@@ -89,8 +89,10 @@ class CompileResult:
         if self.spills is None:
             found.append('no ptxas report: spills unknown')
         elif self.spills > 0:
-            found.append(f'register spills: {self.spill_stores} B stores, {self.spill_loads} B loads, '
-                         f'{self.local_bytes} B local memory ({self.registers} registers per thread)')
+            found.append(
+                f'register spills: {self.spill_stores} B stores, {self.spill_loads} B loads, '
+                f'{self.local_bytes} B local memory ({self.registers} registers per thread)'
+            )
         if self.shared_bytes > self.shared_limit:
             found.append(f'shared memory {self.shared_bytes} B > sm_{self.arch} limit {self.shared_limit} B')
         return found
@@ -99,7 +101,7 @@ class CompileResult:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> 'CompileResult':
+    def from_json(cls, d: dict) -> CompileResult:
         return cls(**d)
 
 
@@ -125,8 +127,10 @@ def check_config(cfg: AotConfig):
     """Every kernel argument named exactly once, as a typed argument or as a constexpr."""
     fn = cfg.fn
     if not hasattr(fn, 'arg_names') or not hasattr(fn, 'params'):
-        raise TypeError(f'{cfg.name}: fn must be a @triton.jit kernel, got {type(fn).__name__} '
-                        '(under TRITON_INTERPRET=1 kernels cannot be compiled: unset it)')
+        raise TypeError(
+            f'{cfg.name}: fn must be a @triton.jit kernel, got {type(fn).__name__} '
+            '(under TRITON_INTERPRET=1 kernels cannot be compiled: unset it)'
+        )
     args = list(fn.arg_names)
     constexpr_args = {p.name for p in fn.params if p.is_constexpr}
     both = set(cfg.signature) & set(cfg.constexprs)
@@ -136,8 +140,12 @@ def check_config(cfg: AotConfig):
     untyped = [a for a in cfg.constexprs if a not in constexpr_args]
     unknown += [a for a in (cfg.divisible_by_16 or ()) if a not in cfg.signature]
     unknown += [a for a in cfg.equal_to_1 if not cfg.signature.get(a, '').startswith('i')]
-    for what, names in (('named twice', both), ('missing', missing), ('not arguments of the kernel', unknown),
-                        ('tl.constexpr arguments given a type in signature', typed_constexprs)):
+    for what, names in (
+        ('named twice', both),
+        ('missing', missing),
+        ('not arguments of the kernel', unknown),
+        ('tl.constexpr arguments given a type in signature', typed_constexprs),
+    ):
         if names:
             raise ValueError(f'{cfg.name}: {what}: {sorted(names)}')
     if untyped:
@@ -150,6 +158,7 @@ def check_config(cfg: AotConfig):
 
 def triton_bin(tool: str) -> str:
     import triton
+
     return os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', tool)
 
 
@@ -157,8 +166,10 @@ def make_source(cfg: AotConfig):
     """ASTSource for Triton >= 3.2 (3.6 and 3.9 alike): the signature names every argument, the
     constexprs with the type 'constexpr', and their values go in `constexprs` by name."""
     from triton.compiler import ASTSource
+
     if 'constexprs' not in inspect.signature(ASTSource.__init__).parameters:
         import triton
+
         raise RuntimeError(f'Triton {triton.__version__} is too old for this compile gate (needs >= 3.2)')
     args = list(cfg.fn.arg_names)
     # an int the launcher passes as 1 is a constant of the binary that runs (Triton specialises it)
@@ -189,8 +200,9 @@ def resource_usage(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([triton_bin('cuobjdump'), '--dump-resource-usage', f.name],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [triton_bin('cuobjdump'), '--dump-resource-usage', f.name], capture_output=True, text=True, check=True
+        ).stdout
     match = CUOBJDUMP_FUNCTION.search(out)
     if not match:
         raise RuntimeError(f'cuobjdump printed no resource usage:\n{out}')
@@ -209,8 +221,9 @@ def sass_counts(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run([triton_bin('cuobjdump'), '-sass', f.name], capture_output=True, text=True,
-                              check=True).stdout
+        sass = subprocess.run(
+            [triton_bin('cuobjdump'), '-sass', f.name], capture_output=True, text=True, check=True
+        ).stdout
     counts = dict.fromkeys(SASS_OPCODES, 0)
     for line in sass.splitlines():
         match = SASS_INSTRUCTION.match(line)
@@ -242,9 +255,18 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
         raise ValueError(f'arch must be one of {sorted(SHARED_MEMORY_LIMITS)}, got {arch!r}')
     check_config(cfg)
     result = CompileResult(
-        name=cfg.name, arch=arch, triton_version=triton.__version__, compiled=False,
-        shared_limit=SHARED_MEMORY_LIMITS[arch], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        cooperative=cfg.cooperative, programs=cfg.programs, floor=dict(cfg.floor), ptxas=ptxas_version())
+        name=cfg.name,
+        arch=arch,
+        triton_version=triton.__version__,
+        compiled=False,
+        shared_limit=SHARED_MEMORY_LIMITS[arch],
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        cooperative=cfg.cooperative,
+        programs=cfg.programs,
+        floor=dict(cfg.floor),
+        ptxas=ptxas_version(),
+    )
     options = dict(cfg.options, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.cooperative:
         options['launch_cooperative_grid'] = True
@@ -256,7 +278,7 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
         knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = True, True
         with contextlib.redirect_stdout(log):
             kernel = triton.compile(make_source(cfg), target=GPUTarget('cuda', arch, 32), options=options)
-    except Exception as e:      # a compile error is a finding, not a crash of the gate
+    except Exception as e:  # a compile error is a finding, not a crash of the gate
         result.error = f'{type(e).__name__}: {e}'[:4000]
         return result
     finally:
@@ -279,9 +301,18 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
 
 def compile_key(cfg: AotConfig, arch: int) -> tuple:
     """Configurations that differ only in shape compile to the same binary: compile those once."""
-    return (id(cfg.fn), arch, tuple(sorted(cfg.signature.items())), cfg.divisible_by_16, cfg.equal_to_1,
-            tuple(sorted((k, repr(v)) for k, v in cfg.constexprs.items())),
-            cfg.num_warps, cfg.num_stages, cfg.cooperative, tuple(sorted((k, repr(v)) for k, v in cfg.options.items())))
+    return (
+        id(cfg.fn),
+        arch,
+        tuple(sorted(cfg.signature.items())),
+        cfg.divisible_by_16,
+        cfg.equal_to_1,
+        tuple(sorted((k, repr(v)) for k, v in cfg.constexprs.items())),
+        cfg.num_warps,
+        cfg.num_stages,
+        cfg.cooperative,
+        tuple(sorted((k, repr(v)) for k, v in cfg.options.items())),
+    )
 
 
 _worker_jobs: list = []
@@ -315,15 +346,23 @@ def compile_module(module: str = DEFAULT_MODULE, archs=GATE_ARCHS, jobs: int | N
         with multiprocessing.get_context('fork').Pool(jobs) as pool:
             compiled = pool.map(_compile_job, range(len(keys)), chunksize=1)
     by_key = dict(zip(keys, compiled))
-    return [replace(by_key[compile_key(cfg, arch)], name=cfg.name, programs=cfg.programs, floor=dict(cfg.floor))
-            for cfg, arch in todo]
+    return [
+        replace(by_key[compile_key(cfg, arch)], name=cfg.name, programs=cfg.programs, floor=dict(cfg.floor))
+        for cfg, arch in todo
+    ]
 
 
 # running it under another Triton
 
 
-def compile_all(triton: str = 'installed', module: str = DEFAULT_MODULE, archs=GATE_ARCHS,
-                jobs: int | None = None, timeout: float = 1800, pythonpath=()) -> list[CompileResult]:
+def compile_all(
+    triton: str = 'installed',
+    module: str = DEFAULT_MODULE,
+    archs=GATE_ARCHS,
+    jobs: int | None = None,
+    timeout: float = 1800,
+    pythonpath=(),
+) -> list[CompileResult]:
     """`compile_module` in a fresh subprocess: under the installed Triton (triton='installed') or
     a side environment's (triton='3.6' or '3.6.0'). A subprocess because the caller may run under
     TRITON_INTERPRET=1 (the test suite without a GPU), where kernels cannot be compiled, and a
@@ -334,12 +373,21 @@ def compile_all(triton: str = 'installed', module: str = DEFAULT_MODULE, archs=G
     if triton != 'installed':
         version = triton if triton.count('.') == 2 else f'{triton}.0'
         paths.insert(0, str(side_environment(version)))
-    paths.append(str(ROOT))                     # this module, run as benchmarks.aot_compile
+    paths.append(str(ROOT))  # this module, run as benchmarks.aot_compile
     env['PYTHONPATH'] = os.pathsep.join(paths)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, 'results.json')
-        cmd = [sys.executable, '-m', 'benchmarks.aot_compile', '--module', module, '--json', out,
-               '--arch', *map(str, archs)] + (['--jobs', str(jobs)] if jobs else [])
+        cmd = [
+            sys.executable,
+            '-m',
+            'benchmarks.aot_compile',
+            '--module',
+            module,
+            '--json',
+            out,
+            '--arch',
+            *map(str, archs),
+        ] + (['--jobs', str(jobs)] if jobs else [])
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not os.path.exists(out):
             raise RuntimeError(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
@@ -360,6 +408,7 @@ def main(argv=None):
     if os.environ.get('TRITON_INTERPRET', '0') == '1':
         parser.error('TRITON_INTERPRET=1 is set: kernels cannot be compiled under the interpreter')
     import triton
+
     results = compile_module(args.module, tuple(args.arch), args.jobs)
     with open(args.json, 'w') as f:
         json.dump(dict(triton_version=triton.__version__, results=[r.to_json() for r in results]), f, default=repr)

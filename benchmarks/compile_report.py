@@ -49,30 +49,71 @@ BARRIER_SITES = 2
 def latency_table(results: list) -> str:
     """The latency model of each persistent configuration (AotConfig.floor) beside its SASS counts: the
     CCTL.IVALL (one a barrier site: each wipes L1) and the global loads the model assumes."""
-    rows = [['configuration', 'arch', 'weights', 'barriers', 'L2 trips', 'MMA chain', 'us/step', 'CCTL', 'LDG',
-             'LDGSTS', 'HMMA', 'check']]
+    rows = [
+        [
+            'configuration',
+            'arch',
+            'weights',
+            'barriers',
+            'L2 trips',
+            'MMA chain',
+            'us/step',
+            'CCTL',
+            'LDG',
+            'LDGSTS',
+            'HMMA',
+            'check',
+        ]
+    ]
     for r in results:
         if not r.name.startswith('persistent') or 'l2_round_trips_per_sampling_step' not in r.floor:
             continue
         f, sass = r.floor, r.sass or {}
         cctl = sass.get('CCTL.IVALL')
-        check = '-' if cctl is None else (
-            'ok' if cctl == BARRIER_SITES else f'{cctl} CCTL != {BARRIER_SITES} barrier sites')
-        rows.append([r.name, f'sm_{r.arch}', str(f.get('weights', '-')), str(f['barriers_per_sampling_step']),
-                     str(f['l2_round_trips_per_sampling_step']), str(f['mma_chain_per_k_loop']),
-                     fmt(f['floor_us_per_sampling_step'])] + [str(sass.get(k, '-')) for k in ('CCTL.IVALL', 'LDG',
-                                                                                                'LDGSTS', 'HMMA')]
-                    + [check])
+        check = (
+            '-'
+            if cctl is None
+            else ('ok' if cctl == BARRIER_SITES else f'{cctl} CCTL != {BARRIER_SITES} barrier sites')
+        )
+        rows.append(
+            [
+                r.name,
+                f'sm_{r.arch}',
+                str(f.get('weights', '-')),
+                str(f['barriers_per_sampling_step']),
+                str(f['l2_round_trips_per_sampling_step']),
+                str(f['mma_chain_per_k_loop']),
+                fmt(f['floor_us_per_sampling_step']),
+            ]
+            + [str(sass.get(k, '-')) for k in ('CCTL.IVALL', 'LDG', 'LDGSTS', 'HMMA')]
+            + [check]
+        )
     if len(rows) == 1:
         return ''
     from up_fast.kernels.perf_model import ASSUMPTIONS
-    return '\n'.join(['latency model of a sampling step (estimates, not measured; SASS counts are static)',
-                      table(rows), f'assumptions: {ASSUMPTIONS}'])
+
+    return '\n'.join(
+        [
+            'latency model of a sampling step (estimates, not measured; SASS counts are static)',
+            table(rows),
+            f'assumptions: {ASSUMPTIONS}',
+        ]
+    )
 
 
 def report(results: list) -> str:
-    header = ['configuration', 'arch', 'regs', 'spill st/ld B', 'shared KiB (limit)', 'programs', 'warps', 'stages',
-              'coop', 'gate']
+    header = [
+        'configuration',
+        'arch',
+        'regs',
+        'spill st/ld B',
+        'shared KiB (limit)',
+        'programs',
+        'warps',
+        'stages',
+        'coop',
+        'gate',
+    ]
     rows = [header]
     for r in results:
         if r.compiled:
@@ -82,10 +123,29 @@ def report(results: list) -> str:
         else:
             spill = shared = regs = '-'
         problems = r.problems()
-        gate = 'ok' if not problems else ('compile error' if not r.compiled else '; '.join(
-            p.split(':')[0] if p.startswith('register') else 'shared > limit' for p in problems))
-        rows.append([r.name, f'sm_{r.arch}', regs, spill, shared, str(r.programs), str(r.num_warps),
-                     str(r.num_stages), 'yes' if r.cooperative else 'no', gate])
+        gate = (
+            'ok'
+            if not problems
+            else (
+                'compile error'
+                if not r.compiled
+                else '; '.join(p.split(':')[0] if p.startswith('register') else 'shared > limit' for p in problems)
+            )
+        )
+        rows.append(
+            [
+                r.name,
+                f'sm_{r.arch}',
+                regs,
+                spill,
+                shared,
+                str(r.programs),
+                str(r.num_warps),
+                str(r.num_stages),
+                'yes' if r.cooperative else 'no',
+                gate,
+            ]
+        )
     out = [table(rows)]
 
     # the floor: one row per configuration, split by arch only where it differs (grids sized by SM count)
@@ -110,16 +170,24 @@ def report(results: list) -> str:
     failing = sum(1 for r in results if r.problems())
     versions = sorted({r.triton_version for r in results})
     ptxas = sorted({r.ptxas for r in results if r.ptxas})
-    out += ['', f'Triton {", ".join(versions)}, ptxas {", ".join(ptxas)}: {len(results)} (configuration, arch) pairs, '
-                f'{failing} fail the gate (compile error, register spill or shared memory over the limit)']
+    out += [
+        '',
+        f'Triton {", ".join(versions)}, ptxas {", ".join(ptxas)}: {len(results)} (configuration, arch) pairs, '
+        f'{failing} fail the gate (compile error, register spill or shared memory over the limit)',
+    ]
     return '\n'.join(out)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--triton', default='installed',
-                        help="'installed', or a version run from a side environment made on first use in .cache/ (3.6)")
-    parser.add_argument('--arch', type=int, nargs='+', default=list(aot.GATE_ARCHS), choices=sorted(aot.SHARED_MEMORY_LIMITS))
+    parser.add_argument(
+        '--triton',
+        default='installed',
+        help="'installed', or a version run from a side environment made on first use in .cache/ (3.6)",
+    )
+    parser.add_argument(
+        '--arch', type=int, nargs='+', default=list(aot.GATE_ARCHS), choices=sorted(aot.SHARED_MEMORY_LIMITS)
+    )
     parser.add_argument('--module', default=aot.DEFAULT_MODULE, help='kernel module with aot_configurations()')
     parser.add_argument('--jobs', type=int, default=None, help='parallel compiles (default: CPU count)')
     parser.add_argument('--json', default=None, help='also write the results here')

@@ -37,8 +37,17 @@ SLICES = {
 
 
 @triton.jit
-def resident_probe(h_ptr, w_ptr, out_ptr, steps, BLOCK_B: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
-                   SPLITS: tl.constexpr, PRECISION: tl.constexpr):
+def resident_probe(
+    h_ptr,
+    w_ptr,
+    out_ptr,
+    steps,
+    BLOCK_B: tl.constexpr,
+    K: tl.constexpr,
+    N: tl.constexpr,
+    SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     CHUNK: tl.constexpr = K // SPLITS
     split = tl.arange(0, SPLITS)
     k = tl.arange(0, CHUNK)
@@ -48,9 +57,11 @@ def resident_probe(h_ptr, w_ptr, out_ptr, steps, BLOCK_B: tl.constexpr, K: tl.co
     w = tl.load(w_ptr + (split[:, None, None] * CHUNK + k[None, :, None]) * N + n[None, None, :])
     for step in range(steps):
         # (SPLITS, BLOCK_B, CHUNK)
-        h = tl.load(h_ptr + step * BLOCK_B * K + rows[None, :, None] * K + split[:, None, None] * CHUNK
-                    + k[None, None, :], cache_modifier='.cg')
-        acc = tl.sum(tl.dot(h, w, input_precision=PRECISION), axis=0)                          # (BLOCK_B, N)
+        h = tl.load(
+            h_ptr + step * BLOCK_B * K + rows[None, :, None] * K + split[:, None, None] * CHUNK + k[None, None, :],
+            cache_modifier='.cg',
+        )
+        acc = tl.sum(tl.dot(h, w, input_precision=PRECISION), axis=0)  # (BLOCK_B, N)
         tl.store(out_ptr + step * BLOCK_B * N + rows[:, None] * N + n[None, :], acc)
 
 
@@ -80,29 +91,47 @@ def probe(block_b: int, k: int, n: int, warps: int = 8, precision: str = 'tf32x3
 
     source = ASTSource(
         fn=resident_probe,
-        signature=dict(h_ptr='*fp32', w_ptr='*fp32', out_ptr='*fp32', steps='i32', BLOCK_B='constexpr',
-                       K='constexpr', N='constexpr', SPLITS='constexpr', PRECISION='constexpr'),
+        signature=dict(
+            h_ptr='*fp32',
+            w_ptr='*fp32',
+            out_ptr='*fp32',
+            steps='i32',
+            BLOCK_B='constexpr',
+            K='constexpr',
+            N='constexpr',
+            SPLITS='constexpr',
+            PRECISION='constexpr',
+        ),
         constexprs=dict(BLOCK_B=block_b, K=k, N=n, SPLITS=warps, PRECISION=precision),
-        attrs={(i,): [['tt.divisibility', 16]] for i in range(3)})
+        attrs={(i,): [['tt.divisibility', 16]] for i in range(3)},
+    )
     saved = knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log
     log = io.StringIO()
     try:
         knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = True, True
         with contextlib.redirect_stdout(log):
-            kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32),
-                                    options=dict(num_warps=warps, num_stages=1, maxnreg=255))
+            kernel = triton.compile(
+                source, target=GPUTarget('cuda', 90, 32), options=dict(num_warps=warps, num_stages=1, maxnreg=255)
+            )
     finally:
         knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = saved
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
         f.write(kernel.asm['cubin'])
         f.flush()
-        sass = subprocess.run([triton_bin('cuobjdump'), '-sass', f.name], capture_output=True, text=True,
-                              check=True).stdout
+        sass = subprocess.run(
+            [triton_bin('cuobjdump'), '-sass', f.name], capture_output=True, text=True, check=True
+        ).stdout
     before, h_loads, other_loads = loop_loads(sass)
     ptxas = parse_ptxas_log(log.getvalue())
     spills = ptxas.get('spill_stores', 0) + ptxas.get('spill_loads', 0)
-    return dict(registers=ptxas.get('registers'), spill_bytes=spills, loads_before_loop=before,
-                h_loads_in_loop=h_loads, other_loads_in_loop=other_loads, resident=spills == 0 and other_loads == 0)
+    return dict(
+        registers=ptxas.get('registers'),
+        spill_bytes=spills,
+        loads_before_loop=before,
+        h_loads_in_loop=h_loads,
+        other_loads_in_loop=other_loads,
+        resident=spills == 0 and other_loads == 0,
+    )
 
 
 def main(argv=None):
@@ -113,14 +142,17 @@ def main(argv=None):
     parser.add_argument('--precision', default='tf32x3', choices=('tf32x3', 'ieee'))
     args = parser.parse_args(argv)
     shapes = SLICES if args.k is None else {'asked': (args.block_b or 32, args.k, args.n or 16)}
-    print(f'Triton {triton.__version__}, sm_90, 8 warps, {args.precision}: W^T split along K over the warps, '
-          'loaded once before the step loop')
+    print(
+        f'Triton {triton.__version__}, sm_90, 8 warps, {args.precision}: W^T split along K over the warps, '
+        'loaded once before the step loop'
+    )
     for name, (block_b, k, n) in shapes.items():
         r = probe(block_b, k, n, precision=args.precision)
-        print(f'{name}: BLOCK_B {block_b}, K {k}, N {n}: {r["registers"]} registers, {r["spill_bytes"]} B spilled, '
-              f'global loads: {r["loads_before_loop"]} before the loop, {r["h_loads_in_loop"]} of h and '
-              f'{r["other_loads_in_loop"]} others in it -> '
-              + ('resident' if r['resident'] else 'does not fit: stream'))
+        print(
+            f'{name}: BLOCK_B {block_b}, K {k}, N {n}: {r["registers"]} registers, {r["spill_bytes"]} B spilled, '
+            f'global loads: {r["loads_before_loop"]} before the loop, {r["h_loads_in_loop"]} of h and '
+            f'{r["other_loads_in_loop"]} others in it -> ' + ('resident' if r['resident'] else 'does not fit: stream')
+        )
 
 
 if __name__ == '__main__':

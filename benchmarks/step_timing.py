@@ -57,19 +57,26 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     gates = 4 if args.cell == 'lstm' else 3
     h, v = args.hidden, args.num_tokens
-    weight = lambda *shape: torch.randn(*shape, device=device) / h ** 0.5
-    folded = FoldedRecurrentNet(args.cell, weight(v, gates * h), weight(gates * h, h),
-                                None if args.cell == 'lstm' else weight(h), weight(v, h), None)
+    weight = lambda *shape: torch.randn(*shape, device=device) / h**0.5
+    folded = FoldedRecurrentNet(
+        args.cell,
+        weight(v, gates * h),
+        weight(gates * h, h),
+        None if args.cell == 'lstm' else weight(h),
+        weight(v, h),
+        None,
+    )
     prefix = torch.randint(0, v, (args.batch, args.prefix), device=device)
     figures = {}
     for length in (1, args.length):
-        sample = lambda length=length: fused_recurrent_sample(folded, prefix, length, 1., check=False)
+        sample = lambda length=length: fused_recurrent_sample(folded, prefix, length, 1.0, check=False)
         figures[f'ms_length_{length}'] = time_launch(sample, args.repeat, args.warmup)
-    check_kernel_errors(device)                      # every timed launch met at its barriers
+    check_kernel_errors(device)  # every timed launch met at its barriers
     step_us = (figures[f'ms_length_{args.length}'] - figures['ms_length_1']) * 1e3 / (args.length - 1)
     plan = plan_launch(args.batch, h, v, num_sms(device))
-    figures.update(vars(args), us_per_sampling_step=round(step_us, 3), plan=str(plan),
-                   device=torch.cuda.get_device_name(device))
+    figures.update(
+        vars(args), us_per_sampling_step=round(step_us, 3), plan=str(plan), device=torch.cuda.get_device_name(device)
+    )
     print(json.dumps(figures, indent=1))
     if args.json:
         with open(args.json, 'w') as f:

@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from up_fast.kernels.launch_plan import COMPILE_OPTIONS, PHASE_NUM_WARPS, plan_launch
 from up_fast.kernels.perf_model import design_floor
 from up_fast.kernels.recurrent_sample import (
-    PER_CALL_ARGUMENTS, kernel_constexprs, recurrent_phase_kernel, recurrent_sample_kernel,
+    PER_CALL_ARGUMENTS,
+    kernel_constexprs,
+    recurrent_phase_kernel,
+    recurrent_sample_kernel,
 )
 
 # SMs of the part each target stands for (H100 SXM / H200, A100): launchers size grids by them
@@ -36,23 +39,24 @@ TARGET_SMS = {90: 132, 80: 108}
 @dataclass(frozen=True)
 class AotConfig:
     """One kernel configuration the launcher can choose, complete enough to compile without a GPU."""
-    name: str                          # readable id, e.g. 'lstm-fp32-sample-example'
-    fn: object                         # the @triton.jit kernel
-    signature: dict                    # every non-constexpr argument name -> Triton type ('*fp32', 'i32', 'fp32', ...)
-    constexprs: dict                   # every tl.constexpr argument name -> value
+
+    name: str  # readable id, e.g. 'lstm-fp32-sample-example'
+    fn: object  # the @triton.jit kernel
+    signature: dict  # every non-constexpr argument name -> Triton type ('*fp32', 'i32', 'fp32', ...)
+    constexprs: dict  # every tl.constexpr argument name -> value
     num_warps: int
     num_stages: int
-    programs: int                      # programs the launcher launches for this shape
-    floor: dict = field(default_factory=dict)    # design numbers for the report (bytes, FLOPs, barriers, us per step)
-    cooperative: bool = False          # launched with launch_cooperative_grid
-    options: dict = field(default_factory=dict)   # further compile options every launch passes (e.g. maxnreg)
+    programs: int  # programs the launcher launches for this shape
+    floor: dict = field(default_factory=dict)  # design numbers for the report (bytes, FLOPs, barriers, us per step)
+    cooperative: bool = False  # launched with launch_cooperative_grid
+    options: dict = field(default_factory=dict)  # further compile options every launch passes (e.g. maxnreg)
     # arguments the JIT would see divisible by 16 (it specialises on that at launch); None: every
     # pointer argument, as for freshly allocated tensors
     divisible_by_16: tuple | None = None
-    equal_to_1: tuple = ()             # int arguments launched as 1: constants of the binary
+    equal_to_1: tuple = ()  # int arguments launched as 1: constants of the binary
 
 
-AOT_SHAPES = {                  # name: (batch, hidden, num_tokens)
+AOT_SHAPES = {  # name: (batch, hidden, num_tokens)
     'example': (32, 256, 256),
     'vocab32768': (32, 256, 32768),
     'hidden1024': (32, 1024, 256),
@@ -84,9 +88,18 @@ def kernel_signature(fn, weight_type: str, constexprs: dict) -> dict:
 def launch_ints(plan, batch: int, hidden: int, num_tokens: int, injected: bool) -> dict:
     """The int arguments a launch at this shape passes that its shape fixes (contiguous prefix,
     `out` and noise; PER_CALL_ARGUMENTS change from call to call and are not specialised)."""
-    return dict(stride_prefix_t=1, stride_tokens_t=1, stride_noise_t=num_tokens if injected else 0,
-                stride_noise_v=1 if injected else 0, batch=batch, hidden=hidden, num_tokens=num_tokens,
-                programs=plan.programs, num_slices=plan.num_slices, groups=plan.groups)
+    return dict(
+        stride_prefix_t=1,
+        stride_tokens_t=1,
+        stride_noise_t=num_tokens if injected else 0,
+        stride_noise_v=1 if injected else 0,
+        batch=batch,
+        hidden=hidden,
+        num_tokens=num_tokens,
+        programs=plan.programs,
+        num_slices=plan.num_slices,
+        groups=plan.groups,
+    )
 
 
 def launch_specialization(signature: dict, ints: dict) -> tuple[tuple, tuple]:
@@ -118,17 +131,33 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         signature = kernel_signature(fn, weight_type, constexprs)
         aligned, ones = launch_specialization(signature, ints)
         num_warps = plan.num_warps if fn is recurrent_sample_kernel else PHASE_NUM_WARPS
-        key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), num_warps, aligned,
-               ones)
+        key = (
+            fn.__name__,
+            tuple(sorted(signature.items())),
+            tuple(sorted(constexprs.items())),
+            num_warps,
+            aligned,
+            ones,
+        )
         if key in seen:
             return
         seen.add(key)
-        configs.append(AotConfig(name=name, fn=fn, signature=signature, constexprs=constexprs,
-                                 num_warps=num_warps,
-                                 num_stages=plan.num_stages if fn is recurrent_sample_kernel else 1,
-                                 programs=plan.grid, floor=floor,
-                                 cooperative=fn is recurrent_sample_kernel and plan.cooperative,
-                                 options=dict(COMPILE_OPTIONS), divisible_by_16=aligned, equal_to_1=ones))
+        configs.append(
+            AotConfig(
+                name=name,
+                fn=fn,
+                signature=signature,
+                constexprs=constexprs,
+                num_warps=num_warps,
+                num_stages=plan.num_stages if fn is recurrent_sample_kernel else 1,
+                programs=plan.grid,
+                floor=floor,
+                cooperative=fn is recurrent_sample_kernel and plan.cooperative,
+                options=dict(COMPILE_OPTIONS),
+                divisible_by_16=aligned,
+                equal_to_1=ones,
+            )
+        )
 
     variants = []
     for shape in AOT_SHAPES:
@@ -137,8 +166,9 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
                 for sample in (True, False):
                     variants.append((shape, cell, weights, sample, False, 'tf32x3'))
     variants += [('example', cell, 'fp32', True, True, 'tf32x3') for cell in ('lstm', 'gru')]
-    variants += [('example', cell, 'fp32', sample, False, 'ieee')
-                 for cell in ('lstm', 'gru') for sample in (True, False)]
+    variants += [
+        ('example', cell, 'fp32', sample, False, 'ieee') for cell in ('lstm', 'gru') for sample in (True, False)
+    ]
 
     for shape, cell, weights, sample, injected, precision in variants:
         batch, hidden, num_tokens = AOT_SHAPES[shape]
@@ -152,9 +182,16 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         ints = launch_ints(plan, batch, hidden, num_tokens, injected)
         add(f'persistent-{stem}', recurrent_sample_kernel, dict(base, _weight_type=weights), plan, floor, ints)
         for phase in (0, 1, 2):
-            add(f'phase{phase}-{stem}', recurrent_phase_kernel, dict(base, PHASE=phase, _weight_type=weights),
-                plan, floor, ints)
+            add(
+                f'phase{phase}-{stem}',
+                recurrent_phase_kernel,
+                dict(base, PHASE=phase, _weight_type=weights),
+                plan,
+                floor,
+                ints,
+            )
     # the buffer kernels (gather, write-back): their configurations live beside them; imported here, not at
     # the top, because they take AotConfig from this module
     from up_fast.kernels.buffer_ops import aot_configurations as buffer_configurations
+
     return configs + buffer_configurations(arch)

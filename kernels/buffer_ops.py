@@ -37,8 +37,8 @@ from torch import Tensor
 from up_fast.kernels.aot import AotConfig
 
 NUM_WARPS = 4
-MAX_BLOCK = 1024        # columns a program: a whole row at seq_len <= 1024
-BLOCK_MATCH = 128       # rows compared at once when looking a row up in a list of rows
+MAX_BLOCK = 1024  # columns a program: a whole row at seq_len <= 1024
+BLOCK_MATCH = 128  # rows compared at once when looking a row up in a list of rows
 
 TRITON_DTYPES = {torch.uint8: 'u8', torch.int16: 'i16', torch.int32: 'i32', torch.int64: 'i64'}
 
@@ -56,13 +56,26 @@ def index_of(rows_ptr, count, row, BLOCK_MATCH: tl.constexpr):
 
 @triton.jit
 def gather_kernel(
-    buffer_ptr, seed_rows_ptr, seed_offsets_ptr, rows_ptr, reset_rows_ptr, noise_ptr, out_ptr,
-    seq_len, seed_length, num_reset,
-    buffer_stride, noise_stride, out_stride,
-    HAS_SEED: tl.constexpr, HAS_PENDING: tl.constexpr, BLOCK: tl.constexpr, BLOCK_MATCH: tl.constexpr,
+    buffer_ptr,
+    seed_rows_ptr,
+    seed_offsets_ptr,
+    rows_ptr,
+    reset_rows_ptr,
+    noise_ptr,
+    out_ptr,
+    seq_len,
+    seed_length,
+    num_reset,
+    buffer_stride,
+    noise_stride,
+    out_stride,
+    HAS_SEED: tl.constexpr,
+    HAS_PENDING: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_MATCH: tl.constexpr,
 ):
     b = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)         # (BLOCK,) columns of output row b
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) columns of output row b
     mask = cols < seed_length + seq_len
 
     row = tl.load(rows_ptr + b)
@@ -70,7 +83,7 @@ def gather_kernel(
         is_seed = cols < seed_length
         seed_row = tl.load(seed_rows_ptr + b)
         offset = tl.load(seed_offsets_ptr + b)
-        source_row = tl.where(is_seed, seed_row, row)             # (BLOCK,) the buffer row of each column
+        source_row = tl.where(is_seed, seed_row, row)  # (BLOCK,) the buffer row of each column
         source_col = tl.where(is_seed, offset + cols, cols - seed_length)
     else:
         source_row = tl.zeros((BLOCK,), tl.int64) + row
@@ -94,10 +107,19 @@ def gather_kernel(
 
 @triton.jit
 def write_kernel(
-    buffer_ptr, reset_rows_ptr, noise_ptr, condition_rows_ptr, generated_ptr,
-    seq_len, num_reset, num_conditions,
-    buffer_stride, noise_stride, generated_stride,
-    BLOCK: tl.constexpr, BLOCK_MATCH: tl.constexpr,
+    buffer_ptr,
+    reset_rows_ptr,
+    noise_ptr,
+    condition_rows_ptr,
+    generated_ptr,
+    seq_len,
+    num_reset,
+    num_conditions,
+    buffer_stride,
+    noise_stride,
+    generated_stride,
+    BLOCK: tl.constexpr,
+    BLOCK_MATCH: tl.constexpr,
 ):
     p = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -107,7 +129,7 @@ def write_kernel(
         row = tl.load(reset_rows_ptr + p)
         # a reset row that is also a condition row ends with its generated row: leave it to that program
         found = index_of(condition_rows_ptr, num_conditions, row, BLOCK_MATCH)
-        keep = mask & ((cols * 0 + found) < 0)          # (BLOCK,) the scalar test as a column mask
+        keep = mask & ((cols * 0 + found) < 0)  # (BLOCK,) the scalar test as a column mask
         noise = tl.load(noise_ptr + p * noise_stride + cols, mask=keep, other=0)
         tl.store(buffer_ptr + row * buffer_stride + cols, noise.to(buffer_ptr.dtype.element_ty), mask=keep)
     else:
@@ -120,7 +142,7 @@ def write_kernel(
         for start in range(BLOCK, seq_len, BLOCK):
             part = tl.load(generated_ptr + c * generated_stride + start + offs, mask=start + offs < seq_len, other=0)
             smallest = tl.minimum(smallest, tl.min(part, axis=0))
-        valid = mask & ((cols * 0 + smallest) >= 0)       # (BLOCK,) the row's test as a column mask
+        valid = mask & ((cols * 0 + smallest) >= 0)  # (BLOCK,) the row's test as a column mask
         generated = tl.load(generated_ptr + c * generated_stride + cols, mask=valid, other=0)
         tl.store(buffer_ptr + row * buffer_stride + cols, generated.to(buffer_ptr.dtype.element_ty), mask=valid)
 
@@ -134,9 +156,11 @@ def block_for(width: int) -> int:
 
 def check_buffer(buffer: Tensor) -> Tensor:
     if buffer.dim() != 2 or buffer.stride(1) != 1 or buffer.dtype not in TRITON_DTYPES:
-        raise ValueError(f'buffer must be a (rows, seq_len) integer tensor with contiguous rows, '
-                         f'got shape {tuple(buffer.shape)}, '
-                         f'strides {buffer.stride()}, dtype {buffer.dtype}')
+        raise ValueError(
+            f'buffer must be a (rows, seq_len) integer tensor with contiguous rows, '
+            f'got shape {tuple(buffer.shape)}, '
+            f'strides {buffer.stride()}, dtype {buffer.dtype}'
+        )
     return buffer
 
 
@@ -146,13 +170,13 @@ def on_buffer(buffer: Tensor, t: Tensor) -> Tensor:
 
 
 def gather_prefix(
-    buffer: Tensor,                 # (buffer_size, seq_len) narrow integers
-    seed_rows: Tensor,              # (n,)
-    seed_offsets: Tensor,           # (n,)
-    condition_rows: Tensor,         # (n,)
+    buffer: Tensor,  # (buffer_size, seq_len) narrow integers
+    seed_rows: Tensor,  # (n,)
+    seed_offsets: Tensor,  # (n,)
+    condition_rows: Tensor,  # (n,)
     seed_length: int,
     *,
-    pending: tuple[Tensor, Tensor] | None = None,    # (reset_rows (r,), noise (r, seq_len)), not yet written
+    pending: tuple[Tensor, Tensor] | None = None,  # (reset_rows (r,), noise (r, seq_len)), not yet written
     dtype: torch.dtype = torch.long,
 ) -> Tensor:
     """(n, seed_length + seq_len) of `dtype`: each seed crop, then its condition row. One launch."""
@@ -168,10 +192,24 @@ def gather_prefix(
     reset_rows, noise = on_buffer(buffer, reset_rows), on_buffer(buffer, noise)
     block = block_for(width)
     gather_kernel[(n, triton.cdiv(width, block))](
-        buffer, seed_rows, seed_offsets, condition_rows, reset_rows, noise, out,
-        seq_len, seed_length, reset_rows.shape[0] if has_pending else 0,
-        buffer.stride(0), noise.stride(0), out.stride(0),
-        HAS_SEED=True, HAS_PENDING=has_pending, BLOCK=block, BLOCK_MATCH=BLOCK_MATCH, num_warps=NUM_WARPS,
+        buffer,
+        seed_rows,
+        seed_offsets,
+        condition_rows,
+        reset_rows,
+        noise,
+        out,
+        seq_len,
+        seed_length,
+        reset_rows.shape[0] if has_pending else 0,
+        buffer.stride(0),
+        noise.stride(0),
+        out.stride(0),
+        HAS_SEED=True,
+        HAS_PENDING=has_pending,
+        BLOCK=block,
+        BLOCK_MATCH=BLOCK_MATCH,
+        num_warps=NUM_WARPS,
     )
     return out
 
@@ -186,16 +224,31 @@ def gather_rows(buffer: Tensor, rows: Tensor, *, dtype: torch.dtype = torch.long
     rows = on_buffer(buffer, rows)
     block = block_for(seq_len)
     gather_kernel[(n, triton.cdiv(seq_len, block))](
-        buffer, rows, rows, rows, rows, buffer, out,
-        seq_len, 0, 0,
-        buffer.stride(0), buffer.stride(0), out.stride(0),
-        HAS_SEED=False, HAS_PENDING=False, BLOCK=block, BLOCK_MATCH=BLOCK_MATCH, num_warps=NUM_WARPS,
+        buffer,
+        rows,
+        rows,
+        rows,
+        rows,
+        buffer,
+        out,
+        seq_len,
+        0,
+        0,
+        buffer.stride(0),
+        buffer.stride(0),
+        out.stride(0),
+        HAS_SEED=False,
+        HAS_PENDING=False,
+        BLOCK=block,
+        BLOCK_MATCH=BLOCK_MATCH,
+        num_warps=NUM_WARPS,
     )
     return out
 
 
-def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor,
-                generated: Tensor) -> Tensor:
+def write_rows_(
+    buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condition_rows: Tensor, generated: Tensor
+) -> Tensor:
     """In place: noise (r, seq_len) over reset_rows (r,), then generated (n, seq_len) over condition_rows (n,).
     One launch."""
     check_buffer(buffer)
@@ -208,13 +261,23 @@ def write_rows_(buffer: Tensor, reset_rows: Tensor, noise: Tensor | None, condit
     if num_reset:
         reset_rows, noise = on_buffer(buffer, reset_rows), on_buffer(buffer, noise)
     else:
-        reset_rows, noise = condition_rows, generated       # placeholders: no reset program runs
+        reset_rows, noise = condition_rows, generated  # placeholders: no reset program runs
     block = block_for(seq_len)
     write_kernel[(num_reset + num_conditions, triton.cdiv(seq_len, block))](
-        buffer, reset_rows, noise, condition_rows, generated,
-        seq_len, num_reset, num_conditions,
-        buffer.stride(0), noise.stride(0), generated.stride(0),
-        BLOCK=block, BLOCK_MATCH=BLOCK_MATCH, num_warps=NUM_WARPS,
+        buffer,
+        reset_rows,
+        noise,
+        condition_rows,
+        generated,
+        seq_len,
+        num_reset,
+        num_conditions,
+        buffer.stride(0),
+        noise.stride(0),
+        generated.stride(0),
+        BLOCK=block,
+        BLOCK_MATCH=BLOCK_MATCH,
+        num_warps=NUM_WARPS,
     )
     return buffer
 
@@ -228,23 +291,62 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
     configs = []
     seq_len, seed_length = 512, 8
     for buffer_type in ('u8', 'i16', 'i32'):
-        for name, has_seed, has_pending, width in (('prefix', True, False, seed_length + seq_len),
-                                                   ('prefix-pending', True, True, seed_length + seq_len),
-                                                   ('batch', False, False, seq_len)):
-            signature = dict(buffer_ptr='*' + buffer_type, seed_rows_ptr='*i64', seed_offsets_ptr='*i64',
-                             rows_ptr='*i64',
-                             reset_rows_ptr='*i64', noise_ptr='*' + buffer_type, out_ptr='*i64',
-                             seq_len='i32', seed_length='i32', num_reset='i32',
-                             buffer_stride='i32', noise_stride='i32', out_stride='i32')
-            constexprs = dict(HAS_SEED=has_seed, HAS_PENDING=has_pending, BLOCK=block_for(width),
-                              BLOCK_MATCH=BLOCK_MATCH)
-            configs.append(AotConfig(name=f'gather-{name}-{buffer_type}', fn=gather_kernel, signature=signature,
-                                     constexprs=constexprs, num_warps=NUM_WARPS, num_stages=1, programs=64))
-        signature = dict(buffer_ptr='*' + buffer_type, reset_rows_ptr='*i64', noise_ptr='*' + buffer_type,
-                         condition_rows_ptr='*i64', generated_ptr='*i64',
-                         seq_len='i32', num_reset='i32', num_conditions='i32',
-                         buffer_stride='i32', noise_stride='i32', generated_stride='i32')
-        configs.append(AotConfig(name=f'write-{buffer_type}', fn=write_kernel, signature=signature,
-                                 constexprs=dict(BLOCK=block_for(seq_len), BLOCK_MATCH=BLOCK_MATCH),
-                                 num_warps=NUM_WARPS, num_stages=1, programs=52))
+        for name, has_seed, has_pending, width in (
+            ('prefix', True, False, seed_length + seq_len),
+            ('prefix-pending', True, True, seed_length + seq_len),
+            ('batch', False, False, seq_len),
+        ):
+            signature = dict(
+                buffer_ptr='*' + buffer_type,
+                seed_rows_ptr='*i64',
+                seed_offsets_ptr='*i64',
+                rows_ptr='*i64',
+                reset_rows_ptr='*i64',
+                noise_ptr='*' + buffer_type,
+                out_ptr='*i64',
+                seq_len='i32',
+                seed_length='i32',
+                num_reset='i32',
+                buffer_stride='i32',
+                noise_stride='i32',
+                out_stride='i32',
+            )
+            constexprs = dict(
+                HAS_SEED=has_seed, HAS_PENDING=has_pending, BLOCK=block_for(width), BLOCK_MATCH=BLOCK_MATCH
+            )
+            configs.append(
+                AotConfig(
+                    name=f'gather-{name}-{buffer_type}',
+                    fn=gather_kernel,
+                    signature=signature,
+                    constexprs=constexprs,
+                    num_warps=NUM_WARPS,
+                    num_stages=1,
+                    programs=64,
+                )
+            )
+        signature = dict(
+            buffer_ptr='*' + buffer_type,
+            reset_rows_ptr='*i64',
+            noise_ptr='*' + buffer_type,
+            condition_rows_ptr='*i64',
+            generated_ptr='*i64',
+            seq_len='i32',
+            num_reset='i32',
+            num_conditions='i32',
+            buffer_stride='i32',
+            noise_stride='i32',
+            generated_stride='i32',
+        )
+        configs.append(
+            AotConfig(
+                name=f'write-{buffer_type}',
+                fn=write_kernel,
+                signature=signature,
+                constexprs=dict(BLOCK=block_for(seq_len), BLOCK_MATCH=BLOCK_MATCH),
+                num_warps=NUM_WARPS,
+                num_stages=1,
+                programs=52,
+            )
+        )
     return configs

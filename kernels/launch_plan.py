@@ -53,16 +53,17 @@ def num_sms(device: torch.device) -> int:
 @dataclass(frozen=True)
 class LaunchPlan:
     """How a launch splits the work (see plan_launch and docs/kernel.md, "Launch rule")."""
-    block_b: int          # batch rows of a group
-    groups: int           # batch tiles, each with a full set of slices
-    programs: int         # programs per group, splitting the weights
-    block_u: int          # hidden units of a gate tile (4 * block_u columns)
-    unit_tiles: int       # gate tiles per program
-    block_v: int          # tokens of a vocabulary tile
-    vocab_tiles: int      # vocabulary tiles per program
-    num_slices: int       # programs of a group with a vocabulary slice
-    block_k: int          # hidden (reduction) tile
-    block_p: int          # partials reduced at a time: next_pow2(num_slices), at most 32
+
+    block_b: int  # batch rows of a group
+    groups: int  # batch tiles, each with a full set of slices
+    programs: int  # programs per group, splitting the weights
+    block_u: int  # hidden units of a gate tile (4 * block_u columns)
+    unit_tiles: int  # gate tiles per program
+    block_v: int  # tokens of a vocabulary tile
+    vocab_tiles: int  # vocabulary tiles per program
+    num_slices: int  # programs of a group with a vocabulary slice
+    block_k: int  # hidden (reduction) tile
+    block_p: int  # partials reduced at a time: next_pow2(num_slices), at most 32
     num_warps: int
     # the persistent kernel's software pipelining of its K loops: with 3 stages Triton prefetches the next
     # h and weight tiles (cp.async) while the current ones multiply, instead of one dependent L2 round
@@ -72,8 +73,11 @@ class LaunchPlan:
     @property
     def weights(self) -> str:
         """How the persistent kernel's programs get their weight slices each step."""
-        return f'streamed from L2, pipelined (num_stages={self.num_stages})' if self.num_stages > 1 else \
-            'streamed from L2, one tile at a time'
+        return (
+            f'streamed from L2, pipelined (num_stages={self.num_stages})'
+            if self.num_stages > 1
+            else 'streamed from L2, one tile at a time'
+        )
 
     @property
     def grid(self) -> int:
@@ -88,8 +92,16 @@ class LaunchPlan:
         return hidden * (4 * self.block_u * self.unit_tiles + self.block_v * self.vocab_tiles) * weight_bytes
 
 
-def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_bytes: int = 4,
-                programs: int | None = None, capability: int = 90) -> LaunchPlan:
+def plan_launch(
+    batch: int,
+    hidden: int,
+    num_tokens: int,
+    sms: int,
+    *,
+    weight_bytes: int = 4,
+    programs: int | None = None,
+    capability: int = 90,
+) -> LaunchPlan:
     """The launcher rule. `programs` forces the programs per group (tests: P > 1 under the
     interpreter, phase per launch); otherwise they follow from `sms`. `capability` (90: sm_90)
     sizes the accumulators: sm_80's mma.sync operands need more registers (halved there)."""
@@ -99,7 +111,7 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
     groups = cdiv(batch, block_b)
     per_group = max(1, sms // groups) if programs is None else programs
 
-    units = cdiv(hidden, per_group)                                   # hidden units a program should own
+    units = cdiv(hidden, per_group)  # hidden units a program should own
     block_u = min(max(4, next_power_of_2(units)), max(4, accumulator // (4 * block_b)))
     unit_tiles = cdiv(units, block_u)
     hidden_programs = cdiv(hidden, unit_tiles * block_u)
@@ -117,8 +129,20 @@ def plan_launch(batch: int, hidden: int, num_tokens: int, sms: int, *, weight_by
     num_warps = 8
     # pipelined K loops compiled without spills on sm_90 (Triton 3.6 and 3.9); sm_80 keeps one stage
     num_stages = 3 if capability >= 90 else 1
-    return LaunchPlan(block_b, groups, programs, block_u, unit_tiles, block_v, vocab_tiles, num_slices, block_k,
-                      min(32, max(2, next_power_of_2(num_slices))), num_warps, num_stages)
+    return LaunchPlan(
+        block_b,
+        groups,
+        programs,
+        block_u,
+        unit_tiles,
+        block_v,
+        vocab_tiles,
+        num_slices,
+        block_k,
+        min(32, max(2, next_power_of_2(num_slices))),
+        num_warps,
+        num_stages,
+    )
 
 
 def check_plan(plan, batch: int, hidden: int, num_tokens: int):
@@ -134,8 +158,10 @@ def check_plan(plan, batch: int, hidden: int, num_tokens: int):
         (plan.groups * plan.block_b < batch, f'groups * block_b = {plan.groups * plan.block_b} < batch {batch}'),
         (plan.programs * plan.unit_tiles * plan.block_u < hidden, f'programs * unit_tiles * block_u < hidden {hidden}'),
         (plan.num_slices * slice_tokens < num_tokens, f'num_slices * vocab_tiles * block_v < num_tokens {num_tokens}'),
-        ((plan.num_slices - 1) * slice_tokens >= num_tokens,
-         f'slice {plan.num_slices - 1} of {plan.num_slices} is empty'),
+        (
+            (plan.num_slices - 1) * slice_tokens >= num_tokens,
+            f'slice {plan.num_slices - 1} of {plan.num_slices} is empty',
+        ),
         (plan.num_slices > plan.programs, f'num_slices {plan.num_slices} > programs {plan.programs}'),
         (plan.num_warps not in (1, 2, 4, 8, 16), f'num_warps {plan.num_warps} is not a power of two <= 16'),
         (plan.num_stages not in (1, 2, 3, 4), f'num_stages {plan.num_stages} is not in 1..4'),
@@ -143,4 +169,5 @@ def check_plan(plan, batch: int, hidden: int, num_tokens: int):
     for bad, what in problems:
         if bad:
             raise ValueError(
-                f'plan {plan} does not fit batch {batch}, hidden {hidden}, num_tokens {num_tokens}: {what}')
+                f'plan {plan} does not fit batch {batch}, hidden {hidden}, num_tokens {num_tokens}: {what}'
+            )

@@ -12,18 +12,19 @@ from up_fast.kernels.launch_plan import LaunchPlan
 
 # an H200 SM (vendor figures and typical latencies): assumptions of the model, not measured
 SM_CLOCK_GHZ = 1.75
-L2_LATENCY_US = 0.25              # one dependent L2 hit (~450 cycles; 200-300 ns on Hopper)
+L2_LATENCY_US = 0.25  # one dependent L2 hit (~450 cycles; 200-300 ns on Hopper)
 L2_BYTES_PER_CLOCK_PER_SM = 64
-MMA_LINK_CYCLES = 16              # issue-to-dependent-issue of one m16n8k8 tf32 mma.sync on the same accumulator
+MMA_LINK_CYCLES = 16  # issue-to-dependent-issue of one m16n8k8 tf32 mma.sync on the same accumulator
 FMA_FLOPS_PER_CLOCK_PER_SM = 256  # 128 fp32 FMA lanes ('ieee': no tensor cores)
-MMA_K = 8                         # the K of one tf32 mma.sync
-TF32X3_PASSES = 3                 # big*big + small*big + big*small, all into one accumulator
+MMA_K = 8  # the K of one tf32 mma.sync
+TF32X3_PASSES = 3  # big*big + small*big + big*small, all into one accumulator
 
 ASSUMPTIONS = (
     f'L2 hit {L2_LATENCY_US} us a dependent round trip; {L2_BYTES_PER_CLOCK_PER_SM} B/clock/SM from L2; '
     f'{SM_CLOCK_GHZ} GHz; {MMA_LINK_CYCLES} cycles a dependent tf32 mma.sync; weights streamed from L2 every step '
-    '(each barrier\'s acquire invalidates L1), the K loop pipelined so a phase waits one round trip, then streams; '
-    'a barrier is 3 round trips (release fence, the spin read that sees the last arrival, the acquire read)')
+    "(each barrier's acquire invalidates L1), the K loop pipelined so a phase waits one round trip, then streams; "
+    'a barrier is 3 round trips (release fence, the spin read that sees the last arrival, the acquire read)'
+)
 
 
 def mma_chain(hidden: int, block_k: int, precision: str) -> int:
@@ -33,17 +34,18 @@ def mma_chain(hidden: int, block_k: int, precision: str) -> int:
     return -(-hidden // block_k) * (block_k // MMA_K) * TF32X3_PASSES
 
 
-def design_floor(plan: LaunchPlan, hidden: int, num_tokens: int, gates: int, weight_bytes: int, precision: str,
-                 sample: bool) -> dict:
+def design_floor(
+    plan: LaunchPlan, hidden: int, num_tokens: int, gates: int, weight_bytes: int, precision: str, sample: bool
+) -> dict:
     """Per step: the dependent L2 round trips, barriers and MMA chain, and the microseconds they imply."""
     units = plan.unit_tiles * plan.block_u
     slice_tokens = plan.vocab_tiles * plan.block_v
-    exchange = plan.block_b * hidden * 4                                  # the full h a phase reads from L2
-    gates_weights = 4 * units * hidden * weight_bytes                     # padded to 4 gates
+    exchange = plan.block_b * hidden * 4  # the full h a phase reads from L2
+    gates_weights = 4 * units * hidden * weight_bytes  # padded to 4 gates
     logits_weights = slice_tokens * hidden * weight_bytes
-    clock = SM_CLOCK_GHZ * 1e3                                            # cycles per us
+    clock = SM_CLOCK_GHZ * 1e3  # cycles per us
     stream_us = lambda weights, tiles: (exchange * tiles + weights) / L2_BYTES_PER_CLOCK_PER_SM / clock
-    fma_us = lambda flops: 0. if precision != 'ieee' else flops / FMA_FLOPS_PER_CLOCK_PER_SM / clock
+    fma_us = lambda flops: 0.0 if precision != 'ieee' else flops / FMA_FLOPS_PER_CLOCK_PER_SM / clock
     chain = mma_chain(hidden, plan.block_k, precision)
     mma_us = chain * MMA_LINK_CYCLES / clock
 
@@ -52,12 +54,18 @@ def design_floor(plan: LaunchPlan, hidden: int, num_tokens: int, gates: int, wei
     # gates: the sampled token's reduction (partials) then its input-table row, while the K loop
     # (one round trip, then streamed) runs beside them; one K loop a unit tile
     gates_trips = max(2, plan.unit_tiles)
-    gates_us = max(2 * L2_LATENCY_US, plan.unit_tiles * (L2_LATENCY_US + mma_us)) + stream_us(
-        gates_weights, plan.unit_tiles) + fma_us(2 * plan.block_b * hidden * 4 * units)
+    gates_us = (
+        max(2 * L2_LATENCY_US, plan.unit_tiles * (L2_LATENCY_US + mma_us))
+        + stream_us(gates_weights, plan.unit_tiles)
+        + fma_us(2 * plan.block_b * hidden * 4 * units)
+    )
     # logits: one K loop a vocabulary tile, each starting with a round trip
     logits_trips = plan.vocab_tiles
-    logits_us = plan.vocab_tiles * (L2_LATENCY_US + mma_us) + stream_us(logits_weights, plan.vocab_tiles) + fma_us(
-        2 * plan.block_b * hidden * slice_tokens)
+    logits_us = (
+        plan.vocab_tiles * (L2_LATENCY_US + mma_us)
+        + stream_us(logits_weights, plan.vocab_tiles)
+        + fma_us(2 * plan.block_b * hidden * slice_tokens)
+    )
     barrier_us = barrier_trips * L2_LATENCY_US
     sampling_trips = gates_trips + logits_trips + 2 * barrier_trips
     return dict(

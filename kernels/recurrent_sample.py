@@ -22,10 +22,23 @@ from up_fast import config
 from up_fast.band import PHILOX_GUMBEL_BOUNDS, SLACK, injected_gumbel_bounds
 from up_fast.checks import check_int, check_temperature
 from up_fast.kernels.launch_plan import (
-    COMPILE_OPTIONS, PHASE_NUM_WARPS, LaunchPlan, capability, cdiv, check_plan, num_sms, plan_launch,
+    COMPILE_OPTIONS,
+    PHASE_NUM_WARPS,
+    LaunchPlan,
+    capability,
+    cdiv,
+    check_plan,
+    num_sms,
+    plan_launch,
 )
 from up_fast.kernels.recurrent_phases import (
-    gates_phase, grid_barrier, invalidate_tokens, logits_phase, next_token, philox_key, philox_uniform,
+    gates_phase,
+    grid_barrier,
+    invalidate_tokens,
+    logits_phase,
+    next_token,
+    philox_key,
+    philox_uniform,
 )
 from up_fast.sampling import SUPPORTED_CELLS, FoldedRecurrentNet
 
@@ -54,27 +67,55 @@ INVALID_TOKEN = -1
 
 @triton.jit(do_not_specialize=[a for a in PER_CALL_ARGUMENTS if a != 's'])
 def recurrent_sample_kernel(
-    prefix_ptr, stride_prefix_b, stride_prefix_t,     # (batch, prefix_len) integer token ids
-    input_table_ptr,                                  # (num_tokens, gates * hidden)
-    weight_hh_ptr,                                    # (gates * hidden, hidden)
-    bias_hn_ptr,                                      # (hidden,) GRU only
-    weight_out_ptr,                                   # (num_tokens, hidden)
-    bias_out_ptr,                                     # (num_tokens,) if HAS_BIAS_OUT
-    noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,   # (batch, length, num_tokens) if INJECTED_NOISE
-    seed_ptr, offset_ptr,                             # (1,) int64 Philox key and call offset
-    tokens_ptr, stride_tokens_b, stride_tokens_t,     # (batch, length) sampled tokens
-    h_ptr,                                            # (2, batch, hidden) fp32 exchange slots
-    c_ptr,                                            # (batch, hidden) fp32, LSTM only
-    partial_score_ptr, partial_token_ptr,             # (batch, num_slices) fp32, int32
-    sync_ptr,                                         # (groups + 1,) int32, zeroed: counters, abort word
-    error_ptr,                                        # (1,) int32 sticky error flag
-    batch, prefix_len, length, hidden, num_tokens, programs, num_slices, groups,
-    temperature, g_hi, g_lo, max_spins,
-    IS_LSTM: tl.constexpr, GATES: tl.constexpr, HAS_BIAS_OUT: tl.constexpr,
-    SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, UNIT_TILES: tl.constexpr,
-    BLOCK_V: tl.constexpr, VOCAB_TILES: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    PRECISION: tl.constexpr, BAND_SLACK: tl.constexpr,
+    prefix_ptr,
+    stride_prefix_b,
+    stride_prefix_t,  # (batch, prefix_len) integer token ids
+    input_table_ptr,  # (num_tokens, gates * hidden)
+    weight_hh_ptr,  # (gates * hidden, hidden)
+    bias_hn_ptr,  # (hidden,) GRU only
+    weight_out_ptr,  # (num_tokens, hidden)
+    bias_out_ptr,  # (num_tokens,) if HAS_BIAS_OUT
+    noise_ptr,
+    stride_noise_b,
+    stride_noise_t,
+    stride_noise_v,  # (batch, length, num_tokens) if INJECTED_NOISE
+    seed_ptr,
+    offset_ptr,  # (1,) int64 Philox key and call offset
+    tokens_ptr,
+    stride_tokens_b,
+    stride_tokens_t,  # (batch, length) sampled tokens
+    h_ptr,  # (2, batch, hidden) fp32 exchange slots
+    c_ptr,  # (batch, hidden) fp32, LSTM only
+    partial_score_ptr,
+    partial_token_ptr,  # (batch, num_slices) fp32, int32
+    sync_ptr,  # (groups + 1,) int32, zeroed: counters, abort word
+    error_ptr,  # (1,) int32 sticky error flag
+    batch,
+    prefix_len,
+    length,
+    hidden,
+    num_tokens,
+    programs,
+    num_slices,
+    groups,
+    temperature,
+    g_hi,
+    g_lo,
+    max_spins,
+    IS_LSTM: tl.constexpr,
+    GATES: tl.constexpr,
+    HAS_BIAS_OUT: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    INJECTED_NOISE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    UNIT_TILES: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    VOCAB_TILES: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BAND_SLACK: tl.constexpr,
 ):
     """The persistent kernel: every feed and sampling step of the launch, phases met at grid barriers."""
     pid = tl.program_id(0)
@@ -93,53 +134,158 @@ def recurrent_sample_kernel(
     passed = 1
     s = 0
     while (s < num_feeds) & (passed != 0):
-        token = next_token(p, s, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
-                           partial_score_ptr, partial_token_ptr, num_slices,
-                           tokens_ptr, stride_tokens_b, stride_tokens_t,
-                           BLOCK_B, BLOCK_P)
-        gates_phase(p, token, rows, row_mask, s, h_ptr + (s % 2) * slot, h_ptr + ((s + 1) % 2) * slot, c_ptr,
-                    input_table_ptr, weight_hh_ptr, bias_hn_ptr, hidden,
-                    IS_LSTM, GATES, BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_K, PRECISION)
+        token = next_token(
+            p,
+            s,
+            rows,
+            row_mask,
+            prefix_ptr,
+            stride_prefix_b,
+            stride_prefix_t,
+            prefix_len,
+            partial_score_ptr,
+            partial_token_ptr,
+            num_slices,
+            tokens_ptr,
+            stride_tokens_b,
+            stride_tokens_t,
+            BLOCK_B,
+            BLOCK_P,
+        )
+        gates_phase(
+            p,
+            token,
+            rows,
+            row_mask,
+            s,
+            h_ptr + (s % 2) * slot,
+            h_ptr + ((s + 1) % 2) * slot,
+            c_ptr,
+            input_table_ptr,
+            weight_hh_ptr,
+            bias_hn_ptr,
+            hidden,
+            IS_LSTM,
+            GATES,
+            BLOCK_B,
+            BLOCK_U,
+            UNIT_TILES,
+            BLOCK_K,
+            PRECISION,
+        )
         target += programs
         passed = grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins)
         if (s >= prefix_len - 1) & (passed != 0):
-            logits_phase(p, rows, row_mask, s - prefix_len + 1, h_ptr + ((s + 1) % 2) * slot,
-                         weight_out_ptr, bias_out_ptr,
-                         partial_score_ptr, partial_token_ptr, num_slices,
-                         hidden, num_tokens, temperature, g_hi, g_lo,
-                         seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-                         HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION,
-                         BAND_SLACK)
+            logits_phase(
+                p,
+                rows,
+                row_mask,
+                s - prefix_len + 1,
+                h_ptr + ((s + 1) % 2) * slot,
+                weight_out_ptr,
+                bias_out_ptr,
+                partial_score_ptr,
+                partial_token_ptr,
+                num_slices,
+                hidden,
+                num_tokens,
+                temperature,
+                g_hi,
+                g_lo,
+                seed,
+                offset_lo,
+                offset_hi,
+                noise_ptr,
+                stride_noise_b,
+                stride_noise_t,
+                stride_noise_v,
+                HAS_BIAS_OUT,
+                SAMPLE,
+                INJECTED_NOISE,
+                BLOCK_B,
+                BLOCK_V,
+                VOCAB_TILES,
+                BLOCK_K,
+                PRECISION,
+                BAND_SLACK,
+            )
             target += programs
             passed = grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins)
         s += 1
 
     if passed != 0:
         # the last sample is never fed: reduce it and store it
-        next_token(p, num_feeds, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
-                   partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
-                   BLOCK_B, BLOCK_P)
+        next_token(
+            p,
+            num_feeds,
+            rows,
+            row_mask,
+            prefix_ptr,
+            stride_prefix_b,
+            stride_prefix_t,
+            prefix_len,
+            partial_score_ptr,
+            partial_token_ptr,
+            num_slices,
+            tokens_ptr,
+            stride_tokens_b,
+            stride_tokens_t,
+            BLOCK_B,
+            BLOCK_P,
+        )
     else:
         invalidate_tokens(p, rows, row_mask, tokens_ptr, stride_tokens_b, stride_tokens_t, length, BLOCK_B)
 
 
 @triton.jit(do_not_specialize=[a for a in PER_CALL_ARGUMENTS if a != 'max_spins'])
 def recurrent_phase_kernel(
-    prefix_ptr, stride_prefix_b, stride_prefix_t,
-    input_table_ptr, weight_hh_ptr, bias_hn_ptr, weight_out_ptr, bias_out_ptr,
-    noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-    seed_ptr, offset_ptr,
-    tokens_ptr, stride_tokens_b, stride_tokens_t,
-    h_ptr, c_ptr, partial_score_ptr, partial_token_ptr,
-    batch, prefix_len, length, hidden, num_tokens, programs, num_slices,
-    temperature, g_hi, g_lo,
-    s,                                                # the feed this launch belongs to
-    PHASE: tl.constexpr,                              # 0: feed s, 1: sample after feed s, 2: store the last sample
-    IS_LSTM: tl.constexpr, GATES: tl.constexpr, HAS_BIAS_OUT: tl.constexpr,
-    SAMPLE: tl.constexpr, INJECTED_NOISE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, UNIT_TILES: tl.constexpr,
-    BLOCK_V: tl.constexpr, VOCAB_TILES: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    PRECISION: tl.constexpr, BAND_SLACK: tl.constexpr,
+    prefix_ptr,
+    stride_prefix_b,
+    stride_prefix_t,
+    input_table_ptr,
+    weight_hh_ptr,
+    bias_hn_ptr,
+    weight_out_ptr,
+    bias_out_ptr,
+    noise_ptr,
+    stride_noise_b,
+    stride_noise_t,
+    stride_noise_v,
+    seed_ptr,
+    offset_ptr,
+    tokens_ptr,
+    stride_tokens_b,
+    stride_tokens_t,
+    h_ptr,
+    c_ptr,
+    partial_score_ptr,
+    partial_token_ptr,
+    batch,
+    prefix_len,
+    length,
+    hidden,
+    num_tokens,
+    programs,
+    num_slices,
+    temperature,
+    g_hi,
+    g_lo,
+    s,  # the feed this launch belongs to
+    PHASE: tl.constexpr,  # 0: feed s, 1: sample after feed s, 2: store the last sample
+    IS_LSTM: tl.constexpr,
+    GATES: tl.constexpr,
+    HAS_BIAS_OUT: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    INJECTED_NOISE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    UNIT_TILES: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    VOCAB_TILES: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BAND_SLACK: tl.constexpr,
 ):
     """One phase of the persistent kernel's loop as its own launch (same helpers, same slices); the
     host steps through the phases, so no program ever waits for another."""
@@ -150,34 +296,108 @@ def recurrent_phase_kernel(
     row_mask = rows < batch
     slot = batch * hidden
     if PHASE == 0:
-        token = next_token(p, s, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
-                           partial_score_ptr, partial_token_ptr, num_slices,
-                           tokens_ptr, stride_tokens_b, stride_tokens_t,
-                           BLOCK_B, BLOCK_P)
-        gates_phase(p, token, rows, row_mask, s, h_ptr + (s % 2) * slot, h_ptr + ((s + 1) % 2) * slot, c_ptr,
-                    input_table_ptr, weight_hh_ptr, bias_hn_ptr, hidden,
-                    IS_LSTM, GATES, BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_K, PRECISION)
+        token = next_token(
+            p,
+            s,
+            rows,
+            row_mask,
+            prefix_ptr,
+            stride_prefix_b,
+            stride_prefix_t,
+            prefix_len,
+            partial_score_ptr,
+            partial_token_ptr,
+            num_slices,
+            tokens_ptr,
+            stride_tokens_b,
+            stride_tokens_t,
+            BLOCK_B,
+            BLOCK_P,
+        )
+        gates_phase(
+            p,
+            token,
+            rows,
+            row_mask,
+            s,
+            h_ptr + (s % 2) * slot,
+            h_ptr + ((s + 1) % 2) * slot,
+            c_ptr,
+            input_table_ptr,
+            weight_hh_ptr,
+            bias_hn_ptr,
+            hidden,
+            IS_LSTM,
+            GATES,
+            BLOCK_B,
+            BLOCK_U,
+            UNIT_TILES,
+            BLOCK_K,
+            PRECISION,
+        )
     elif PHASE == 1:
         seed, offset_lo, offset_hi = philox_key(seed_ptr, offset_ptr, SAMPLE, INJECTED_NOISE)
-        logits_phase(p, rows, row_mask, s - prefix_len + 1, h_ptr + ((s + 1) % 2) * slot,
-                     weight_out_ptr, bias_out_ptr,
-                     partial_score_ptr, partial_token_ptr, num_slices,
-                     hidden, num_tokens, temperature, g_hi, g_lo,
-                     seed, offset_lo, offset_hi, noise_ptr, stride_noise_b, stride_noise_t, stride_noise_v,
-                     HAS_BIAS_OUT, SAMPLE, INJECTED_NOISE, BLOCK_B, BLOCK_V, VOCAB_TILES, BLOCK_K, PRECISION,
-                     BAND_SLACK)
+        logits_phase(
+            p,
+            rows,
+            row_mask,
+            s - prefix_len + 1,
+            h_ptr + ((s + 1) % 2) * slot,
+            weight_out_ptr,
+            bias_out_ptr,
+            partial_score_ptr,
+            partial_token_ptr,
+            num_slices,
+            hidden,
+            num_tokens,
+            temperature,
+            g_hi,
+            g_lo,
+            seed,
+            offset_lo,
+            offset_hi,
+            noise_ptr,
+            stride_noise_b,
+            stride_noise_t,
+            stride_noise_v,
+            HAS_BIAS_OUT,
+            SAMPLE,
+            INJECTED_NOISE,
+            BLOCK_B,
+            BLOCK_V,
+            VOCAB_TILES,
+            BLOCK_K,
+            PRECISION,
+            BAND_SLACK,
+        )
     else:
-        next_token(p, s, rows, row_mask, prefix_ptr, stride_prefix_b, stride_prefix_t, prefix_len,
-                   partial_score_ptr, partial_token_ptr, num_slices, tokens_ptr, stride_tokens_b, stride_tokens_t,
-                   BLOCK_B, BLOCK_P)
+        next_token(
+            p,
+            s,
+            rows,
+            row_mask,
+            prefix_ptr,
+            stride_prefix_b,
+            stride_prefix_t,
+            prefix_len,
+            partial_score_ptr,
+            partial_token_ptr,
+            num_slices,
+            tokens_ptr,
+            stride_tokens_b,
+            stride_tokens_t,
+            BLOCK_B,
+            BLOCK_P,
+        )
 
 
 # the uniforms the kernels draw
 
 
 @triton.jit
-def philox_uniform_kernel(seed_ptr, offset_ptr, out_ptr, batch, length, num_tokens,
-                          BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr):
+def philox_uniform_kernel(
+    seed_ptr, offset_ptr, out_ptr, batch, length, num_tokens, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr
+):
     """Every (batch, length, num_tokens) uniform the sampler could draw, for the tests: the band
     sampler must pick what full Gumbel-max picks from these."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -196,8 +416,9 @@ def philox_uniform_kernel(seed_ptr, offset_ptr, out_ptr, batch, length, num_toke
 def philox_uniforms(seed: Tensor, offset: Tensor, batch: int, length: int, num_tokens: int) -> Tensor:
     """(batch, length, num_tokens) fp32: the uniforms the kernel's Philox noise is made of, at `offset`."""
     out = torch.empty((batch, length, num_tokens), dtype=torch.float32, device=seed.device)
-    philox_uniform_kernel[(cdiv(batch, 16), length)](seed.reshape(1), offset.reshape(1), out, batch, length, num_tokens,
-                                                     BLOCK_B=16, BLOCK_V=64)
+    philox_uniform_kernel[(cdiv(batch, 16), length)](
+        seed.reshape(1), offset.reshape(1), out, batch, length, num_tokens, BLOCK_B=16, BLOCK_V=64
+    )
     return out
 
 
@@ -213,7 +434,7 @@ def error_flag(device: torch.device) -> Tensor:
     """The sticky (1,) int32 flag that a barrier which gave up sets on `device`."""
     device = torch.device(device)
     if device.type == 'cuda' and device.index is None:
-        device = torch.device('cuda', torch.cuda.current_device())      # 'cuda' and 'cuda:0' share one flag
+        device = torch.device('cuda', torch.cuda.current_device())  # 'cuda' and 'cuda:0' share one flag
     key = str(device)
     if key not in _error_flags:
         _error_flags[key] = torch.zeros(1, dtype=torch.int32, device=device)
@@ -232,7 +453,8 @@ def barrier_error(device: torch.device, grid: int | None = None, plan: LaunchPla
         f'recurrent_sample_kernel: {where} on {device} with {num_sms(device)} SMs did not meet at a grid barrier '
         'within max_spins: the programs were not all co-resident (another kernel holding SMs, MPS/MIG limits, or a '
         'grid larger than the device allows). Its tokens are invalid (INVALID_TOKEN). Retry with mode="phases" or '
-        'fewer programs.')
+        'fewer programs.'
+    )
 
 
 def check_kernel_errors(device: torch.device, *, grid: int | None = None, plan: LaunchPlan | None = None):
@@ -256,10 +478,10 @@ def watch_kernel_errors(device: torch.device, plan: LaunchPlan):
     flag = error_flag(device)
     key = str(flag.device)
     if flag.device.type != 'cuda':
-        _pending_flags[key] = (flag.clone(), None, plan.grid, plan)      # the interpreter ran the launch already
+        _pending_flags[key] = (flag.clone(), None, plan.grid, plan)  # the interpreter ran the launch already
         return
     if torch.cuda.is_current_stream_capturing():
-        return                                  # a captured graph checks with check_kernel_errors after replays
+        return  # a captured graph checks with check_kernel_errors after replays
     host = torch.empty(1, dtype=torch.int32, pin_memory=True)
     host.copy_(flag, non_blocking=True)
     event = torch.cuda.Event()
@@ -287,32 +509,42 @@ def raise_pending_kernel_errors(device: torch.device):
 # launch
 
 
-def kernel_constexprs(plan: LaunchPlan, is_lstm: bool, has_bias_out: bool, sample: bool, injected: bool,
-                      precision: str) -> dict:
+def kernel_constexprs(
+    plan: LaunchPlan, is_lstm: bool, has_bias_out: bool, sample: bool, injected: bool, precision: str
+) -> dict:
     return dict(
-        IS_LSTM=is_lstm, GATES=4 if is_lstm else 3, HAS_BIAS_OUT=has_bias_out,
-        SAMPLE=sample, INJECTED_NOISE=injected,
-        BLOCK_B=plan.block_b, BLOCK_U=plan.block_u, UNIT_TILES=plan.unit_tiles,
-        BLOCK_V=plan.block_v, VOCAB_TILES=plan.vocab_tiles, BLOCK_K=plan.block_k, BLOCK_P=plan.block_p,
-        PRECISION=precision, BAND_SLACK=SLACK,
+        IS_LSTM=is_lstm,
+        GATES=4 if is_lstm else 3,
+        HAS_BIAS_OUT=has_bias_out,
+        SAMPLE=sample,
+        INJECTED_NOISE=injected,
+        BLOCK_B=plan.block_b,
+        BLOCK_U=plan.block_u,
+        UNIT_TILES=plan.unit_tiles,
+        BLOCK_V=plan.block_v,
+        VOCAB_TILES=plan.vocab_tiles,
+        BLOCK_K=plan.block_k,
+        BLOCK_P=plan.block_p,
+        PRECISION=precision,
+        BAND_SLACK=SLACK,
     )
 
 
 def recurrent_sample_launch(
     cell: str,
-    input_table: Tensor,          # (num_tokens, gates * hidden)
-    weight_hh: Tensor,            # (gates * hidden, hidden)
-    bias_hn: Tensor | None,       # (hidden,) GRU
-    weight_out: Tensor,           # (num_tokens, hidden)
-    bias_out: Tensor | None,      # (num_tokens,)
-    prefix: Tensor,               # (batch, prefix_len)
+    input_table: Tensor,  # (num_tokens, gates * hidden)
+    weight_hh: Tensor,  # (gates * hidden, hidden)
+    bias_hn: Tensor | None,  # (hidden,) GRU
+    weight_out: Tensor,  # (num_tokens, hidden)
+    bias_out: Tensor | None,  # (num_tokens,)
+    prefix: Tensor,  # (batch, prefix_len)
     length: int,
     temperature: float,
-    seed: Tensor,                 # (1,) int64
-    offset: Tensor,               # (1,) int64
-    uniform_noise: Tensor | None,   # (batch, length, num_tokens)
-    out: Tensor,                  # (batch, length) integer
-    state_scratch: Tensor,        # (cell_states, 2, batch, hidden) fp32
+    seed: Tensor,  # (1,) int64
+    offset: Tensor,  # (1,) int64
+    uniform_noise: Tensor | None,  # (batch, length, num_tokens)
+    out: Tensor,  # (batch, length) integer
+    state_scratch: Tensor,  # (cell_states, 2, batch, hidden) fp32
     plan: LaunchPlan,
     *,
     mode: str,
@@ -327,30 +559,40 @@ def recurrent_sample_launch(
     device = weight_hh.device
     is_lstm = cell == 'lstm'
 
-    h = state_scratch[0]                                         # (2, batch, hidden) exchange slots
-    c = state_scratch[1, 0] if is_lstm else h[0]                 # (batch, hidden); the GRU never touches it
+    h = state_scratch[0]  # (2, batch, hidden) exchange slots
+    c = state_scratch[1, 0] if is_lstm else h[0]  # (batch, hidden); the GRU never touches it
     partial_score = torch.empty((batch, plan.num_slices), dtype=torch.float32, device=device)
     partial_token = torch.empty((batch, plan.num_slices), dtype=torch.int32, device=device)
 
     sample = temperature > 0
     injected = uniform_noise is not None
-    noise = uniform_noise if injected else weight_out                                # a placeholder pointer
+    noise = uniform_noise if injected else weight_out  # a placeholder pointer
     noise_strides = uniform_noise.stride() if injected else (0, 0, 0)
     g_lo, g_hi = injected_gumbel_bounds(uniform_noise.dtype) if injected else PHILOX_GUMBEL_BOUNDS
 
     args = (
-        prefix, prefix.stride(0), prefix.stride(1),
-        input_table, weight_hh,
+        prefix,
+        prefix.stride(0),
+        prefix.stride(1),
+        input_table,
+        weight_hh,
         bias_hn if bias_hn is not None else weight_out,
         weight_out,
         bias_out if bias_out is not None else weight_out,
-        noise, *noise_strides,
-        seed, offset,
-        out, out.stride(0), out.stride(1),
-        h, c, partial_score, partial_token,
+        noise,
+        *noise_strides,
+        seed,
+        offset,
+        out,
+        out.stride(0),
+        out.stride(1),
+        h,
+        c,
+        partial_score,
+        partial_token,
     )
     sizes = (batch, prefix_len, length, hidden, num_tokens, plan.programs, plan.num_slices)
-    sampling = (float(temperature) if sample else 0., g_hi, g_lo)
+    sampling = (float(temperature) if sample else 0.0, g_hi, g_lo)
     constexprs = kernel_constexprs(plan, is_lstm, bias_out is not None, sample, injected, precision)
     num_feeds = prefix_len + length - 1
 
@@ -364,8 +606,16 @@ def recurrent_sample_launch(
             mode = 'phases'
     if mode == 'phases':
         phase = lambda s, which: recurrent_phase_kernel[(plan.grid,)](
-            *args, *sizes, *sampling, s, PHASE=which, **constexprs, num_warps=PHASE_NUM_WARPS, num_stages=1,
-            **COMPILE_OPTIONS)
+            *args,
+            *sizes,
+            *sampling,
+            s,
+            PHASE=which,
+            **constexprs,
+            num_warps=PHASE_NUM_WARPS,
+            num_stages=1,
+            **COMPILE_OPTIONS,
+        )
         for s in range(num_feeds):
             phase(s, 0)
             if s >= prefix_len - 1:
@@ -378,13 +628,13 @@ def recurrent_sample_launch(
 
 
 def launch_persistent(args, sizes, sampling, constexprs, plan: LaunchPlan, device, max_spins: int):
-    sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)        # counters, abort word
+    sync = torch.zeros(plan.groups + 1, dtype=torch.int32, device=device)  # counters, abort word
     launch_options = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, **COMPILE_OPTIONS)
     if plan.cooperative and not INTERPRETED:
         launch_options['launch_cooperative_grid'] = True
     recurrent_sample_kernel[(plan.grid,)](
-        *args, sync, error_flag(device), *sizes, plan.groups, *sampling, max_spins,
-        **constexprs, **launch_options)
+        *args, sync, error_flag(device), *sizes, plan.groups, *sampling, max_spins, **constexprs, **launch_options
+    )
 
 
 def launch_refused(error: RuntimeError) -> bool:
@@ -407,8 +657,10 @@ def refuse_cooperative(device: torch.device, plan: LaunchPlan, error: Exception)
     warnings.warn(
         f'recurrent_sample_kernel: the cooperative launch of a grid of {plan.grid} programs ({plan.groups} groups '
         f'of {plan.programs}) on {device} with {num_sms(device)} SMs was refused ({type(error).__name__}: '
-        f'{str(error)[:200]}); running one launch per phase instead (slower, same tokens)', RuntimeWarning,
-        stacklevel=4)
+        f'{str(error)[:200]}); running one launch per phase instead (slower, same tokens)',
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 # public function
@@ -425,8 +677,10 @@ def check_int32_offsets(batch: int, hidden: int, num_tokens: int, gates: int):
     }
     for what, size in sizes.items():
         if size > 2**31:
-            raise ValueError(f"batch {batch}, hidden {hidden}, num_tokens {num_tokens}: the {what} has {size} "
-                             f"elements, more than the kernel's int32 offsets reach (2**31)")
+            raise ValueError(
+                f'batch {batch}, hidden {hidden}, num_tokens {num_tokens}: the {what} has {size} '
+                f"elements, more than the kernel's int32 offsets reach (2**31)"
+            )
 
 
 def check_device_tensor(name: str, t, device: torch.device, dtypes, shape=None) -> Tensor:
@@ -530,7 +784,8 @@ def fused_recurrent_sample(
     if device.type != 'cuda' and not INTERPRETED:
         raise ValueError(
             f'fused_recurrent_sample needs CUDA tensors, the weights are on {device}; on CPU use '
-            'FoldedRecurrentNet.sample, or set TRITON_INTERPRET=1 before triton is imported')
+            'FoldedRecurrentNet.sample, or set TRITON_INTERPRET=1 before triton is imported'
+        )
 
     if not isinstance(prefix, Tensor):
         raise TypeError(f'prefix must be a torch.Tensor of token ids, got {type(prefix).__name__}')
@@ -579,8 +834,15 @@ def fused_recurrent_sample(
 
     weight_bytes = max(t.element_size() for t in (weight_hh, folded.weight_out))
     if plan is None:
-        plan = plan_launch(batch, hidden, num_tokens, num_sms(device), weight_bytes=weight_bytes, programs=programs,
-                           capability=capability(device))
+        plan = plan_launch(
+            batch,
+            hidden,
+            num_tokens,
+            num_sms(device),
+            weight_bytes=weight_bytes,
+            programs=programs,
+            capability=capability(device),
+        )
     else:
         check_plan(plan, batch, hidden, num_tokens)
     if mode == 'auto':
@@ -596,10 +858,18 @@ def fused_recurrent_sample(
         folded.bias_hn.contiguous() if not is_lstm else None,
         folded.weight_out.contiguous(),
         folded.bias_out.contiguous() if folded.bias_out is not None else None,
-        prefix, length, temperature,
-        seed.reshape(1), offset.reshape(1),
-        uniform_noise, out, state_scratch, plan,
-        mode=mode, precision=precision, max_spins=max_spins,
+        prefix,
+        length,
+        temperature,
+        seed.reshape(1),
+        offset.reshape(1),
+        uniform_noise,
+        out,
+        state_scratch,
+        plan,
+        mode=mode,
+        precision=precision,
+        max_spins=max_spins,
     )
     # the next call (or graph replay) draws fresh noise
     offset.add_(1)

@@ -5,14 +5,13 @@ import warnings
 
 import pytest
 import torch
+from conftest import tiny_model
 from torch import nn
 from x_transformers import up_wrapper as reference
 
 from up_fast import sampling
 from up_fast import up_wrapper as fast
 from up_fast.up_wrapper import SyntheticDataGenerator, UniversalPretrainWrapper
-
-from conftest import tiny_model
 
 
 def record_step(monkeypatch, wrapper):
@@ -40,7 +39,15 @@ def record_step(monkeypatch, wrapper):
 
 @pytest.mark.parametrize('keep_buffer_on_cpu', [False, True], ids=['buffer-registered', 'buffer-on-cpu'])
 def test_one_step_changes_exactly_the_intended_rows(monkeypatch, model, keep_buffer_on_cpu):
-    wrapper = UniversalPretrainWrapper(model, seq_len=24, batch_size=8, buffer_size=64, num_reset=6, seed_length=5, keep_buffer_on_cpu=keep_buffer_on_cpu)
+    wrapper = UniversalPretrainWrapper(
+        model,
+        seq_len=24,
+        batch_size=8,
+        buffer_size=64,
+        num_reset=6,
+        seed_length=5,
+        keep_buffer_on_cpu=keep_buffer_on_cpu,
+    )
     seen = record_step(monkeypatch, wrapper)
     rows, before, after = seen['rows'], seen['before'], seen['after']
 
@@ -53,7 +60,7 @@ def test_one_step_changes_exactly_the_intended_rows(monkeypatch, model, keep_buf
     for b in range(8):
         offset = int(rows.seed_offsets[b])
         assert 0 <= offset <= 24 - 5
-        assert torch.equal(seed[b].long(), before[rows.seed_rows[b], offset:offset + 5].long())
+        assert torch.equal(seed[b].long(), before[rows.seed_rows[b], offset : offset + 5].long())
     assert torch.equal(condition.long(), before[rows.condition_rows].long())
 
     # condition rows now hold the generated rows
@@ -88,7 +95,7 @@ def test_the_reference_buffer_never_changes_while_it_has_the_bug():
     before = ref.synth_data_buffer.clone()
     ref()
     if not torch.equal(ref.synth_data_buffer, before):
-        pytest.skip('the installed x-transformers writes its buffer back now: README\'s defect 1 no longer holds for it')
+        pytest.skip("the installed x-transformers writes its buffer back now: README's defect 1 no longer holds for it")
     assert int(ref.step) == 1, 'the reference did run a step, and its buffer stayed as it was (defect 1)'
 
 
@@ -108,7 +115,9 @@ class PlusOne(nn.Module):
         return self.generate_unchecked(length, seed, condition, temperature)
 
     def generate_unchecked(self, length, seed, condition, temperature=0.5, *, generator=None, uniform_noise=None):
-        self.calls.append(dict(args=(length, seed.clone(), condition.clone()), temperature=temperature, generator=generator))
+        self.calls.append(
+            dict(args=(length, seed.clone(), condition.clone()), temperature=temperature, generator=generator)
+        )
         return (condition.long() + 1) % self.num_tokens
 
 
@@ -117,8 +126,9 @@ def test_the_training_batch_is_drawn_after_the_write_back(monkeypatch, model, se
     # every row is a condition row and its generated row differs at every position: a batch drawn
     # before the write-back would differ from the rows it names everywhere, whatever the seed
     torch.manual_seed(seed)
-    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=12,
-                                       generation_batch_size=12, num_reset=0)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=12, generation_batch_size=12, num_reset=0
+    )
     seen = record_step(monkeypatch, wrapper)
     rows = seen['rows']
     assert sorted(rows.condition_rows.tolist()) == list(range(12))
@@ -135,8 +145,9 @@ def test_the_training_batch_is_drawn_after_the_write_back(monkeypatch, model, se
 
 def test_reset_rows_beyond_the_room_wrap_onto_condition_rows(monkeypatch, model):
     # 12 rows, 8 conditions: 4 rows of room, so 2 of the 6 reset rows are condition rows too
-    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=12,
-                                       generation_batch_size=8, num_reset=6)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=12, generation_batch_size=8, num_reset=6
+    )
     noise = []
     real_noise = wrapper.random_sequences_fn
     monkeypatch.setattr(wrapper, 'random_sequences_fn', lambda *a, **k: noise.append(real_noise(*a, **k)) or noise[-1])
@@ -162,9 +173,20 @@ def record_paper_step(monkeypatch, wrapper):
 
 def test_one_step_of_the_author_algorithm_changes_exactly_the_intended_rows(monkeypatch, model):
     # batch 4, generator batch 8, buffer 16, 8 resets: conditions and seeds read reset rows in most steps
-    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=16, num_reset=8,
-                                       seed_length=5, generation_batch_size=8, constant_init=True, reset_first=True,
-                                       distinct_seed_rows=True, shared_seed_offset=True)
+    wrapper = UniversalPretrainWrapper(
+        model,
+        data_generator=PlusOne(),
+        seq_len=16,
+        batch_size=4,
+        buffer_size=16,
+        num_reset=8,
+        seed_length=5,
+        generation_batch_size=8,
+        constant_init=True,
+        reset_first=True,
+        distinct_seed_rows=True,
+        shared_seed_offset=True,
+    )
     initial = wrapper.synth_data_buffer.long()
     assert (initial == initial[:, :1]).all(), 'the buffer starts as constant rows'
     assert initial[:, 0].unique().numel() > 1, 'each with a token of its own'
@@ -189,7 +211,7 @@ def test_one_step_of_the_author_algorithm_changes_exactly_the_intended_rows(monk
         assert torch.equal(condition.long(), after_reset[rows.condition_rows])
         offset = int(rows.seed_offsets[0])
         assert (rows.seed_offsets == offset).all() and 0 <= offset <= 16 - 5
-        assert torch.equal(seed.long(), after_reset[rows.seed_rows, offset:offset + 5])
+        assert torch.equal(seed.long(), after_reset[rows.seed_rows, offset : offset + 5])
         read_a_reset_row |= bool(set(resets) & (set(conditions) | set(seeds)))
 
         # write-back over the condition rows, reset rows elsewhere, nothing else changed
@@ -201,19 +223,22 @@ def test_one_step_of_the_author_algorithm_changes_exactly_the_intended_rows(monk
     assert read_a_reset_row, 'in three steps some condition or seed row was a row just reset (1 - 1/12870 per step)'
     generator = wrapper.data_generator
     assert len(generator.calls) == 3 and all(len(call['args']) == 3 for call in generator.calls)
-    assert all(call['temperature'] == 0.5 for call in generator.calls), 'the generator decodes at its own default temperature'
+    assert all(call['temperature'] == 0.5 for call in generator.calls), (
+        'the generator decodes at its own default temperature'
+    )
 
 
 def test_the_reference_step_reads_rows_before_any_write(monkeypatch, model):
-    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=16, num_reset=8,
-                                       generation_batch_size=8)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=16, num_reset=8, generation_batch_size=8
+    )
     seen = record_paper_step(monkeypatch, wrapper)
     rows, before = seen['rows'], seen['before']
     assert not rows.reset_first and not set(rows.reset_rows.tolist()) & set(rows.condition_rows.tolist())
     assert torch.equal(seen['prefix'][1], before[rows.condition_rows])
     for b in range(8):
         offset = int(rows.seed_offsets[b])
-        assert torch.equal(seen['prefix'][0][b], before[rows.seed_rows[b], offset:offset + 5 + 3])
+        assert torch.equal(seen['prefix'][0][b], before[rows.seed_rows[b], offset : offset + 5 + 3])
     assert seen['generated'].shape == (8, 16) and seen['noise'].shape == (8, 16)
 
 
@@ -222,7 +247,9 @@ def test_a_generator_batch_of_the_wrong_size_fails_before_any_write(model):
         def generate_unchecked(self, length, seed, condition, temperature=0.5, *, generator=None, uniform_noise=None):
             return super().generate_unchecked(length, seed, condition)[:4]
 
-    wrapper = UniversalPretrainWrapper(model, data_generator=Half(), seq_len=16, batch_size=4, buffer_size=24, generation_batch_size=8)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=Half(), seq_len=16, batch_size=4, buffer_size=24, generation_batch_size=8
+    )
     before = wrapper.synth_data_buffer.clone()
     with pytest.raises(ValueError, match=r'returned shape \(4, 16\).*generation_batch_size, seq_len\) = \(8, 16\)'):
         wrapper()
@@ -244,25 +271,30 @@ def test_paper_sets_the_author_values(model):
     assert wrapper.data_generator is generator
     assert (wrapper.batch_size, wrapper.generation_batch_size, wrapper.buffer_size) == (3, 6, 120)
     assert (wrapper.num_reset, wrapper.seed_length, wrapper.reset_turing_machine_every) == (100, 8, 1)
-    assert wrapper.step_options == dict(generation_batch_size=6, reset_first=True, distinct_seed_rows=True, shared_seed_offset=True)
+    assert wrapper.step_options == dict(
+        generation_batch_size=6, reset_first=True, distinct_seed_rows=True, shared_seed_offset=True
+    )
     buffer = wrapper.synth_data_buffer
     assert (buffer == buffer[:, :1]).all()
 
     wrapper()
     assert len(generator.calls) == 1 and generator.calls[0]['args'][2].shape == (6, 32)
-    assert len(generator.resets) == 1 and isinstance(generator.resets[0], torch.Generator), \
+    assert len(generator.resets) == 1 and isinstance(generator.resets[0], torch.Generator), (
         'a given generator is re-drawn after every step, from the stream (and kept as given when built)'
+    )
     seeded = PlusOne(max_seq_len=32)
     UniversalPretrainWrapper.paper(model, batch_size=3, seq_len=32, data_generator=seeded, rng_seed=5)
     assert len(seeded.resets) == 1, 'with rng_seed drawn from the stream when built'
 
-    overridden = UniversalPretrainWrapper.paper(model, batch_size=3, seq_len=32, data_generator=PlusOne(max_seq_len=32),
-                                                generation_batch_size=10, num_reset=4)
+    overridden = UniversalPretrainWrapper.paper(
+        model, batch_size=3, seq_len=32, data_generator=PlusOne(max_seq_len=32), generation_batch_size=10, num_reset=4
+    )
     assert (overridden.generation_batch_size, overridden.buffer_size, overridden.num_reset) == (10, 200, 4)
 
 
 def test_paper_builds_the_paper_generator():
     from up_fast import paper
+
     model = tiny_model(max_seq_len=64)
     wrapper = UniversalPretrainWrapper.paper(model, batch_size=2, seq_len=64, num_reset=10)
     generator = wrapper.data_generator
@@ -275,7 +307,9 @@ def test_paper_builds_the_paper_generator():
 @pytest.mark.parametrize('use_gru', [False, True], ids=['lstm', 'gru'])
 def test_hidden_size_different_from_dim_works(model, use_gru):
     generator = SyntheticDataGenerator(dim=32, num_tokens=256, max_seq_len=16, hidden_size=48, use_gru=use_gru)
-    wrapper = UniversalPretrainWrapper(model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=16, num_reset=2)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=16, num_reset=2
+    )
     wrapper().backward()
     assert wrapper.data_generator.to_logits.in_features == 48
 
@@ -290,7 +324,7 @@ def run_steps(steps, seed, **kwargs):
 def test_torch_manual_seed_makes_a_run_repeatable():
     random.seed(1)
     a, losses_a = run_steps(3, seed=0, reset_turing_machine_every=2)
-    random.seed(2)                   # Python's random must not matter (defect 4)
+    random.seed(2)  # Python's random must not matter (defect 4)
     b, losses_b = run_steps(3, seed=0, reset_turing_machine_every=2)
     assert losses_a == losses_b
     assert torch.equal(a.synth_data_buffer, b.synth_data_buffer)
@@ -305,9 +339,16 @@ def test_an_explicit_generator_makes_a_run_repeatable():
     for global_seed in (0, 1):
         torch.manual_seed(123)
         model = tiny_model()
-        torch.manual_seed(global_seed)     # the global RNG differs, the explicit generator decides
-        wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4,
-                                           reset_turing_machine_every=1, generator=torch.Generator().manual_seed(7))
+        torch.manual_seed(global_seed)  # the global RNG differs, the explicit generator decides
+        wrapper = UniversalPretrainWrapper(
+            model,
+            seq_len=16,
+            batch_size=4,
+            buffer_size=24,
+            num_reset=4,
+            reset_turing_machine_every=1,
+            generator=torch.Generator().manual_seed(7),
+        )
         wrapper.data_generator.load_state_dict(runs[0][1] if runs else wrapper.data_generator.state_dict())
         first_weights = {k: v.clone() for k, v in wrapper.data_generator.state_dict().items()}
         wrapper.data_step_()
@@ -319,7 +360,9 @@ def test_an_explicit_generator_makes_a_run_repeatable():
 
 
 def test_turing_machine_is_redrawn_every_n_steps(model):
-    wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=2)
+    wrapper = UniversalPretrainWrapper(
+        model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=2
+    )
     weight = lambda: wrapper.data_generator.net.weight_hh_l0.clone()
     w0 = weight()
     wrapper.data_step_()
@@ -341,13 +384,25 @@ def test_init_scales_to_logits_by_a_draw_from_torch():
 
 
 def test_data_step_never_reads_back_from_the_device(monkeypatch, model):
-    wrapper = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=1)
+    wrapper = UniversalPretrainWrapper(
+        model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=1
+    )
 
     def forbidden(*args, **kwargs):
         raise AssertionError('a training step read a tensor value back to the host')
 
-    author = UniversalPretrainWrapper(model, seq_len=16, batch_size=4, buffer_size=24, num_reset=4, reset_turing_machine_every=1,
-                                      reset_first=True, distinct_seed_rows=True, shared_seed_offset=True, generation_batch_size=8)
+    author = UniversalPretrainWrapper(
+        model,
+        seq_len=16,
+        batch_size=4,
+        buffer_size=24,
+        num_reset=4,
+        reset_turing_machine_every=1,
+        reset_first=True,
+        distinct_seed_rows=True,
+        shared_seed_offset=True,
+        generation_batch_size=8,
+    )
 
     # the sampler's formulation for devices: on the CPU it counts its candidates, which reads nothing from a device
     monkeypatch.setattr(sampling, 'LAZY_DEVICE_TYPES', frozenset())
@@ -367,7 +422,9 @@ class TwoLayerLSTM(nn.LSTM):
 def test_custom_network_klass_takes_the_generic_path(model):
     generator = SyntheticDataGenerator(dim=32, num_tokens=256, max_seq_len=16, network_klass=TwoLayerLSTM)
     assert not generator.uses_folded_path
-    wrapper = UniversalPretrainWrapper(model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=24, num_reset=4
+    )
     before = wrapper.synth_data_buffer.clone()
     wrapper().backward()
     assert (wrapper.synth_data_buffer != before).any(dim=-1).sum() >= 4
@@ -375,14 +432,16 @@ def test_custom_network_klass_takes_the_generic_path(model):
 
 def test_reference_generator_instance_works_as_data_generator(model):
     generator = reference.SyntheticDataGenerator(dim=32, num_tokens=256, max_seq_len=16)
-    wrapper = UniversalPretrainWrapper(model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=24, num_reset=4
+    )
     wrapper().backward()
 
 
 @pytest.mark.parametrize('keep_buffer_on_cpu', (False, True), ids=['buffer-registered', 'buffer-on-cpu'])
 def test_reference_test_up_scenario(keep_buffer_on_cpu):
     # x-transformers' own test_up, with up_fast imported instead
-    from x_transformers import TransformerWrapper, Decoder
+    from x_transformers import Decoder, TransformerWrapper
 
     model = TransformerWrapper(
         num_tokens=256,
@@ -401,7 +460,9 @@ def test_reference_test_up_scenario(keep_buffer_on_cpu):
 @pytest.mark.parametrize('use_gru', [False, True], ids=['lstm', 'gru'])
 def test_a_step_under_autocast_works_and_folds_in_fp32(model, use_gru):
     generator = SyntheticDataGenerator(dim=32, num_tokens=256, max_seq_len=16, use_gru=use_gru)
-    wrapper = UniversalPretrainWrapper(model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=24, num_reset=4)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=generator, seq_len=16, batch_size=4, buffer_size=24, num_reset=4
+    )
     with torch.autocast('cpu', dtype=torch.bfloat16):
         loss = wrapper()
     loss.backward()
@@ -452,15 +513,20 @@ def test_redraws_need_a_generator_with_reset(model):
 
 
 def test_rng_seed_with_a_foreign_generator_warns_and_says_what_to_do(model):
-    with pytest.warns(UserWarning, match=r'draws from torch.s global generators.*torch.manual_seed\(seed \+ rank\).*get_rng_state'):
+    with pytest.warns(
+        UserWarning, match=r'draws from torch.s global generators.*torch.manual_seed\(seed \+ rank\).*get_rng_state'
+    ):
         UniversalPretrainWrapper(model, data_generator=NoReset(), seq_len=16, rng_seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, rng_seed=0)      # up_fast's form: no warning
+        UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, rng_seed=0)  # up_fast's form: no warning
 
 
 def test_rng_seed_with_the_buffer_on_the_cpu_says_resume_is_not_exact(model):
-    with pytest.warns(UserWarning, match='keep_buffer_on_cpu=True keeps the buffer out of the state_dict.*save wrapper.synth_data_buffer'):
+    with pytest.warns(
+        UserWarning,
+        match='keep_buffer_on_cpu=True keeps the buffer out of the state_dict.*save wrapper.synth_data_buffer',
+    ):
         UniversalPretrainWrapper(model, seq_len=16, keep_buffer_on_cpu=True, rng_seed=0)
 
 
@@ -495,10 +561,14 @@ def test_ranks_draw_differently_without_rng_seed_and_repeat_from_the_manual_seed
     assert not torch.equal(rank0, other_seed)
 
 
-@pytest.mark.parametrize('make_generator', [
-    lambda: SyntheticDataGenerator(dim=16, num_tokens=256, max_seq_len=16, use_gru=True),
-    lambda: SyntheticDataGenerator(dim=16, num_tokens=256, max_seq_len=16, hidden_size=24),
-], ids=['gru', 'hidden-24'])
+@pytest.mark.parametrize(
+    'make_generator',
+    [
+        lambda: SyntheticDataGenerator(dim=16, num_tokens=256, max_seq_len=16, use_gru=True),
+        lambda: SyntheticDataGenerator(dim=16, num_tokens=256, max_seq_len=16, hidden_size=24),
+    ],
+    ids=['gru', 'hidden-24'],
+)
 def test_under_rng_seed_any_up_fast_generator_follows_the_rank_stream(monkeypatch, make_generator):
     def weights(rank, global_seed):
         torch.manual_seed(global_seed)
@@ -520,14 +590,34 @@ def test_a_generator_in_up_fast_form_draws_from_the_wrapper_stream(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA: torch.cuda.set_sync_debug_mode')
-@pytest.mark.parametrize('options', [{}, dict(reset_first=True, distinct_seed_rows=True, shared_seed_offset=True, generation_batch_size=8, constant_init=True)],
-                         ids=['reference', 'author'])
+@pytest.mark.parametrize(
+    'options',
+    [
+        {},
+        dict(
+            reset_first=True,
+            distinct_seed_rows=True,
+            shared_seed_offset=True,
+            generation_batch_size=8,
+            constant_init=True,
+        ),
+    ],
+    ids=['reference', 'author'],
+)
 @pytest.mark.parametrize('rng_seed', [None, 5], ids=['default-stream', 'rng_seed'])
 def test_data_step_never_syncs_on_cuda(options, rng_seed):
     torch.manual_seed(0)
-    wrapper = UniversalPretrainWrapper(tiny_model(), seq_len=16, batch_size=4, buffer_size=24, num_reset=4,
-                                       reset_turing_machine_every=1, rng_seed=rng_seed, **options).cuda()
-    wrapper.data_step_()                # the first step may set things up (lazy CUDA init, caches)
+    wrapper = UniversalPretrainWrapper(
+        tiny_model(),
+        seq_len=16,
+        batch_size=4,
+        buffer_size=24,
+        num_reset=4,
+        reset_turing_machine_every=1,
+        rng_seed=rng_seed,
+        **options,
+    ).cuda()
+    wrapper.data_step_()  # the first step may set things up (lazy CUDA init, caches)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
@@ -575,7 +665,9 @@ def test_a_failed_step_leaves_last_step_rows_and_advances_only_an_explicit_gener
 
     assert wrapper.last_step_rows is rows, 'last_step_rows still names the rows of the last step that happened'
     assert all(torch.equal(before[k], v) for k, v in wrapper.state_dict().items()) and wrapper.num_steps == 1
-    assert not torch.equal(stream.get_state(), stream_before), 'the explicit generator has drawn the failed step\'s rows (as documented)'
+    assert not torch.equal(stream.get_state(), stream_before), (
+        "the explicit generator has drawn the failed step's rows (as documented)"
+    )
     assert 'explicit' in UniversalPretrainWrapper.data_step_.__doc__
 
 
@@ -597,8 +689,9 @@ def test_reset_rows_that_survive_a_wrap_are_an_even_mix_of_noise_kinds(model):
     # 24 rows, 4 conditions, 24 resets: the last 4 reset rows are condition rows, overwritten by the
     # generated rows, so 20 reset rows survive each step. Half the noise is uniform, half constant:
     # the survivors must be half and half too, not the uniform half first
-    wrapper = UniversalPretrainWrapper(model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=24,
-                                       num_reset=24, rng_seed=0)
+    wrapper = UniversalPretrainWrapper(
+        model, data_generator=PlusOne(), seq_len=16, batch_size=4, buffer_size=24, num_reset=24, rng_seed=0
+    )
     constant = survivors = 0
     for _ in range(200):
         wrapper.data_step_()

@@ -35,13 +35,17 @@ def gate_configurations():
     module = importlib.import_module(KERNEL_MODULE)
     if not hasattr(module, 'aot_configurations'):
         return [], f'{KERNEL_MODULE} has no aot_configurations() yet'
-    return [(arch, cfg.name) for arch in aot_compile.GATE_ARCHS
-            for cfg in aot_compile.configurations(KERNEL_MODULE, arch)], None
+    return [
+        (arch, cfg.name) for arch in aot_compile.GATE_ARCHS for cfg in aot_compile.configurations(KERNEL_MODULE, arch)
+    ], None
 
 
 CONFIGS, NO_CONFIGS = gate_configurations()
-CASES = [pytest.param(version, arch, name, id=f'triton-{version}-sm{arch}-{name}')
-         for version in TRITONS for arch, name in CONFIGS]
+CASES = [
+    pytest.param(version, arch, name, id=f'triton-{version}-sm{arch}-{name}')
+    for version in TRITONS
+    for arch, name in CONFIGS
+]
 
 
 _compiled: dict = {}
@@ -54,7 +58,7 @@ def compiled(version: str, module: str = KERNEL_MODULE, side_option: bool = Fals
     if key not in _compiled:
         try:
             _compiled[key] = compile_now(version, module, side_option)
-        except BaseException as e:          # pytest's Skipped is a BaseException
+        except BaseException as e:  # pytest's Skipped is a BaseException
             _compiled[key] = e
     if isinstance(_compiled[key], BaseException):
         raise _compiled[key]
@@ -92,7 +96,7 @@ def test_configuration_compiles_without_spills_within_shared_memory(version, arc
 def spill_canary(x_ptr, y_ptr, ROWS: tl.constexpr, COLS: tl.constexpr):
     rows = tl.arange(0, ROWS)
     cols = tl.arange(0, COLS)
-    x = tl.load(x_ptr + rows[:, None] * COLS + cols[None, :])      # (ROWS, COLS), all live across both reductions
+    x = tl.load(x_ptr + rows[:, None] * COLS + cols[None, :])  # (ROWS, COLS), all live across both reductions
     y = x * tl.max(x, axis=0)[None, :] + tl.sum(x, axis=1)[:, None]
     tl.store(y_ptr + rows[:, None] * COLS + cols[None, :], y)
 
@@ -102,8 +106,8 @@ def dot_canary(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, K: tl.cons
     m = tl.arange(0, M)
     n = tl.arange(0, N)
     k = tl.arange(0, K)
-    a = tl.load(a_ptr + m[:, None] * K + k[None, :])                # (M, K) staged in shared memory
-    b = tl.load(b_ptr + k[:, None] * N + n[None, :])                # (K, N)
+    a = tl.load(a_ptr + m[:, None] * K + k[None, :])  # (M, K) staged in shared memory
+    b = tl.load(b_ptr + k[:, None] * N + n[None, :])  # (K, N)
     tl.store(c_ptr + m[:, None] * N + n[None, :], tl.dot(a, b))
 
 
@@ -142,9 +146,20 @@ def test_gate_catches_spills_shared_memory_and_compile_errors():
 
 def test_shared_memory_limits_and_problems():
     assert aot_compile.SHARED_MEMORY_LIMITS == {90: 232448, 80: 166912}
-    ok = CompileResult(name='x', arch=80, triton_version='t', compiled=True, registers=100, spill_stores=0,
-                       spill_loads=0, stack_bytes=0, local_bytes=0, dynamic_shared=166912 - 1024,
-                       static_shared=1024, shared_limit=166912)
+    ok = CompileResult(
+        name='x',
+        arch=80,
+        triton_version='t',
+        compiled=True,
+        registers=100,
+        spill_stores=0,
+        spill_loads=0,
+        stack_bytes=0,
+        local_bytes=0,
+        dynamic_shared=166912 - 1024,
+        static_shared=1024,
+        shared_limit=166912,
+    )
     assert ok.problems() == []
     over = CompileResult(**{**ok.to_json(), 'static_shared': 1025})
     assert over.problems() == ['shared memory 166913 B > sm_80 limit 166912 B']
@@ -154,7 +169,7 @@ def test_shared_memory_limits_and_problems():
 
 
 def test_config_must_name_every_argument_once():
-    fn = triton.runtime.jit.JITFunction(spill_canary.fn)     # a compilable kernel even under TRITON_INTERPRET
+    fn = triton.runtime.jit.JITFunction(spill_canary.fn)  # a compilable kernel even under TRITON_INTERPRET
     spill = dict(x_ptr='*fp32', y_ptr='*fp32')
     aot_compile.check_config(AotConfig('c', fn, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
     with pytest.raises(ValueError, match=r"missing: \['COLS'\]"):
@@ -165,7 +180,7 @@ def test_config_must_name_every_argument_once():
         aot_compile.check_config(AotConfig('c', fn, {**spill, 'ROWS': 'i32'}, dict(COLS=16), 1, 1, 1))
     with pytest.raises(ValueError, match='not tl.constexpr'):
         aot_compile.check_config(AotConfig('c', fn, dict(x_ptr='*fp32'), dict(y_ptr=0, ROWS=16, COLS=16), 1, 1, 1))
-    if not hasattr(spill_canary, 'params'):     # the interpreter's wrapper cannot be compiled: say so
+    if not hasattr(spill_canary, 'params'):  # the interpreter's wrapper cannot be compiled: say so
         with pytest.raises(TypeError, match='TRITON_INTERPRET'):
             aot_compile.check_config(AotConfig('c', spill_canary, spill, dict(ROWS=16, COLS=16), 1, 1, 1))
 
@@ -187,23 +202,28 @@ def jit_specialization(kernel, args):
     """{argument: (type, key)} as Triton's JIT specialises a launch of `kernel` with positional `args`."""
     from triton.backends.compiler import BaseBackend
     from triton.runtime.jit import native_specialize_impl
+
     not_specialized = kernel.kwargs['do_not_specialize'] if hasattr(kernel, 'kwargs') else kernel.do_not_specialize
-    return {name: native_specialize_impl(BaseBackend, value, False, name not in not_specialized, True)
-            for name, value in zip(kernel.arg_names, args)}
+    return {
+        name: native_specialize_impl(BaseBackend, value, False, name not in not_specialized, True)
+        for name, value in zip(kernel.arg_names, args)
+    }
 
 
 @pytest.mark.parametrize('cell, injected', [('lstm', False), ('gru', True)], ids=['lstm-philox', 'gru-injected'])
 def test_gate_specialises_as_the_launcher_does(monkeypatch, cell, injected):
     pytest.importorskip('triton.runtime.jit').__dict__.get('native_specialize_impl') or pytest.skip(
-        "this Triton's JIT has no native_specialize_impl to compare with")
+        "this Triton's JIT has no native_specialize_impl to compare with"
+    )
     import torch
     from test_kernel_recurrent_sample import make_folded
 
     from up_fast.kernels import aot
     from up_fast.kernels import recurrent_sample as rs
+
     batch, hidden, num_tokens = aot.AOT_SHAPES['example']
     plan = rs.plan_launch(batch, hidden, num_tokens, aot.TARGET_SMS[90])
-    folded = make_folded(cell, num_tokens, hidden, seed=3, bias_out=True)       # as the configurations
+    folded = make_folded(cell, num_tokens, hidden, seed=3, bias_out=True)  # as the configurations
     prefix = torch.randint(0, num_tokens, (batch, 5))
     noise = torch.rand(batch, 7, num_tokens) if injected else None
     configs = {c.name: c for c in aot.aot_configurations(90)}
@@ -212,7 +232,7 @@ def test_gate_specialises_as_the_launcher_does(monkeypatch, cell, injected):
     for attr, mode in (('recurrent_sample_kernel', 'persistent'), ('recurrent_phase_kernel', 'phases')):
         recorder = RecordingKernel(getattr(rs, attr))
         monkeypatch.setattr(rs, attr, recorder)
-        rs.fused_recurrent_sample(folded, prefix, 7, 1., uniform_noise=noise, plan=plan, mode=mode, check=False)
+        rs.fused_recurrent_sample(folded, prefix, 7, 1.0, uniform_noise=noise, plan=plan, mode=mode, check=False)
         for args, kwargs in recorder.launches[:3]:
             name = f'persistent-{stem}' if mode == 'persistent' else f'phase{kwargs["PHASE"]}-{stem}'
             cfg = configs[name]
@@ -223,7 +243,8 @@ def test_gate_specialises_as_the_launcher_does(monkeypatch, cell, injected):
             assert ones == set(cfg.equal_to_1), name
             assert aligned == set(cfg.divisible_by_16), name
             assert {a: kind for a, (kind, _) in seen.items() if a not in ones} == {
-                a: kind for a, kind in cfg.signature.items() if a not in ones}, name
+                a: kind for a, kind in cfg.signature.items() if a not in ones
+            }, name
             assert {a: kwargs[a] for a in cfg.constexprs} == cfg.constexprs, name
 
 
@@ -233,18 +254,39 @@ def test_compile_report_table():
     compile_report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compile_report)
 
-    base = dict(triton_version='3.6.0', compiled=True, registers=120, spill_stores=0, spill_loads=0, stack_bytes=0,
-                local_bytes=0, dynamic_shared=10240, static_shared=1024, num_warps=4, num_stages=2, programs=132,
-                floor=dict(barriers_per_step=2, bytes_per_program_per_phase=dict(gates=12288, logits=2048)))
+    base = dict(
+        triton_version='3.6.0',
+        compiled=True,
+        registers=120,
+        spill_stores=0,
+        spill_loads=0,
+        stack_bytes=0,
+        local_bytes=0,
+        dynamic_shared=10240,
+        static_shared=1024,
+        num_warps=4,
+        num_stages=2,
+        programs=132,
+        floor=dict(barriers_per_step=2, bytes_per_program_per_phase=dict(gates=12288, logits=2048)),
+    )
     results = [
         CompileResult(name='lstm-fp32-sample-example', arch=90, shared_limit=232448, **base),
-        CompileResult(name='lstm-fp32-sample-example', arch=80, shared_limit=166912, **{**base, 'spill_stores': 8, 'spill_loads': 8}),
-        CompileResult(name='gru-bf16-greedy-example', arch=80, shared_limit=166912, **{**base, 'dynamic_shared': 200000}),
+        CompileResult(
+            name='lstm-fp32-sample-example',
+            arch=80,
+            shared_limit=166912,
+            **{**base, 'spill_stores': 8, 'spill_loads': 8},
+        ),
+        CompileResult(
+            name='gru-bf16-greedy-example', arch=80, shared_limit=166912, **{**base, 'dynamic_shared': 200000}
+        ),
         CompileResult(name='broken', arch=90, triton_version='3.6.0', compiled=False, error='CompilationError: boom'),
     ]
     text = compile_report.report(results)
     lines = text.splitlines()
-    row = lambda name, arch: next(l for l in lines if l.startswith(name) and f'sm_{arch}' in l and 'KiB' not in l)
+    row = lambda name, arch: next(
+        line for line in lines if line.startswith(name) and f'sm_{arch}' in line and 'KiB' not in line
+    )
     assert row('lstm-fp32-sample-example', 90).split()[-1] == 'ok'
     assert '8/8' in row('lstm-fp32-sample-example', 80) and 'register spills' in row('lstm-fp32-sample-example', 80)
     assert 'shared > limit' in row('gru-bf16-greedy-example', 80)
@@ -253,11 +295,22 @@ def test_compile_report_table():
     assert 'broken sm_90: CompilationError: boom' in text
     assert '3 fail the gate' in text
 
-    latency = dict(base, floor=dict(barriers_per_sampling_step=2, l2_round_trips_per_sampling_step=9,
-                                    mma_chain_per_k_loop=96, floor_us_per_sampling_step=4.6, weights='streamed'))
-    text = compile_report.report([
-        CompileResult(name='persistent-a', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 2}, **latency),
-        CompileResult(name='persistent-b', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 12}, **latency)])
+    latency = dict(
+        base,
+        floor=dict(
+            barriers_per_sampling_step=2,
+            l2_round_trips_per_sampling_step=9,
+            mma_chain_per_k_loop=96,
+            floor_us_per_sampling_step=4.6,
+            weights='streamed',
+        ),
+    )
+    text = compile_report.report(
+        [
+            CompileResult(name='persistent-a', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 2}, **latency),
+            CompileResult(name='persistent-b', arch=90, shared_limit=232448, sass={'CCTL.IVALL': 12}, **latency),
+        ]
+    )
     rows = text.split('latency model')[1].splitlines()
     assert next(r for r in rows if r.startswith('persistent-a')).split()[-1] == 'ok'
     assert '12 CCTL != 2 barrier sites' in next(r for r in rows if r.startswith('persistent-b'))
@@ -266,15 +319,18 @@ def test_compile_report_table():
 
 def test_residency_probe_counts_the_step_loop_loads():
     from benchmarks.residency_probe import loop_loads
-    sass = '\n'.join([
-        '        /*0010*/                   LDG.E.128 R20, desc[UR6][R16.64] ;',
-        '        /*0020*/                   LDG.E.128 R12, desc[UR6][R16.64+0x10] ;',
-        '        /*0030*/                   LDG.E.128.STRONG.GPU R12, desc[UR6][R10.64] ;',
-        '        /*0040*/               @P1 LDG.E.128 R8, desc[UR6][R4.64] ;',
-        '        /*0050*/                   HMMA.1688.F32.TF32 R0, R4, R8, R0 ;',
-        '        /*0060*/               @P0 BRA 0x30 ;',
-        '        /*0070*/                   EXIT ;',
-        '        /*0080*/                   BRA 0x80;',
-    ])
+
+    sass = '\n'.join(
+        [
+            '        /*0010*/                   LDG.E.128 R20, desc[UR6][R16.64] ;',
+            '        /*0020*/                   LDG.E.128 R12, desc[UR6][R16.64+0x10] ;',
+            '        /*0030*/                   LDG.E.128.STRONG.GPU R12, desc[UR6][R10.64] ;',
+            '        /*0040*/               @P1 LDG.E.128 R8, desc[UR6][R4.64] ;',
+            '        /*0050*/                   HMMA.1688.F32.TF32 R0, R4, R8, R0 ;',
+            '        /*0060*/               @P0 BRA 0x30 ;',
+            '        /*0070*/                   EXIT ;',
+            '        /*0080*/                   BRA 0x80;',
+        ]
+    )
     # two loads before the loop; in it one '.cg' load of h and one plain load (a weight re-read)
     assert loop_loads(sass) == (2, 1, 1)

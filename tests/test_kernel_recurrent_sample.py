@@ -37,10 +37,14 @@ from up_fast.sampling import FoldedRecurrentNet, gumbel  # noqa: E402
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 if DEVICE.type == 'cpu' and not rs.INTERPRETED:
-    pytest.skip('no GPU, and triton was imported before TRITON_INTERPRET=1 was set (set it in conftest.py)',
-                allow_module_level=True)
+    pytest.skip(
+        'no GPU, and triton was imported before TRITON_INTERPRET=1 was set (set it in conftest.py)',
+        allow_module_level=True,
+    )
 
-cuda_only = pytest.mark.skipif(DEVICE.type != 'cuda', reason='large shapes, P > 1 persistent and CUDA graphs need a GPU')
+cuda_only = pytest.mark.skipif(
+    DEVICE.type != 'cuda', reason='large shapes, P > 1 persistent and CUDA graphs need a GPU'
+)
 
 # State tolerance. fp32 eps is 1.2e-7; the references' matmuls and the kernel's sum the `hidden`
 # products of each pre-activation in different orders (and tanh is 2 sigmoid(2x) - 1 here), an
@@ -53,7 +57,7 @@ NEAR_TIE = 1e-4
 
 def state_tol(hidden):
     # rounding errors grow like sqrt(hidden): scaled for the large shapes of the GPU tests
-    return STATE_TOL * max(1., math.sqrt(hidden / 64))
+    return STATE_TOL * max(1.0, math.sqrt(hidden / 64))
 
 
 # helpers
@@ -67,7 +71,7 @@ class Net:
     folded: FoldedRecurrentNet
 
 
-def make_net(cell, num_tokens, hidden, *, dim=24, bias_out=False, seed=0, weight_scale=2.):
+def make_net(cell, num_tokens, hidden, *, dim=24, bias_out=False, seed=0, weight_scale=2.0):
     """embed -> LSTM/GRU -> Linear with fresh random weights (CPU, fp32), and its folded form.
 
     Recurrent weights are drawn wider than PyTorch's default (weight_scale / sqrt(hidden)) so that
@@ -82,7 +86,7 @@ def make_net(cell, num_tokens, hidden, *, dim=24, bias_out=False, seed=0, weight
         bound = weight_scale / math.sqrt(hidden)
         for p in net.parameters():
             p.uniform_(-bound, bound, generator=g)
-        to_logits.weight.uniform_(-2. / math.sqrt(hidden), 2. / math.sqrt(hidden), generator=g)
+        to_logits.weight.uniform_(-2.0 / math.sqrt(hidden), 2.0 / math.sqrt(hidden), generator=g)
         if bias_out:
             to_logits.bias.normal_(generator=g)
     return Net(embed, net, to_logits, FoldedRecurrentNet.fold(embed, net, to_logits))
@@ -96,8 +100,11 @@ def to_device(folded, device=DEVICE, dtype=None):
     move = lambda t: None if t is None else t.to(device=device, dtype=dtype or t.dtype)
     return dataclasses.replace(
         folded,
-        input_table=move(folded.input_table), weight_hh=move(folded.weight_hh), bias_hn=move(folded.bias_hn),
-        weight_out=move(folded.weight_out), bias_out=move(folded.bias_out),
+        input_table=move(folded.input_table),
+        weight_hh=move(folded.weight_hh),
+        bias_hn=move(folded.bias_hn),
+        weight_out=move(folded.weight_out),
+        bias_out=move(folded.bias_out),
     )
 
 
@@ -116,35 +123,57 @@ def assert_matches_twin(folded_cpu, prefix, length, temperature, uniform_noise, 
     noise = uniform_noise.cpu() if uniform_noise is not None else None
     ref_tokens, ref_state = folded_cpu.sample(prefix, length, temperature, uniform_noise=noise)
 
-    agree = (tokens == ref_tokens).all(dim=1)                       # (batch,)
+    agree = (tokens == ref_tokens).all(dim=1)  # (batch,)
     for row in torch.nonzero(~agree).flatten().tolist():
         t = int(torch.nonzero(tokens[row] != ref_tokens[row])[0])
         logits = twin_logits_after(folded_cpu, torch.cat([prefix[row], tokens[row, :t]]))
         scores = logits if temperature == 0 else logits + temperature * gumbel(noise[row, t].float())
         ours, theirs = scores[tokens[row, t]], scores[ref_tokens[row, t]]
         gap = (theirs - ours).item()
-        assert 0 <= gap <= NEAR_TIE * max(1., theirs.abs().item()), (
+        assert 0 <= gap <= NEAR_TIE * max(1.0, theirs.abs().item()), (
             f'row {row} step {t}: kernel drew {tokens[row, t].item()}, twin {ref_tokens[row, t].item()}, '
-            f'score gap {gap:.3g} is no near-tie')
-    assert agree.float().mean() >= 0.9, f'{int((~agree).sum())} of {agree.numel()} rows diverged: near-ties are not that common'
+            f'score gap {gap:.3g} is no near-tie'
+        )
+    assert agree.float().mean() >= 0.9, (
+        f'{int((~agree).sum())} of {agree.numel()} rows diverged: near-ties are not that common'
+    )
 
     hidden = folded_cpu.hidden_size
     assert len(state) == len(ref_state)
     for name, ours, theirs in zip(('h', 'c'), state, ref_state):
         assert ours.shape == theirs.shape and ours.dtype == torch.float32
-        torch.testing.assert_close(ours.cpu()[agree], theirs[agree], rtol=state_tol(hidden), atol=state_tol(hidden),
-                                   msg=lambda m: f'final {name}: {m}')
+        torch.testing.assert_close(
+            ours.cpu()[agree],
+            theirs[agree],
+            rtol=state_tol(hidden),
+            atol=state_tol(hidden),
+            msg=lambda m, name=name: f'final {name}: {m}',
+        )
 
 
 def assert_matches_oracle(net, prefix, length, temperature, noise, tokens, state):
     """Tokens identical to the plain oracle's, h and c within state_tol."""
-    ref_tokens, ref_state = naive_recurrent_sample(net.embed, net.net, net.to_logits, prefix.cpu().long(), length,
-                                                   temperature, noise.cpu() if noise is not None else None)
-    assert torch.equal(tokens.cpu().long(), ref_tokens), f'tokens differ from the oracle at {torch.nonzero(tokens.cpu() != ref_tokens)[:5].tolist()}'
+    ref_tokens, ref_state = naive_recurrent_sample(
+        net.embed,
+        net.net,
+        net.to_logits,
+        prefix.cpu().long(),
+        length,
+        temperature,
+        noise.cpu() if noise is not None else None,
+    )
+    assert torch.equal(tokens.cpu().long(), ref_tokens), (
+        f'tokens differ from the oracle at {torch.nonzero(tokens.cpu() != ref_tokens)[:5].tolist()}'
+    )
     hidden = net.folded.hidden_size
     for name, ours, theirs in zip(('h', 'c'), state, ref_state):
-        torch.testing.assert_close(ours.cpu(), theirs, rtol=state_tol(hidden), atol=state_tol(hidden),
-                                   msg=lambda m: f'final {name} against the oracle: {m}')
+        torch.testing.assert_close(
+            ours.cpu(),
+            theirs,
+            rtol=state_tol(hidden),
+            atol=state_tol(hidden),
+            msg=lambda m, name=name: f'final {name} against the oracle: {m}',
+        )
 
 
 def poisoned_out(batch, length, dtype=torch.int64):
@@ -153,8 +182,19 @@ def poisoned_out(batch, length, dtype=torch.int64):
 
 # a plan with every loop taken more than once: 2 groups, 3 unit tiles a program, 2 vocabulary
 # tiles a slice, 2 K tiles, a ragged last slice
-TILED_PLAN = LaunchPlan(block_b=16, groups=2, programs=2, block_u=4, unit_tiles=3, block_v=16, vocab_tiles=2,
-                        num_slices=2, block_k=16, block_p=2, num_warps=4)
+TILED_PLAN = LaunchPlan(
+    block_b=16,
+    groups=2,
+    programs=2,
+    block_u=4,
+    unit_tiles=3,
+    block_v=16,
+    vocab_tiles=2,
+    num_slices=2,
+    block_k=16,
+    block_p=2,
+    num_warps=4,
+)
 
 
 # the modes the interpreter can run: keyword arguments of fused_recurrent_sample
@@ -170,13 +210,16 @@ TILED = {'phases_tiled': dict(mode='phases', plan=TILED_PLAN)}
 
 # (id, kwargs): batch, prefix_len, length, num_tokens, hidden, temperature, bias_out
 PARITY_CASES = [
-    ('ragged_vocab37_hidden40', dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=1.)),
-    ('bias_out', dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=1., bias_out=True)),
-    ('batch1', dict(batch=1, prefix_len=4, length=7, num_tokens=37, hidden=40, temperature=1.)),
-    ('greedy_t0', dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=0.)),
-    ('reference_default_t1e-4', dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=1e-4, bias_out=True)),
-    ('prefix1_length1', dict(batch=3, prefix_len=1, length=1, num_tokens=37, hidden=40, temperature=1.)),
-    ('hot_t3_two_groups', dict(batch=20, prefix_len=2, length=4, num_tokens=20, hidden=24, temperature=3.)),
+    ('ragged_vocab37_hidden40', dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=1.0)),
+    ('bias_out', dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=1.0, bias_out=True)),
+    ('batch1', dict(batch=1, prefix_len=4, length=7, num_tokens=37, hidden=40, temperature=1.0)),
+    ('greedy_t0', dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=0.0)),
+    (
+        'reference_default_t1e-4',
+        dict(batch=5, prefix_len=3, length=6, num_tokens=37, hidden=40, temperature=1e-4, bias_out=True),
+    ),
+    ('prefix1_length1', dict(batch=3, prefix_len=1, length=1, num_tokens=37, hidden=40, temperature=1.0)),
+    ('hot_t3_two_groups', dict(batch=20, prefix_len=2, length=4, num_tokens=20, hidden=24, temperature=3.0)),
 ]
 
 
@@ -187,14 +230,24 @@ def test_matches_oracle_on_injected_noise(mode, cell, case):
     batch, prefix_len, length = case['batch'], case['prefix_len'], case['length']
     num_tokens, hidden, temperature = case['num_tokens'], case['hidden'], case['temperature']
 
-    net = make_net(cell, num_tokens, hidden, bias_out=case.get('bias_out', False), seed=len(cell) * 1000 + 31 * batch + hidden)
+    net = make_net(
+        cell, num_tokens, hidden, bias_out=case.get('bias_out', False), seed=len(cell) * 1000 + 31 * batch + hidden
+    )
     g = torch.Generator().manual_seed(1)
     prefix = torch.randint(0, num_tokens, (batch, prefix_len), generator=g)
     noise = torch.rand((batch, length, num_tokens), generator=g)
 
     out = poisoned_out(batch, length)
-    tokens, state = fused_recurrent_sample(to_device(net.folded), prefix.to(DEVICE), length, temperature,
-                                           uniform_noise=noise.to(DEVICE), out=out, check=True, **MODES[mode])
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded),
+        prefix.to(DEVICE),
+        length,
+        temperature,
+        uniform_noise=noise.to(DEVICE),
+        out=out,
+        check=True,
+        **MODES[mode],
+    )
     assert tokens is out and tokens.dtype == torch.int64
     assert len(state) == (2 if cell == 'lstm' else 1) and all(s.shape == (batch, hidden) for s in state)
     assert_matches_oracle(net, prefix, length, temperature, noise, tokens, state)
@@ -202,19 +255,37 @@ def test_matches_oracle_on_injected_noise(mode, cell, case):
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
-@pytest.mark.parametrize('mode, plan', [
-    ('phases', TILED_PLAN),
-    ('persistent', dataclasses.replace(TILED_PLAN, programs=1, unit_tiles=6, vocab_tiles=3, num_slices=1, block_p=2)),
-    ('phases', dataclasses.replace(TILED_PLAN, programs=3, unit_tiles=2, vocab_tiles=1, num_slices=3, block_p=2)),   # 2 reduction chunks
-], ids=['phases_P2_tiled', 'single_tiled', 'phases_P3_slice_per_program'])
+@pytest.mark.parametrize(
+    'mode, plan',
+    [
+        ('phases', TILED_PLAN),
+        (
+            'persistent',
+            dataclasses.replace(TILED_PLAN, programs=1, unit_tiles=6, vocab_tiles=3, num_slices=1, block_p=2),
+        ),
+        (
+            'phases',
+            dataclasses.replace(TILED_PLAN, programs=3, unit_tiles=2, vocab_tiles=1, num_slices=3, block_p=2),
+        ),  # 2 reduction chunks
+    ],
+    ids=['phases_P2_tiled', 'single_tiled', 'phases_P3_slice_per_program'],
+)
 def test_tiled_plans_match_oracle(cell, mode, plan):
     net = make_net(cell, 41, 24, bias_out=True, seed=17)
     g = torch.Generator().manual_seed(3)
     prefix = torch.randint(0, 41, (19, 2), generator=g)
     noise = torch.rand((19, 4, 41), generator=g)
-    tokens, state = fused_recurrent_sample(to_device(net.folded), prefix.to(DEVICE), 4, 1., uniform_noise=noise.to(DEVICE),
-                                           mode=mode, plan=plan, check=True)
-    assert_matches_oracle(net, prefix, 4, 1., noise, tokens, state)
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded),
+        prefix.to(DEVICE),
+        4,
+        1.0,
+        uniform_noise=noise.to(DEVICE),
+        mode=mode,
+        plan=plan,
+        check=True,
+    )
+    assert_matches_oracle(net, prefix, 4, 1.0, noise, tokens, state)
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
@@ -231,10 +302,17 @@ def test_bf16_weights_match_the_oracle_on_the_rounded_weights(cell):
     g = torch.Generator().manual_seed(2)
     prefix = torch.randint(0, 37, (4, 3), generator=g)
     noise = torch.rand((4, 5, 37), generator=g)
-    tokens, state = fused_recurrent_sample(to_device(folded, dtype=torch.bfloat16), prefix.to(DEVICE), 5, 1.,
-                                           uniform_noise=noise.to(DEVICE), mode='phases', programs=2)
+    tokens, state = fused_recurrent_sample(
+        to_device(folded, dtype=torch.bfloat16),
+        prefix.to(DEVICE),
+        5,
+        1.0,
+        uniform_noise=noise.to(DEVICE),
+        mode='phases',
+        programs=2,
+    )
     # the fold rounds again when stored as bf16: hold the kernel to the folded path on those weights
-    assert_matches_twin(rounded.folded, prefix, 5, 1., noise, tokens, state)
+    assert_matches_twin(rounded.folded, prefix, 5, 1.0, noise, tokens, state)
 
 
 @pytest.mark.parametrize('precision', ['ieee', 'tf32x3'])
@@ -244,9 +322,17 @@ def test_precisions_agree(precision):
     g = torch.Generator().manual_seed(4)
     prefix = torch.randint(0, 37, (3, 2), generator=g)
     noise = torch.rand((3, 4, 37), generator=g)
-    tokens, state = fused_recurrent_sample(to_device(net.folded), prefix.to(DEVICE), 4, 1., uniform_noise=noise.to(DEVICE),
-                                           precision=precision, mode='persistent', programs=1)
-    assert_matches_oracle(net, prefix, 4, 1., noise, tokens, state)
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded),
+        prefix.to(DEVICE),
+        4,
+        1.0,
+        uniform_noise=noise.to(DEVICE),
+        precision=precision,
+        mode='persistent',
+        programs=1,
+    )
+    assert_matches_oracle(net, prefix, 4, 1.0, noise, tokens, state)
 
 
 def test_narrow_dtypes_and_strided_views():
@@ -256,15 +342,25 @@ def test_narrow_dtypes_and_strided_views():
     net = make_net('lstm', num_tokens, 40, seed=7)
     g = torch.Generator().manual_seed(3)
     prefix = torch.randint(0, num_tokens, (batch, 3), generator=g)
-    noise = torch.rand((batch, num_tokens, length), generator=g, dtype=torch.float64).transpose(1, 2)   # (batch, length, num_tokens)
+    noise = torch.rand((batch, num_tokens, length), generator=g, dtype=torch.float64).transpose(
+        1, 2
+    )  # (batch, length, num_tokens)
     buffer = torch.full((batch, 3 + length + 2), -1, dtype=torch.int16, device=DEVICE)
-    out = buffer[:, 3:3 + length]
+    out = buffer[:, 3 : 3 + length]
 
-    tokens, state = fused_recurrent_sample(to_device(net.folded), prefix.to(DEVICE, torch.uint8), length, 1.,
-                                           uniform_noise=noise.to(DEVICE), out=out, mode='phases', programs=2)
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded),
+        prefix.to(DEVICE, torch.uint8),
+        length,
+        1.0,
+        uniform_noise=noise.to(DEVICE),
+        out=out,
+        mode='phases',
+        programs=2,
+    )
     assert tokens.data_ptr() == out.data_ptr()
-    assert (buffer[:, :3] == -1).all() and (buffer[:, 3 + length:] == -1).all(), 'wrote outside the out view'
-    assert_matches_oracle(net, prefix, length, 1., noise, tokens, state)
+    assert (buffer[:, :3] == -1).all() and (buffer[:, 3 + length :] == -1).all(), 'wrote outside the out view'
+    assert_matches_oracle(net, prefix, length, 1.0, noise, tokens, state)
 
 
 def test_state_scratch_is_fully_rewritten():
@@ -274,10 +370,18 @@ def test_state_scratch_is_fully_rewritten():
     prefix = torch.randint(0, 37, (5, 2), generator=g)
     noise = torch.rand((5, 4, 37), generator=g)
     scratch = torch.full((2, 2, 5, 40), float('nan'), device=DEVICE)
-    tokens, state = fused_recurrent_sample(to_device(net.folded), prefix.to(DEVICE), 4, 1., uniform_noise=noise.to(DEVICE),
-                                           state_scratch=scratch, mode='phases', programs=2)
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded),
+        prefix.to(DEVICE),
+        4,
+        1.0,
+        uniform_noise=noise.to(DEVICE),
+        state_scratch=scratch,
+        mode='phases',
+        programs=2,
+    )
     assert all(s.isfinite().all() for s in state)
-    assert_matches_oracle(net, prefix, 4, 1., noise, tokens, state)
+    assert_matches_oracle(net, prefix, 4, 1.0, noise, tokens, state)
 
 
 # the band sampler
@@ -302,12 +406,21 @@ def test_band_reads_only_candidates():
             far = logits < logits.max() - temperature * (g_hi - g_lo) - 1e-3
             poisoned[row, t, far] = float('nan')
     assert poisoned.isnan().float().mean() > 0.5, 'the band should exclude most tokens at T = 1e-4'
-    tokens, _ = fused_recurrent_sample(to_device(net.folded), prefix.to(DEVICE), length, temperature,
-                                       uniform_noise=poisoned.to(DEVICE), mode='persistent', programs=1)
+    tokens, _ = fused_recurrent_sample(
+        to_device(net.folded),
+        prefix.to(DEVICE),
+        length,
+        temperature,
+        uniform_noise=poisoned.to(DEVICE),
+        mode='persistent',
+        programs=1,
+    )
     assert torch.equal(tokens.cpu(), ref_tokens)
 
 
-@pytest.mark.filterwarnings('ignore:divide by zero encountered in log')     # the interpreter's numpy log(0): G = -inf, meant
+@pytest.mark.filterwarnings(
+    'ignore:divide by zero encountered in log'
+)  # the interpreter's numpy log(0): G = -inf, meant
 @pytest.mark.parametrize('mode', list(MODES))
 def test_band_falls_back_when_the_best_logit_draws_zero(mode):
     """u == 0 gives G = -inf: the token with the best logit cannot win, and the band (built on it)
@@ -319,11 +432,14 @@ def test_band_falls_back_when_the_best_logit_draws_zero(mode):
     noise = torch.rand((batch, length, 37), generator=g)
     ref_tokens, _ = naive_recurrent_sample(net.embed, net.net, net.to_logits, prefix, length, temperature, noise)
     # zero the winner's uniform at step 2 of every row, then recompute the oracle
-    noise[torch.arange(batch), 2, ref_tokens[:, 2]] = 0.
-    net_tokens, net_state = naive_recurrent_sample(net.embed, net.net, net.to_logits, prefix, length, temperature, noise)
+    noise[torch.arange(batch), 2, ref_tokens[:, 2]] = 0.0
+    net_tokens, net_state = naive_recurrent_sample(
+        net.embed, net.net, net.to_logits, prefix, length, temperature, noise
+    )
     assert (net_tokens[:, 2] != ref_tokens[:, 2]).all()
-    tokens, state = fused_recurrent_sample(to_device(net.folded), prefix.to(DEVICE), length, temperature,
-                                           uniform_noise=noise.to(DEVICE), **MODES[mode])
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded), prefix.to(DEVICE), length, temperature, uniform_noise=noise.to(DEVICE), **MODES[mode]
+    )
     assert_matches_oracle(net, prefix, length, temperature, noise, tokens, state)
 
 
@@ -336,19 +452,21 @@ def test_philox_band_is_full_gumbel_max_from_the_same_counters(mode):
     seed, offset = torch.tensor([77], device=DEVICE), torch.tensor([5], device=DEVICE)
     uniforms = rs.philox_uniforms(seed, offset, 5, 6, 41)
     assert uniforms.min() >= 0 and uniforms.max() < 1 and uniforms.unique().numel() > 1000
-    for temperature in (1e-4, 1.):
-        drawn, _ = fused_recurrent_sample(to_device(net.folded), prefix, 6, temperature, seed=seed, offset=offset.clone(),
-                                          **{**MODES, **TILED}[mode])
-        full, full_state = fused_recurrent_sample(to_device(net.folded), prefix, 6, temperature, uniform_noise=uniforms,
-                                                  **{**MODES, **TILED}[mode])
+    for temperature in (1e-4, 1.0):
+        drawn, _ = fused_recurrent_sample(
+            to_device(net.folded), prefix, 6, temperature, seed=seed, offset=offset.clone(), **{**MODES, **TILED}[mode]
+        )
+        full, full_state = fused_recurrent_sample(
+            to_device(net.folded), prefix, 6, temperature, uniform_noise=uniforms, **{**MODES, **TILED}[mode]
+        )
         assert torch.equal(drawn, full)
         assert_matches_oracle(net, prefix, 6, temperature, uniforms, full, full_state)
 
 
 def test_gumbel_bounds_come_from_the_grid():
     g_lo, g_hi = PHILOX_GUMBEL_BOUNDS
-    assert g_hi == pytest.approx(-math.log(-math.log1p(-2. ** -24)), rel=1e-6)
-    assert g_lo == pytest.approx(-math.log(-math.log(2. ** -24)), rel=1e-6)
+    assert g_hi == pytest.approx(-math.log(-math.log1p(-(2.0**-24))), rel=1e-6)
+    assert g_lo == pytest.approx(-math.log(-math.log(2.0**-24)), rel=1e-6)
     assert 16.5 < g_hi < 16.7 and -2.9 < g_lo < -2.7
     assert injected_gumbel_bounds(torch.float64)[1] == math.inf, 'float64 noise can round to 1.0 in fp32: no band'
 
@@ -367,7 +485,9 @@ def constant_logits_net(bias, hidden=16, seed=0):
 
 def chi_square_sf(stat, dof):
     # P(chi2_dof > stat) = Q(dof / 2, stat / 2)
-    return torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)).item()
+    return torch.special.gammaincc(
+        torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)
+    ).item()
 
 
 def chi_square_p(counts, probs):
@@ -377,21 +497,29 @@ def chi_square_p(counts, probs):
     return chi_square_sf(stat, counts.numel() - 1)
 
 
-@pytest.mark.parametrize('temperature', [1., 0.5], ids=['t1', 't0.5'])
+@pytest.mark.parametrize('temperature', [1.0, 0.5], ids=['t1', 't0.5'])
 def test_philox_sampler_chi_square(temperature):
     g = torch.Generator().manual_seed(21)
     num_tokens = 21
     bias = torch.randn(num_tokens, generator=g) * 0.5
     forbidden = torch.tensor([2, 9, 17, 20])
     bias[forbidden[:2]] = float('-inf')
-    bias[forbidden[2:]] = -1e4                            # e^-1e4 == 0 too
+    bias[forbidden[2:]] = -1e4  # e^-1e4 == 0 too
     folded = constant_logits_net(bias)
     batch, length = 32, 40
     prefix = torch.randint(0, num_tokens, (batch, 2), generator=g)
 
-    tokens, _ = fused_recurrent_sample(to_device(folded), prefix.to(DEVICE), length, temperature,
-                                       seed=torch.tensor([1234], device=DEVICE), offset=torch.tensor([0], device=DEVICE),
-                                       out=poisoned_out(batch, length), mode='persistent', programs=1)
+    tokens, _ = fused_recurrent_sample(
+        to_device(folded),
+        prefix.to(DEVICE),
+        length,
+        temperature,
+        seed=torch.tensor([1234], device=DEVICE),
+        offset=torch.tensor([0], device=DEVICE),
+        out=poisoned_out(batch, length),
+        mode='persistent',
+        programs=1,
+    )
     tokens = tokens.cpu()
     assert (tokens >= 0).all(), 'some token was not written'
     counts = torch.bincount(tokens.flatten(), minlength=num_tokens).double()
@@ -403,14 +531,15 @@ def test_philox_sampler_chi_square(temperature):
     assert p_value > 1e-3, f'p = {p_value:.2g}: draws do not follow softmax(logits / T)'
 
 
-@pytest.mark.parametrize('temperature', [1e-4, 1.])
+@pytest.mark.parametrize('temperature', [1e-4, 1.0])
 def test_all_logits_tied_give_uniform_tokens(temperature):
     """A zero output layer: every token is a candidate at any temperature, and the draw is uniform."""
     folded = make_folded('gru', 19, 16, bias_out=True, seed=2)
     folded = dataclasses.replace(folded, weight_out=torch.zeros_like(folded.weight_out), bias_out=torch.zeros(19))
     prefix = torch.randint(0, 19, (32, 1), generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    tokens, _ = fused_recurrent_sample(to_device(folded), prefix, 12, temperature, seed=torch.tensor([9], device=DEVICE),
-                                       mode='persistent', programs=1)
+    tokens, _ = fused_recurrent_sample(
+        to_device(folded), prefix, 12, temperature, seed=torch.tensor([9], device=DEVICE), mode='persistent', programs=1
+    )
     counts = torch.bincount(tokens.cpu().flatten(), minlength=19).double()
     p_value = chi_square_p(counts, torch.full((19,), 1 / 19, dtype=torch.float64))
     assert p_value > 1e-3, f'p = {p_value:.2g}: tied logits did not give uniform tokens ({counts.tolist()})'
@@ -420,18 +549,26 @@ def test_greedy_ties_go_to_the_lowest_token_id():
     """Three tokens tie exactly for the top logit, in different vocabulary slices: argmax must pick
     the lowest id, as torch.argmax."""
     bias = torch.randn(21, generator=torch.Generator().manual_seed(8))
-    bias[[5, 12, 19]] = bias.max() + 1.
+    bias[[5, 12, 19]] = bias.max() + 1.0
     folded = constant_logits_net(bias)
     prefix = torch.randint(0, 21, (5, 2), generator=torch.Generator().manual_seed(9)).to(DEVICE)
     for kw in MODES.values():
-        tokens, _ = fused_recurrent_sample(to_device(folded), prefix, 6, 0., out=poisoned_out(5, 6), **kw)
+        tokens, _ = fused_recurrent_sample(to_device(folded), prefix, 6, 0.0, out=poisoned_out(5, 6), **kw)
         assert (tokens == 5).all(), f'ties broken towards {tokens.unique().tolist()}'
 
 
 def sample_with(folded, prefix, length, seed, offset=None, **kw):
-    return fused_recurrent_sample(folded, prefix, length, 1., seed=torch.tensor([seed], device=DEVICE) if isinstance(seed, int) else seed,
-                                  offset=torch.tensor([offset], device=DEVICE) if isinstance(offset, int) else offset,
-                                  mode='persistent', programs=1, **kw)
+    return fused_recurrent_sample(
+        folded,
+        prefix,
+        length,
+        1.0,
+        seed=torch.tensor([seed], device=DEVICE) if isinstance(seed, int) else seed,
+        offset=torch.tensor([offset], device=DEVICE) if isinstance(offset, int) else offset,
+        mode='persistent',
+        programs=1,
+        **kw,
+    )
 
 
 def test_philox_same_seed_offset_is_bitwise_identical_and_streams_differ():
@@ -469,9 +606,9 @@ def test_offset_advances_and_seed_defaults_follow_torch_manual_seed():
     assert not torch.equal(first, second), 'the next call must draw fresh noise'
 
     torch.manual_seed(0)
-    a, _ = fused_recurrent_sample(folded, prefix, 6, 1., mode='persistent', programs=1)
+    a, _ = fused_recurrent_sample(folded, prefix, 6, 1.0, mode='persistent', programs=1)
     torch.manual_seed(0)
-    b, _ = fused_recurrent_sample(folded, prefix, 6, 1., mode='persistent', programs=1)
+    b, _ = fused_recurrent_sample(folded, prefix, 6, 1.0, mode='persistent', programs=1)
     assert torch.equal(a, b)
 
 
@@ -500,12 +637,12 @@ def test_a_barrier_that_never_fills_sets_the_flag_and_raises():
     if DEVICE.type == 'cuda':
         pytest.skip('on a GPU a grid of 2 is co-resident: the barrier fills')
     with pytest.raises(rs.KernelBarrierError, match=r'grid of 2 programs .* 1 SMs'):
-        fused_recurrent_sample(folded, prefix, 4, 1., mode='persistent', programs=2, max_spins=50, check=True)
+        fused_recurrent_sample(folded, prefix, 4, 1.0, mode='persistent', programs=2, max_spins=50, check=True)
     # the flag is cleared by the check: a good launch afterwards passes
-    fused_recurrent_sample(folded, prefix, 4, 1., mode='persistent', programs=1, check=True)
+    fused_recurrent_sample(folded, prefix, 4, 1.0, mode='persistent', programs=1, check=True)
 
     # without check the launcher does not sync; the flag waits for the next check
-    fused_recurrent_sample(folded, prefix, 4, 1., mode='persistent', programs=2, max_spins=50, check=False)
+    fused_recurrent_sample(folded, prefix, 4, 1.0, mode='persistent', programs=2, max_spins=50, check=False)
     with pytest.raises(rs.KernelBarrierError):
         rs.check_kernel_errors(DEVICE)
     rs.check_kernel_errors(DEVICE)
@@ -518,33 +655,36 @@ def test_an_aborted_launch_marks_its_rows_and_the_next_call_raises():
         pytest.skip('on a GPU a grid of 2 is co-resident: the barrier fills')
     folded = to_device(make_folded('lstm', 37, 24, seed=4))
     prefix = torch.randint(0, 37, (3, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
-    aborted, _ = fused_recurrent_sample(folded, prefix, 4, 1., mode='persistent', programs=2, max_spins=50,
-                                        check=False)
+    aborted, _ = fused_recurrent_sample(
+        folded, prefix, 4, 1.0, mode='persistent', programs=2, max_spins=50, check=False
+    )
     assert (aborted == rs.INVALID_TOKEN).all()
 
     out = torch.full((3, 4), 7, dtype=torch.int64, device=DEVICE)
     offset = torch.zeros(1, dtype=torch.int64, device=DEVICE)
     seed = torch.tensor([5], device=DEVICE)
     with pytest.raises(rs.KernelBarrierError, match=r'grid of 2 programs'):
-        fused_recurrent_sample(folded, prefix, 4, 1., programs=1, out=out, seed=seed, offset=offset)
+        fused_recurrent_sample(folded, prefix, 4, 1.0, programs=1, out=out, seed=seed, offset=offset)
     assert (out == 7).all() and int(offset) == 0, 'the raising call changed its outputs'
 
     # raised once: the flag is clear again, and a good launch leaves nothing pending
-    tokens, _ = fused_recurrent_sample(folded, prefix, 4, 1., programs=1, out=out, seed=seed, offset=offset)
+    tokens, _ = fused_recurrent_sample(folded, prefix, 4, 1.0, programs=1, out=out, seed=seed, offset=offset)
     assert ((tokens >= 0) & (tokens < 37)).all()
-    fused_recurrent_sample(folded, prefix, 4, 1., programs=1)
+    fused_recurrent_sample(folded, prefix, 4, 1.0, programs=1)
     rs.check_kernel_errors(DEVICE)
 
 
 class RefusedLaunch:
     """Stands in for the persistent kernel: every launch is refused as a device refuses a grid
     larger than it can hold at once."""
+
     launches = 0
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             RefusedLaunch.launches += 1
             raise RuntimeError('Triton Error [CUDA]: too many blocks in cooperative launch')
+
         return launch
 
 
@@ -552,21 +692,22 @@ def test_a_refused_cooperative_launch_falls_back_to_phases_with_one_warning(monk
     folded = to_device(make_folded('gru', 37, 24, seed=4))
     prefix = torch.randint(0, 37, (3, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
     noise = torch.rand(3, 5, 37, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    expected, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='phases', programs=2, uniform_noise=noise)
+    expected, _ = fused_recurrent_sample(folded, prefix, 5, 1.0, mode='phases', programs=2, uniform_noise=noise)
 
     monkeypatch.setattr(rs, 'recurrent_sample_kernel', RefusedLaunch())
     monkeypatch.setattr(rs, '_refused_grids', set())
     RefusedLaunch.launches = 0
     with pytest.warns(RuntimeWarning, match=r'grid of 2 programs \(1 groups of 2\) on cpu with 1 SMs was refused'):
-        tokens, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise,
-                                           check=True)
+        tokens, _ = fused_recurrent_sample(
+            folded, prefix, 5, 1.0, mode='persistent', programs=2, uniform_noise=noise, check=True
+        )
     assert torch.equal(tokens, expected) and RefusedLaunch.launches == 1
 
     # the warning is said once; 'auto' then goes to the phases at once, an explicit 'persistent' tries again
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        again, _ = fused_recurrent_sample(folded, prefix, 5, 1., mode='auto', programs=2, uniform_noise=noise)
-        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise)
+        again, _ = fused_recurrent_sample(folded, prefix, 5, 1.0, mode='auto', programs=2, uniform_noise=noise)
+        fused_recurrent_sample(folded, prefix, 5, 1.0, mode='persistent', programs=2, uniform_noise=noise)
     assert torch.equal(again, expected) and RefusedLaunch.launches == 2
 
     # an error from inside the kernel is no refusal: raised, not run again in phases
@@ -576,12 +717,12 @@ def test_a_refused_cooperative_launch_falls_back_to_phases_with_one_warning(monk
 
     monkeypatch.setattr(rs, 'recurrent_sample_kernel', FailingKernel())
     with pytest.raises(RuntimeError, match='inside the kernel'):
-        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=2, uniform_noise=noise)
+        fused_recurrent_sample(folded, prefix, 5, 1.0, mode='persistent', programs=2, uniform_noise=noise)
 
     # one program a group is no cooperative grid: its launch error is the caller's
     monkeypatch.setattr(rs, 'recurrent_sample_kernel', RefusedLaunch())
     with pytest.raises(RuntimeError, match='too many blocks'):
-        fused_recurrent_sample(folded, prefix, 5, 1., mode='persistent', programs=1, uniform_noise=noise)
+        fused_recurrent_sample(folded, prefix, 5, 1.0, mode='persistent', programs=1, uniform_noise=noise)
 
 
 def test_debug_env_var_turns_the_check_on(monkeypatch):
@@ -591,7 +732,7 @@ def test_debug_env_var_turns_the_check_on(monkeypatch):
     prefix = torch.randint(0, 37, (3, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
     monkeypatch.setenv(rs.CHECK_ENV, '1')
     with pytest.raises(rs.KernelBarrierError):
-        fused_recurrent_sample(folded, prefix, 3, 0., mode='persistent', programs=2, max_spins=20)
+        fused_recurrent_sample(folded, prefix, 3, 0.0, mode='persistent', programs=2, max_spins=20)
 
 
 # the launch rule
@@ -611,8 +752,8 @@ def test_plans_cover_the_shapes_and_fit_the_device(batch, hidden, num_tokens):
 def test_plan_of_the_example():
     plan = plan_launch(32, 256, 256, 132)
     assert (plan.groups, plan.programs, plan.block_u, plan.num_slices, plan.block_v) == (1, 64, 4, 16, 16)
-    assert plan_launch(4096, 256, 256, 132).programs == 2        # 64 groups of 64 rows on 128 SMs
-    assert plan_launch(32, 256, 256, 1).programs == 1            # the interpreter: one program
+    assert plan_launch(4096, 256, 256, 132).programs == 2  # 64 groups of 64 rows on 128 SMs
+    assert plan_launch(32, 256, 256, 1).programs == 1  # the interpreter: one program
 
 
 def test_aot_configurations_cover_the_launcher_choices():
@@ -629,7 +770,7 @@ def test_aot_configurations_cover_the_launcher_choices():
         constexpr_names = set(c.constexprs)
         assert set(c.signature) == set(c.fn.arg_names) - constexpr_names
         assert c.programs >= 1
-        if c.fn in (rs.recurrent_sample_kernel, rs.recurrent_phase_kernel):     # the buffer kernels have no step floor
+        if c.fn in (rs.recurrent_sample_kernel, rs.recurrent_phase_kernel):  # the buffer kernels have no step floor
             assert c.floor['floor_us_per_sampling_step'] > 0
         assert c.cooperative == (c.fn is rs.recurrent_sample_kernel and c.programs > 1)
 
@@ -651,11 +792,11 @@ BAD_ARGUMENTS = [
     (dict(prefix=torch.zeros(3, 0, dtype=torch.long)), ValueError, 'prefix'),
     (dict(prefix=torch.zeros(3, 2, dtype=torch.long, device='meta')), ValueError, 'prefix'),
     (dict(length=0), ValueError, 'length'),
-    (dict(temperature=-1.), ValueError, 'temperature'),
+    (dict(temperature=-1.0), ValueError, 'temperature'),
     (dict(temperature='hot'), TypeError, 'temperature'),
     (dict(uniform_noise=torch.rand(3, 4, 36)), ValueError, 'uniform_noise'),
     (dict(uniform_noise=torch.zeros(3, 4, 37, dtype=torch.long)), TypeError, 'uniform_noise'),
-    (dict(seed=torch.tensor([1.])), TypeError, 'seed'),
+    (dict(seed=torch.tensor([1.0])), TypeError, 'seed'),
     (dict(seed=torch.tensor([1, 2])), ValueError, 'seed'),
     (dict(offset=torch.tensor([0], dtype=torch.int32)), TypeError, 'offset'),
     (dict(out=torch.zeros(3, 4)), TypeError, 'out'),
@@ -669,16 +810,19 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize('change, error, name', [
-    pytest.param(*case, id=f'{case[2]}-{i}-{case[1].__name__}') for i, case in enumerate(BAD_ARGUMENTS)
-])
+@pytest.mark.parametrize(
+    'change, error, name',
+    [pytest.param(*case, id=f'{case[2]}-{i}-{case[1].__name__}') for i, case in enumerate(BAD_ARGUMENTS)],
+)
 def test_bad_arguments_name_the_argument(small, change, error, name):
     folded, prefix = small
-    args = dict(folded=folded, prefix=prefix, length=4, temperature=1.)
+    args = dict(folded=folded, prefix=prefix, length=4, temperature=1.0)
     for key, value in change.items():
         args[key] = value.to(DEVICE) if isinstance(value, torch.Tensor) and value.device.type != 'meta' else value
     with pytest.raises(error, match=name):
-        fused_recurrent_sample(args.pop('folded'), args.pop('prefix'), args.pop('length'), args.pop('temperature'), **args)
+        fused_recurrent_sample(
+            args.pop('folded'), args.pop('prefix'), args.pop('length'), args.pop('temperature'), **args
+        )
 
 
 def test_int32_guard_bounds_the_input_table():
@@ -686,28 +830,34 @@ def test_int32_guard_bounds_the_input_table():
     rs.check_int32_offsets(32, 1024, 2**19, 4)
     with pytest.raises(ValueError, match=r'input table .* 2147487744 elements'):
         rs.check_int32_offsets(32, 1024, 2**19 + 1, 4)
-    rs.check_int32_offsets(32, 1024, 699050, 3)                        # GRU: 3 gates, 699050 * 3072 < 2**31
+    rs.check_int32_offsets(32, 1024, 699050, 3)  # GRU: 3 gates, 699050 * 3072 < 2**31
     with pytest.raises(ValueError, match='input table'):
         rs.check_int32_offsets(32, 1024, 699051, 3)
     with pytest.raises(ValueError, match='exchange slots'):
         rs.check_int32_offsets(2**21 + 1, 512, 2, 4)
     # vocab 2**20 at hidden 1024 passes a bound on num_tokens * hidden alone; the launcher refuses it
     meta = dict(device='meta')
-    folded = FoldedRecurrentNet('lstm', torch.empty(2**20, 4096, **meta), torch.empty(4096, 1024, **meta), None,
-                                torch.empty(2**20, 1024, **meta), None)
+    folded = FoldedRecurrentNet(
+        'lstm',
+        torch.empty(2**20, 4096, **meta),
+        torch.empty(4096, 1024, **meta),
+        None,
+        torch.empty(2**20, 1024, **meta),
+        None,
+    )
     with pytest.raises(ValueError, match='input table'):
-        fused_recurrent_sample(folded, torch.zeros(32, 1, dtype=torch.long, **meta), 4, 1.)
+        fused_recurrent_sample(folded, torch.zeros(32, 1, dtype=torch.long, **meta), 4, 1.0)
 
 
 def test_bad_weights_name_the_field(small):
     folded, prefix = small
     with pytest.raises(ValueError, match='input_table'):
-        fused_recurrent_sample(dataclasses.replace(folded, input_table=folded.input_table[:, :-1]), prefix, 4, 1.)
+        fused_recurrent_sample(dataclasses.replace(folded, input_table=folded.input_table[:, :-1]), prefix, 4, 1.0)
     with pytest.raises(TypeError, match='weight_out'):
-        fused_recurrent_sample(dataclasses.replace(folded, weight_out=folded.weight_out.double()), prefix, 4, 1.)
+        fused_recurrent_sample(dataclasses.replace(folded, weight_out=folded.weight_out.double()), prefix, 4, 1.0)
     gru = to_device(make_folded('gru', 37, 24, seed=1))
     with pytest.raises(ValueError, match='bias_hn'):
-        fused_recurrent_sample(dataclasses.replace(gru, bias_hn=None), prefix, 4, 1.)
+        fused_recurrent_sample(dataclasses.replace(gru, bias_hn=None), prefix, 4, 1.0)
 
 
 # the real compiler: P > 1 persistent, large shapes and CUDA graphs (GPU only)
@@ -715,28 +865,48 @@ def test_bad_weights_name_the_field(small):
 
 @cuda_only
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
-@pytest.mark.parametrize('batch, num_tokens, hidden, precision', [
-    (32, 256, 256, 'tf32x3'),
-    (32, 256, 256, 'ieee'),
-    (4096, 256, 64, 'tf32x3'),
-    (3, 5000, 2048, 'tf32x3'),
-    (2, 32768, 128, 'tf32x3'),
-    (17, 1000, 1000, 'tf32x3'),
-    (1, 37, 40, 'tf32x3'),
-], ids=['example', 'example_ieee', 'batch4096', 'vocab5000_hidden2048', 'vocab32768', 'hidden1000', 'batch1'])
+@pytest.mark.parametrize(
+    'batch, num_tokens, hidden, precision',
+    [
+        (32, 256, 256, 'tf32x3'),
+        (32, 256, 256, 'ieee'),
+        (4096, 256, 64, 'tf32x3'),
+        (3, 5000, 2048, 'tf32x3'),
+        (2, 32768, 128, 'tf32x3'),
+        (17, 1000, 1000, 'tf32x3'),
+        (1, 37, 40, 'tf32x3'),
+    ],
+    ids=['example', 'example_ieee', 'batch4096', 'vocab5000_hidden2048', 'vocab32768', 'hidden1000', 'batch1'],
+)
 def test_persistent_kernel_matches_twin_on_gpu(cell, batch, num_tokens, hidden, precision):
     folded = make_folded(cell, num_tokens, hidden, dim=64, bias_out=True, seed=hidden)
     g = torch.Generator().manual_seed(9)
     prefix = torch.randint(0, num_tokens, (batch, 4), generator=g)
     length = 6
     noise = torch.rand((batch, length, num_tokens), generator=g)
-    tokens, state = fused_recurrent_sample(to_device(folded), prefix.to(DEVICE), length, 1., uniform_noise=noise.to(DEVICE),
-                                           out=poisoned_out(batch, length), precision=precision, mode='persistent', check=True)
+    tokens, state = fused_recurrent_sample(
+        to_device(folded),
+        prefix.to(DEVICE),
+        length,
+        1.0,
+        uniform_noise=noise.to(DEVICE),
+        out=poisoned_out(batch, length),
+        precision=precision,
+        mode='persistent',
+        check=True,
+    )
     assert (tokens >= 0).all()
-    assert_matches_twin(folded, prefix, length, 1., noise, tokens, state)
+    assert_matches_twin(folded, prefix, length, 1.0, noise, tokens, state)
     # the phase-per-launch mode runs the same helpers with the same plan (at 4 warps, not 8)
-    again, again_state = fused_recurrent_sample(to_device(folded), prefix.to(DEVICE), length, 1., uniform_noise=noise.to(DEVICE),
-                                                precision=precision, mode='phases')
+    again, again_state = fused_recurrent_sample(
+        to_device(folded),
+        prefix.to(DEVICE),
+        length,
+        1.0,
+        uniform_noise=noise.to(DEVICE),
+        precision=precision,
+        mode='phases',
+    )
     assert torch.equal(tokens, again)
     for ours, theirs in zip(state, again_state):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
@@ -749,12 +919,14 @@ def test_cuda_graph_replay_draws_fresh_noise():
     seed, offset = torch.tensor([42], device=DEVICE), torch.tensor([0], device=DEVICE)
     out = torch.empty((32, 64), dtype=torch.long, device=DEVICE)
     scratch = torch.empty((2, 2, 32, 256), device=DEVICE)
-    run = lambda: fused_recurrent_sample(folded, prefix, 64, 1., seed=seed, offset=offset, out=out, state_scratch=scratch)
+    run = lambda: fused_recurrent_sample(
+        folded, prefix, 64, 1.0, seed=seed, offset=offset, out=out, state_scratch=scratch
+    )
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        run()                                             # compile and warm up outside the capture
+        run()  # compile and warm up outside the capture
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     offset.fill_(0)
@@ -769,6 +941,6 @@ def test_cuda_graph_replay_draws_fresh_noise():
     torch.cuda.synchronize()
     assert offset.item() == 2
     assert not torch.equal(first, second), 'a replay must draw fresh noise'
-    eager, _ = fused_recurrent_sample(folded, prefix, 64, 1., seed=seed, offset=torch.tensor([1], device=DEVICE))
+    eager, _ = fused_recurrent_sample(folded, prefix, 64, 1.0, seed=seed, offset=torch.tensor([1], device=DEVICE))
     assert torch.equal(eager, second), 'replay 2 must equal an eager call at offset 1'
     rs.check_kernel_errors(DEVICE)

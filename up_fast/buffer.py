@@ -190,8 +190,8 @@ def write_rows_(
     row is both. A generated row holding a negative id (the mark of a sampling launch that gave up) is
     refused on the device, with no host sync: its row keeps what it held before the step."""
     generated = generated.to(buffer.device)
-    valid = (generated >= 0).all(dim=1, keepdim=True)                  # (conditions, 1)
-    held = buffer[condition_rows]                                      # before any write of this step
+    valid = (generated >= 0).all(dim=1, keepdim=True)  # (conditions, 1)
+    held = buffer[condition_rows]  # before any write of this step
     if exists(noise):
         buffer[reset_rows] = noise.to(buffer.device, buffer.dtype)
     buffer[condition_rows] = torch.where(valid, generated.to(buffer.dtype), held)

@@ -24,32 +24,37 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 from torch.nn import Module
-
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from up_fast import buffer as buffer_ops_torch
-from up_fast.buffer import StepRows, draw_step_rows, token_dtype
 from up_fast.backend import BackendChoice, check_backend
+from up_fast.buffer import StepRows, draw_step_rows, token_dtype
+from up_fast.checks import (
+    check_bool,
+    check_causal_transformer,
+    check_data_generator,
+    check_int,
+    check_seq_len,
+    check_torch_generator,
+)
 from up_fast.config import interpreted, nvtx_from_env
 from up_fast.graph import GraphedStepData
+from up_fast.helpers import default, divisible_by, exists
 from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
-from up_fast.checks import (
-    check_bool, check_causal_transformer, check_data_generator, check_int, check_seq_len, check_torch_generator,
-)
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
-from up_fast.helpers import default, divisible_by, exists
 from up_fast.synthetic_generator import SyntheticDataGenerator, random_sequences  # noqa: F401 (public here)
 
 
 @dataclass
 class StepData:
     """What a training step draws and generates before it writes anything (see draw_and_generate)."""
+
     step: int
     rows: StepRows
-    noise: Tensor | None                 # (num_reset, seq_len) in the buffer's dtype
-    generated: Tensor                    # (generation batch, seq_len) int64, where the generator lives
-    randomness: StepRandomness           # the step's generators, after its draws
+    noise: Tensor | None  # (num_reset, seq_len) in the buffer's dtype
+    generated: Tensor  # (generation batch, seq_len) int64, where the generator lives
+    randomness: StepRandomness  # the step's generators, after its draws
 
 
 def model_num_tokens(module: Module) -> int | None:
@@ -149,27 +154,49 @@ class UniversalPretrainWrapper(Module):
         batch_size = check_int('batch_size', batch_size, low=1)
         seq_len = check_int('seq_len', seq_len, low=2)
         seq_len = check_seq_len(seq_len, model)
-        seed_length = check_int('seed_length', seed_length, low=1, high=seq_len - 1, allowed=f'an int in (0, seq_len={seq_len})')
-        buffer_size = check_int('buffer_size', default(buffer_size, batch_size * 20), low=batch_size + 1, allowed=f'an int > batch_size ({batch_size})')
-        generation_batch_size = check_int('generation_batch_size', default(generation_batch_size, batch_size), low=1, high=buffer_size,
-                                          allowed=f'an int in [1, buffer_size = {buffer_size}]')
-        num_reset = check_int('num_reset', num_reset, low=0, high=buffer_size, allowed=f'an even int in [0, buffer_size = {buffer_size}]')
+        seed_length = check_int(
+            'seed_length', seed_length, low=1, high=seq_len - 1, allowed=f'an int in (0, seq_len={seq_len})'
+        )
+        buffer_size = check_int(
+            'buffer_size',
+            default(buffer_size, batch_size * 20),
+            low=batch_size + 1,
+            allowed=f'an int > batch_size ({batch_size})',
+        )
+        generation_batch_size = check_int(
+            'generation_batch_size',
+            default(generation_batch_size, batch_size),
+            low=1,
+            high=buffer_size,
+            allowed=f'an int in [1, buffer_size = {buffer_size}]',
+        )
+        num_reset = check_int(
+            'num_reset', num_reset, low=0, high=buffer_size, allowed=f'an even int in [0, buffer_size = {buffer_size}]'
+        )
         if not divisible_by(num_reset, 2):
-            raise ValueError(f'num_reset must be even (half the reset rows are uniform noise, half constant), got {num_reset}')
+            raise ValueError(
+                f'num_reset must be even (half the reset rows are uniform noise, half constant), got {num_reset}'
+            )
         reset_turing_machine_every = check_int('reset_turing_machine_every', reset_turing_machine_every, low=0)
         check_bool('keep_buffer_on_cpu', keep_buffer_on_cpu)
-        for name, flag in (('constant_init', constant_init), ('reset_first', reset_first),
-                           ('distinct_seed_rows', distinct_seed_rows), ('shared_seed_offset', shared_seed_offset)):
+        for name, flag in (
+            ('constant_init', constant_init),
+            ('reset_first', reset_first),
+            ('distinct_seed_rows', distinct_seed_rows),
+            ('shared_seed_offset', shared_seed_offset),
+        ):
             check_bool(name, flag)
         nvtx = check_bool('nvtx', nvtx) if exists(nvtx) else nvtx_from_env()
         backend_given = exists(backend)
-        backend = check_backend(backend)            # the default from UP_FAST_BACKEND when not given
+        backend = check_backend(backend)  # the default from UP_FAST_BACKEND when not given
         check_torch_generator('generator', generator)
         check_bool('prefetch', prefetch)
         check_bool('cuda_graph', cuda_graph)
         if cuda_graph and keep_buffer_on_cpu:
-            raise ValueError('cuda_graph=True captures the data step on the GPU, where the buffer must live: '
-                             'pass keep_buffer_on_cpu=False')
+            raise ValueError(
+                'cuda_graph=True captures the data step on the GPU, where the buffer must live: '
+                'pass keep_buffer_on_cpu=False'
+            )
         if exists(rng_seed):
             rng_seed = check_int('rng_seed', rng_seed, low=0)
             if exists(generator):
@@ -180,25 +207,37 @@ class UniversalPretrainWrapper(Module):
 
         default_data_generator = not exists(data_generator)
         if default_data_generator:
-            data_generator = SyntheticDataGenerator(num_tokens=num_tokens, dim=dim, max_seq_len=seq_len, backend=backend)
+            data_generator = SyntheticDataGenerator(
+                num_tokens=num_tokens, dim=dim, max_seq_len=seq_len, backend=backend
+            )
         check_data_generator('data_generator', data_generator)
 
         generator_num_tokens = model_num_tokens(data_generator)
         if exists(generator_num_tokens) and generator_num_tokens != num_tokens:
-            raise ValueError(f'data_generator must have the model\'s vocabulary of {num_tokens} tokens, got {generator_num_tokens}')
+            raise ValueError(
+                f"data_generator must have the model's vocabulary of {num_tokens} tokens, got {generator_num_tokens}"
+            )
         if reset_turing_machine_every > 0 and not callable(getattr(data_generator, 'reset_', None)):
-            raise ValueError(f'reset_turing_machine_every={reset_turing_machine_every} re-draws the generator with reset_(), '
-                             f'which data_generator of type {type(data_generator).__name__} lacks; pass 0 or a generator with reset_()')
+            raise ValueError(
+                f'reset_turing_machine_every={reset_turing_machine_every} re-draws the generator with reset_(), '
+                f'which data_generator of type {type(data_generator).__name__} lacks; '
+                'pass 0 or a generator with reset_()'
+            )
         generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
         if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
-            raise ValueError(f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, got {generator_max_seq_len}')
+            raise ValueError(
+                f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, '
+                f'got {generator_max_seq_len}'
+            )
         generator_backend = getattr(data_generator, 'backend', None)
         if backend_given and not default_data_generator and generator_backend != backend:
             # a user's generator is never changed: its backend is its constructor's
             has = f'backend {generator_backend!r}' if isinstance(generator_backend, str) else 'no backend of its own'
-            raise ValueError(f'backend={backend!r} chooses the default data generator\'s backend, but data_generator was given '
-                             f'(a {type(data_generator).__name__} with {has}), and the wrapper does not change it: '
-                             f'construct it with backend={backend!r}, or leave backend= out')
+            raise ValueError(
+                f"backend={backend!r} chooses the default data generator's backend, but data_generator was given "
+                f'(a {type(data_generator).__name__} with {has}), and the wrapper does not change it: '
+                f'construct it with backend={backend!r}, or leave backend= out'
+            )
 
         takes_generator = follows_generator(data_generator)
         check_prefetch(prefetch, exists(generator), takes_generator, data_generator)
@@ -208,15 +247,22 @@ class UniversalPretrainWrapper(Module):
 
         self.takes_generator = takes_generator
         if exists(rng_seed) and not self.takes_generator:
-            warnings.warn(f'rng_seed governs the wrapper\'s draws, but data_generator of type {type(data_generator).__name__} draws from '
-                          'torch\'s global generators (it lacks reset_(*, generator=) and generate_unchecked(length, seed, condition, *, generator=)): '
-                          'its machines and samples are the same on every rank with the same torch.manual_seed, and a resumed run does not '
-                          'repeat them. Seed torch per rank yourself (torch.manual_seed(seed + rank)) and save torch.get_rng_state() with '
-                          'each checkpoint, or use an up_fast generator', stacklevel=2)
+            warnings.warn(
+                f"rng_seed governs the wrapper's draws, but data_generator of type {type(data_generator).__name__} "
+                "draws from torch's global generators (it lacks reset_(*, generator=) and "
+                'generate_unchecked(length, seed, condition, *, generator=)): its machines and samples are the same '
+                'on every rank with the same torch.manual_seed, and a resumed run does not repeat them. Seed torch '
+                'per rank yourself (torch.manual_seed(seed + rank)) and save torch.get_rng_state() with each '
+                'checkpoint, or use an up_fast generator',
+                stacklevel=2,
+            )
         if exists(rng_seed) and keep_buffer_on_cpu:
-            warnings.warn('keep_buffer_on_cpu=True keeps the buffer out of the state_dict (as in the reference), so rng_seed alone '
-                          'does not resume a run exactly: save wrapper.synth_data_buffer beside the state_dict and copy it back '
-                          'into wrapper.synth_data_buffer after loading', stacklevel=2)
+            warnings.warn(
+                'keep_buffer_on_cpu=True keeps the buffer out of the state_dict (as in the reference), so rng_seed '
+                'alone does not resume a run exactly: save wrapper.synth_data_buffer beside the state_dict and copy it '
+                'back into wrapper.synth_data_buffer after loading',
+                stacklevel=2,
+            )
 
         self.model = model
         self.ar_wrapped = AutoregressiveWrapper(model)
@@ -229,13 +275,17 @@ class UniversalPretrainWrapper(Module):
         self.num_reset = num_reset
         self.buffer_size = buffer_size
         self.generation_batch_size = generation_batch_size
-        self.step_options = dict(generation_batch_size=generation_batch_size, reset_first=reset_first,
-                                 distinct_seed_rows=distinct_seed_rows, shared_seed_offset=shared_seed_offset)
+        self.step_options = dict(
+            generation_batch_size=generation_batch_size,
+            reset_first=reset_first,
+            distinct_seed_rows=distinct_seed_rows,
+            shared_seed_offset=shared_seed_offset,
+        )
         self.nvtx = nvtx
         # the buffer's kernels follow the generator's backend
         self.backend_choice = BackendChoice(generator_backend if isinstance(generator_backend, str) else backend)
         self._prefetch = prefetch
-        self.prefetch_mode = None                   # 'stream', 'thread', 'inline'; None: prefetch.default_mode
+        self.prefetch_mode = None  # 'stream', 'thread', 'inline'; None: prefetch.default_mode
         self.prefetcher = Prefetcher()
         self.cuda_graph = cuda_graph
         self.graphed = GraphedStepData()
@@ -248,15 +298,21 @@ class UniversalPretrainWrapper(Module):
         # here), a given one that takes a generator when the caller asked for a stream of their own
         self.randomness.begin(0)
         if self.takes_generator and (default_data_generator or exists(generator) or exists(rng_seed)):
-            data_generator.reset_(generator=default(generator, self.randomness.on(module_device(data_generator, 'cpu'))))
+            data_generator.reset_(
+                generator=default(generator, self.randomness.on(module_device(data_generator, 'cpu')))
+            )
 
         init_generator = default(generator, self.randomness.on('cpu'))
         init_device = getattr(init_generator, 'device', None)
         if constant_init:
-            init_data_buffer = self.random_sequences_fn(0, buffer_size, shuffle=False, device=init_device, generator=init_generator)    # (buffer_size, seq_len)
+            init_data_buffer = self.random_sequences_fn(
+                0, buffer_size, shuffle=False, device=init_device, generator=init_generator
+            )  # (buffer_size, seq_len)
         else:
             # odd buffer sizes get one more random row than constant rows (the reference drops a row)
-            init_data_buffer = self.random_sequences_fn(buffer_size - buffer_size // 2, buffer_size // 2, device=init_device, generator=init_generator)
+            init_data_buffer = self.random_sequences_fn(
+                buffer_size - buffer_size // 2, buffer_size // 2, device=init_device, generator=init_generator
+            )
         init_data_buffer = init_data_buffer.cpu()
 
         if keep_buffer_on_cpu:
@@ -266,19 +322,20 @@ class UniversalPretrainWrapper(Module):
 
         self.register_buffer('step', torch.tensor(0))
         self.saw_step_(0)
-        self.last_step_rows = None      # StepRows of the latest step: which rows it read and wrote
+        self.last_step_rows = None  # StepRows of the latest step: which rows it read and wrote
 
         # the generator is never trained: no gradients, and DDP (wrapping this module) leaves its
         # weights and the buffer alone, so that each rank keeps a data stream of its own
         data_generator.requires_grad_(False)
         self._ddp_params_and_buffers_to_ignore = [
-            'synth_data_buffer', 'step',
+            'synth_data_buffer',
+            'step',
             *(f'data_generator.{name}' for name, _ in data_generator.named_parameters()),
             *(f'data_generator.{name}' for name, _ in data_generator.named_buffers()),
         ]
 
     @classmethod
-    def paper(cls, model: TransformerWrapper, *, batch_size=32, seq_len=512, **overrides) -> 'UniversalPretrainWrapper':
+    def paper(cls, model: TransformerWrapper, *, batch_size=32, seq_len=512, **overrides) -> UniversalPretrainWrapper:
         """The paper author's algorithm and generator (pbloem/up, experiments/gpt-mup.py, source 'lstm').
 
         The buffer starts as constant rows; each step first resets 100 random distinct rows (50
@@ -310,11 +367,16 @@ class UniversalPretrainWrapper(Module):
         settings.update(overrides)
         buffer_size = settings['buffer_size']
         if 'num_reset' not in overrides and isinstance(buffer_size, int) and buffer_size > 0:
-            settings['num_reset'] = min(settings['num_reset'], buffer_size - buffer_size % 2)    # small batches: a small buffer
+            settings['num_reset'] = min(
+                settings['num_reset'], buffer_size - buffer_size % 2
+            )  # small batches: a small buffer
         built_here = 'data_generator' not in settings
         if built_here:
-            from up_fast.paper import PaperDataGenerator      # imported here: only this preset needs it
-            settings['data_generator'] = PaperDataGenerator(dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len, backend=settings.get('backend'))
+            from up_fast.paper import PaperDataGenerator  # imported here: only this preset needs it
+
+            settings['data_generator'] = PaperDataGenerator(
+                dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len, backend=settings.get('backend')
+            )
 
         wrapper = cls(model, batch_size=batch_size, seq_len=seq_len, **settings)
 
@@ -329,13 +391,19 @@ class UniversalPretrainWrapper(Module):
         rank = distributed_rank()
         world_size = int(os.environ.get('WORLD_SIZE', 1))
         if world_size > 1 and rank == 0 and os.environ.get('RANK', '0') != '0' and not exists(generator):
-            warnings.warn('the wrapper mixes the rank from torch.distributed into its draws, but torch.distributed is not '
-                          'initialised yet: this rank would draw rank 0\'s data stream. Build the wrapper after '
-                          'dist.init_process_group()', stacklevel=3)
+            warnings.warn(
+                'the wrapper mixes the rank from torch.distributed into its draws, but torch.distributed is not '
+                "initialised yet: this rank would draw rank 0's data stream. Build the wrapper after "
+                'dist.init_process_group()',
+                stacklevel=3,
+            )
         if exists(generator):
             if world_size > 1:
-                warnings.warn('every draw comes from the generator you passed, so ranks that seed it alike draw alike data: '
-                              'seed it per rank (for example generator.manual_seed(seed + rank)), or pass rng_seed instead', stacklevel=3)
+                warnings.warn(
+                    'every draw comes from the generator you passed, so ranks that seed it alike draw alike data: '
+                    'seed it per rank (for example generator.manual_seed(seed + rank)), or pass rng_seed instead',
+                    stacklevel=3,
+                )
             return StepRandomness(generator=generator)
         seed = rng_seed if exists(rng_seed) else seed_from_torch()
         return StepRandomness(seed=seed, rank=rank)
@@ -359,7 +427,7 @@ class UniversalPretrainWrapper(Module):
         step = self.step
         try:
             current = step._version
-        except RuntimeError:        # an inference tensor has no version counter: always read
+        except RuntimeError:  # an inference tensor has no version counter: always read
             return int(step)
         if seen_step is not step or version != current:
             value = int(step)
@@ -372,7 +440,7 @@ class UniversalPretrainWrapper(Module):
             version = self.step._version
         except RuntimeError:
             version = None
-        self._step_seen = (self.step, version, value)     # the tensor itself (not a weakref: the wrapper stays picklable)
+        self._step_seen = (self.step, version, value)  # the tensor itself (not a weakref: the wrapper stays picklable)
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() make a new `step` tensor with the same value: carry the host copy over
@@ -398,10 +466,17 @@ class UniversalPretrainWrapper(Module):
         buffer lives (the reference draws them on the model's device, which fails with
         keep_buffer_on_cpu=True on a GPU), from the wrapper's stream: a training step after it draws
         the same as without it, unless an explicit `generator=` was passed, whose stream it advances."""
-        size = check_int('size', default(size, self.batch_size), low=0, high=self.buffer_size,
-                         allowed=f'an int in [0, buffer_size = {self.buffer_size}] (the rows are distinct)')
+        size = check_int(
+            'size',
+            default(size, self.batch_size),
+            low=0,
+            high=self.buffer_size,
+            allowed=f'an int in [0, buffer_size = {self.buffer_size}] (the rows are distinct)',
+        )
         buffer = self.synth_data_buffer
-        rows = torch.randperm(self.buffer_size, device=buffer.device, generator=self.randomness.on(buffer.device))[:size]
+        rows = torch.randperm(self.buffer_size, device=buffer.device, generator=self.randomness.on(buffer.device))[
+            :size
+        ]
         return buffer[rows].long()
 
     def redraw_data_generator_(self):
@@ -428,6 +503,7 @@ class UniversalPretrainWrapper(Module):
         kernels_reach = device.type == 'cuda' or interpreted()
         if kernels_reach and self.backend_choice.takes_kernels(device):
             from up_fast.kernels import buffer_ops
+
             return buffer_ops
         return buffer_ops_torch
 
@@ -440,7 +516,7 @@ class UniversalPretrainWrapper(Module):
         """Steps 1-2 of Algorithm 1 for training step `step`: draw the rows and the reset noise, read the seeds
         and conditions, generate. Writes nothing: it reads only the buffer and the generator's weights, so
         that it can run ahead, while the transformer trains on the step before (prefetch=True)."""
-        buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
+        buffer = self.synth_data_buffer  # (buffer_size, seq_len), narrow integer dtype
         ops = self.buffer_ops(buffer.device)
         randomness.begin(step)
         generator = randomness.on(buffer.device)
@@ -448,14 +524,22 @@ class UniversalPretrainWrapper(Module):
 
         with phase('index draw', self.nvtx):
             rows = draw_step_rows(
-                self.buffer_size, self.batch_size, self.num_reset, self.seq_len, self.seed_length,
-                **self.step_options, device=buffer.device, generator=generator,
+                self.buffer_size,
+                self.batch_size,
+                self.num_reset,
+                self.seq_len,
+                self.seed_length,
+                **self.step_options,
+                device=buffer.device,
+                generator=generator,
             )
             noise = None
             if self.num_reset > 0:
                 # the kinds in a shuffled order: when resets wrap onto condition rows (see StepRows), the
                 # reset rows that survive are an even mix, not the uniform half first
-                noise = self.random_sequences_fn(self.num_reset // 2, self.num_reset // 2, device=buffer.device, generator=generator)   # (num_reset, seq_len)
+                noise = self.random_sequences_fn(
+                    self.num_reset // 2, self.num_reset // 2, device=buffer.device, generator=generator
+                )  # (num_reset, seq_len)
 
         # read seeds and conditions, as they are after the reset when it comes first: the buffer is
         # written only once the generator has succeeded
@@ -464,22 +548,33 @@ class UniversalPretrainWrapper(Module):
 
         with phase('gather', self.nvtx):
             # (generation batch, seed_length + seq_len)
-            prefix = ops.gather_prefix(buffer, rows.seed_rows, rows.seed_offsets, rows.condition_rows, self.seed_length,
-                                       pending=pending, dtype=self.read_dtype(buffer, generator_device))
+            prefix = ops.gather_prefix(
+                buffer,
+                rows.seed_rows,
+                rows.seed_offsets,
+                rows.condition_rows,
+                self.seed_length,
+                pending=pending,
+                dtype=self.read_dtype(buffer, generator_device),
+            )
             prefix = self.to_device(prefix)
-            seed, condition = prefix[:, :self.seed_length], prefix[:, self.seed_length:]
+            seed, condition = prefix[:, : self.seed_length], prefix[:, self.seed_length :]
 
         with phase('generate', self.nvtx):
-            if self.takes_generator:        # the generator's own default temperature; noise is drawn where its weights are
+            if self.takes_generator:  # the generator's own default temperature; noise is drawn where its weights are
                 sampling_generator = randomness.on(generator_device)
-                generated = self.data_generator.generate_unchecked(self.seq_len, seed, condition, generator=sampling_generator)
+                generated = self.data_generator.generate_unchecked(
+                    self.seq_len, seed, condition, generator=sampling_generator
+                )
             else:
                 generated = self.data_generator.generate(self.seq_len, seed=seed.long(), condition=condition.long())
 
         expected_shape = (self.generation_batch_size, self.seq_len)
-        if tuple(generated.shape) != expected_shape:      # host-side shapes: checked before any write
-            raise ValueError(f'data_generator.generate returned shape {tuple(generated.shape)}, but the buffer needs '
-                             f'(generation_batch_size, seq_len) = {expected_shape} rows')
+        if tuple(generated.shape) != expected_shape:  # host-side shapes: checked before any write
+            raise ValueError(
+                f'data_generator.generate returned shape {tuple(generated.shape)}, but the buffer needs '
+                f'(generation_batch_size, seq_len) = {expected_shape} rows'
+            )
 
         return StepData(step=step, rows=rows, noise=noise, generated=generated, randomness=randomness)
 
@@ -497,7 +592,7 @@ class UniversalPretrainWrapper(Module):
         the wrapper's: buffer, `step`, `last_step_rows` and the per-step streams stay as they were
         (the step repeats its draws when called again). An explicit `generator=` passed to the
         constructor has advanced, though, by the draws made before the failure."""
-        buffer = self.synth_data_buffer              # (buffer_size, seq_len), narrow integer dtype
+        buffer = self.synth_data_buffer  # (buffer_size, seq_len), narrow integer dtype
         ops = self.buffer_ops(buffer.device)
         step = self.num_steps + 1
 
@@ -555,12 +650,16 @@ class UniversalPretrainWrapper(Module):
         runs while the transformer trains."""
         step = self.num_steps + 1
         randomness = self.randomness.fresh()
-        device = module_device(self.data_generator, self.device)        # where the generation runs
+        device = module_device(self.data_generator, self.device)  # where the generation runs
         mode = default(self.prefetch_mode, default_mode(device))
-        self.prefetcher.start(partial(self.make_step_data, step, randomness), step, self.prefetch_key(step),
-                              (self.synth_data_buffer, *self.data_generator.parameters(),
-                               *self.data_generator.buffers()),
-                              mode=mode, device=device)
+        self.prefetcher.start(
+            partial(self.make_step_data, step, randomness),
+            step,
+            self.prefetch_key(step),
+            (self.synth_data_buffer, *self.data_generator.parameters(), *self.data_generator.buffers()),
+            mode=mode,
+            device=device,
+        )
 
     def forward(self):
         # following algorithm 1
