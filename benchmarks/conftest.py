@@ -4,7 +4,7 @@ import pytest
 
 from benchmarks import harness, targets
 
-# what this session skipped (node id -> reason) and ran (node ids), for the summary at the end
+# what this run skipped (node id -> reason) and ran (node ids), for the summary at the end
 SKIPPED: dict[str, str] = {}
 RAN: set[str] = set()
 COLLECTED_BENCHMARKS = False

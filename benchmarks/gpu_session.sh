@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Everything a session with a GPU should run, in ONE call of at most 8 minutes: correctness on the
-# real compiler first, then memory safety, then speed, then the kernel under Nsight Compute.
-# Made for the device tool (15 device-minutes a task, 10 a command, at most 8 files back from $OUT):
+# Every check that needs a GPU, in ONE run of at most 8 minutes: correctness on the real compiler
+# first, then memory safety, then speed, then the kernel under Nsight Compute. On a machine with a
+# GPU, from the repository root, after installing the test extra:
 #
-#   bash ../shared/device/fetch-wheels.sh                      # here, once: x-transformers wheels into .whl/
-#   run(command="source .whl/prelude.sh && bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540)
+#   OUT=/tmp/up_fast_gpu bash benchmarks/gpu_session.sh
 #
 # Steps, in order, each under its own time limit (seconds) and all under BUDGET (default 440 s,
-# which leaves the prelude's installs room inside 8 minutes):
+# which leaves room for installs inside 8 minutes):
 #   tests      the whole suite on the GPU: the kernel tests run compiled, the multi-program
 #              persistent mode and the GPU-only cases included; the compile gate too          170
 #   compile    python -m benchmarks.compile_report under the machine's Triton (sm_90)          30
@@ -24,7 +23,7 @@
 # Pick steps with STEPS="tests bench"; change a limit with e.g. LIMIT_tests=200. A failing step does
 # not stop the later ones; a step that would get less than 15 s of the budget is skipped.
 #
-# Back in $OUT (the device tool returns at most 8 files): session.log (every step's output),
+# In $OUT (at most 8 files, so that they are easy to carry back): session.log (every step's output),
 # summary.json (device, versions, each step's status and seconds), gpu.json (pytest-benchmark),
 # results.md and speedup.png (the benchmark report), compile.json, step.json, sample.ncu-rep.
 # Exit status: 0 if every step that ran passed, 1 if one failed or timed out, 2 without a GPU.
@@ -49,7 +48,7 @@ failed=0
 
 declare -A LIMIT=([tests]=170 [compile]=30 [memcheck]=45 [racecheck]=45 [step]=30 [bench]=110 [ncu]=45)
 
-summary() {     # summary.json from steps.tsv and the device line; steps.tsv is removed (8 files back)
+summary() {     # summary.json from steps.tsv and the device line; steps.tsv is removed (at most 8 files in $OUT)
     python3 - "$OUT" "$1" <<'PY'
 import json, os, sys
 out, device_ok = sys.argv[1], sys.argv[2] == '1'

@@ -184,7 +184,7 @@ def memory_table(rows: list[Row]) -> str | None:
 
 
 def target_rows(results: dict) -> list[dict]:
-    """The run's targets: the session's list (every target, measured or not), else those recorded in
+    """The run's targets: the run's list (every target, measured or not), else those recorded in
     the benchmarks' extra_info (JSON written before the list existed, or by a partial run)."""
     listed = results.get('up_fast_targets')
     if isinstance(listed, list):

@@ -1,4 +1,4 @@
-"""A side environment with Triton 3.6 (what the GPU machines run) for the compile gate, made only when asked.
+"""A side environment with Triton 3.6 (the Triton torch 2.11 ships with) for the compile gate, made on request.
 
 The package never installs anything: this is development tooling. The Triton 3.6 half of the
 compile gate (tests/test_compile_gate.py) runs when asked for, and then makes the side environment

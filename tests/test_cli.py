@@ -234,8 +234,7 @@ def test_pretrain_trains_and_reports(tmp_path, capsys):
     assert f'saved checkpoint to {path}' in out
     assert 'final loss' in out and 'synthetic tokens/s' in out
     assert checkpoint['config']['reset_turing_machine_every'] == 0
-    # well below the loss of a uniform guess, ln 256 = 5.55 nats (seeds 0 to 2 give 4.3 to 4.9 with the
-    # wrapper of issue 12, whose per-rank streams draw other data than before)
+    # well below the loss of a uniform guess, ln 256 = 5.55 nats (seeds 0 to 2 give 4.3 to 4.9)
     assert checkpoint['smoothed_loss'] < math.log(256) - 0.5
 
 
@@ -810,18 +809,6 @@ def test_missing_eval_text_is_refused_before_training(tmp_path, capsys):
 # pretrain --source paper|xt
 
 
-def paper_source_available():
-    import importlib.util
-
-    from up_fast import UniversalPretrainWrapper
-
-    return hasattr(UniversalPretrainWrapper, 'paper') and importlib.util.find_spec('up_fast.paper') is not None
-
-
-needs_paper = pytest.mark.skipif(
-    not paper_source_available(),
-    reason='UniversalPretrainWrapper.paper and up_fast.paper.PaperDataGenerator (issue 11) are not in this up_fast yet',
-)
 PAPER_TINY = [*TINY[:-4], '--source', 'paper', '--eval-every', '0']
 
 
@@ -849,7 +836,6 @@ def test_xt_only_options_are_refused_with_the_paper_source(tmp_path, capsys, opt
     assert option[0] in err and '--source xt' in err
 
 
-@needs_paper
 def test_paper_source_trains_saves_and_restores(tmp_path, capsys):
     from up_fast.paper import PaperDataGenerator
 
@@ -874,7 +860,6 @@ def test_paper_source_trains_saves_and_restores(tmp_path, capsys):
     assert math.isfinite(json.loads(capsys.readouterr().out)['bits_per_byte']['pretrained'])
 
 
-@needs_paper
 def test_paper_source_resumes_exactly(tmp_path):
     four = [*PAPER_TINY[2:], '--steps', '4']
     main(['pretrain', *four, '--out', str(tmp_path / 'whole.pt')])
@@ -888,7 +873,6 @@ def test_paper_source_resumes_exactly(tmp_path):
         assert torch.equal(resumed['wrapper'][key], value), key
 
 
-@needs_paper
 def test_sample_fresh_paper_buffer_starts_constant(capsys):
     steps, stats = sample.run(build_parser().parse_args(['sample', '--source', 'paper', '--steps', '1', '--rows', '1']))
     assert 'paper source' in capsys.readouterr().out

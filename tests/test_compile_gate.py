@@ -2,7 +2,7 @@
 sm_90 and sm_80, with no register spill and shared memory within the SM's limit. No GPU needed:
 `triton.compile` with an explicit target and the ptxas inside Triton (benchmarks/aot_compile.py).
 
-Runs under the installed Triton always, and under Triton 3.6 (what the GPU machines run) when asked
+Runs under the installed Triton always, and under Triton 3.6 (the Triton that torch 2.11 ships with) when asked
 for: CI does it (CI set to a true value), and so does
 
     python -m pytest tests/test_compile_gate.py --triton-side      # or UP_FAST_TRITON_SIDE=1

@@ -613,7 +613,7 @@ def test_offset_advances_and_seed_defaults_follow_torch_manual_seed():
 
 
 def test_a_seed_without_offset_draws_fresh_noise_every_call():
-    """Issue 12: `seed=` without `offset=` used to restart at offset 0 on every call."""
+    """`seed=` without `offset=` continues the stream: it must not restart at offset 0 on every call."""
     folded = to_device(make_folded('lstm', 37, 24, seed=4))
     prefix = torch.randint(0, 37, (4, 2), generator=torch.Generator().manual_seed(6)).to(DEVICE)
     seed = torch.tensor([11], device=DEVICE)
