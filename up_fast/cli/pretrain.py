@@ -4,17 +4,14 @@ checkpoint, with zero-shot bits per byte on real text along the way, written to 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import shlex
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from up_fast import __version__
-from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov, predicted_positions, versus_counting
+from up_fast.cli.baselines import BASELINE_LABELS
 from up_fast.cli.checkpoint import check_out_path, claimed, load_checkpoint, load_state, save_checkpoint
 from up_fast.cli.common import (
     DEFAULT_CHECKPOINT,
@@ -23,7 +20,6 @@ from up_fast.cli.common import (
     CLIError,
     HelpFormatter,
     add_device_option,
-    bits_per_byte,
     build,
     config_summary,
     default_text_file,
@@ -34,14 +30,14 @@ from up_fast.cli.common import (
     pick_device,
     positive_float,
     positive_int,
-    read_text,
 )
+from up_fast.cli.run_guards import Divergence, StopRequest
 from up_fast.cli.sizes import check_memory_before_torch, check_memory_on
+from up_fast.cli.zero_shot import EVAL_BYTES, EVAL_EVERY, ZeroShotEval, write_evaluations
 from up_fast.helpers import default, exists
 
 if TYPE_CHECKING:
-    import torch
-    from x_transformers import TransformerWrapper
+    pass
 
 
 def lr_lambda(warmup: int, steps: int):
@@ -49,15 +45,6 @@ def lr_lambda(warmup: int, steps: int):
     from up_fast.byte_model import lr_lambda as schedule  # imported here: it imports torch
 
     return schedule(warmup, steps)
-
-
-EVAL_EVERY = 100  # pretrain: steps between zero-shot evaluations
-EVAL_BYTES = 16 * 1024  # pretrain: bytes of the eval text used, so that an evaluation stays cheap
-
-
-def eval_files(out: Path) -> tuple[Path, Path]:
-    """The CSV and the PNG of the zero-shot evaluations, beside the checkpoint."""
-    return out.with_suffix('.eval.csv'), out.with_suffix('.eval.png')
 
 
 def check_source_options(config: dict):
@@ -79,117 +66,6 @@ def check_source_options(config: dict):
             '--num-reset must be even (half the reset rows are uniform noise, half constant), got '
             f'{config["num_reset"]}'
         )
-
-
-EVAL_COLUMNS = ('step', 'synthetic_tokens', 'bits_per_byte', 'train_loss')
-
-
-def write_eval_csv(path: Path, history: list[dict], baselines: dict[str, float]):
-    """One row per evaluation; the baselines, constant over the run, as columns of every row."""
-    with open(path, 'w', newline='') as file:
-        writer = csv.writer(file)
-        writer.writerow([*EVAL_COLUMNS, *baselines])
-        for record in history:
-            loss = record['train_loss']
-            writer.writerow(
-                [
-                    record['step'],
-                    record['synthetic_tokens'],
-                    f'{record["bits_per_byte"]:.6f}',
-                    '' if loss is None else f'{loss:.6f}',
-                    *(f'{bits:.6f}' for bits in baselines.values()),
-                ]
-            )
-
-
-def plot_eval(path: Path, history: list[dict], baselines: dict[str, float], title: str) -> bool:
-    """Bits per byte against synthetic tokens seen, the baselines as horizontal lines. False when
-    matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-
-    figure, axes = plt.subplots(figsize=(8, 5))
-    tokens = [record['synthetic_tokens'] for record in history]
-    axes.plot(
-        tokens,
-        [record['bits_per_byte'] for record in history],
-        marker='o',
-        color='black',
-        label='model (step 0: untrained)',
-    )
-    for index, (name, bits) in enumerate(baselines.items()):
-        axes.axhline(
-            bits, linestyle='--', linewidth=1, color=f'C{index}', label=f'{BASELINE_LABELS[name]} ({bits:.2f})'
-        )
-    axes.set_xlabel('synthetic tokens seen')
-    axes.set_ylabel('bits per byte (lower is better)')
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
-
-
-class ZeroShotEval:
-    """Zero-shot bits per byte of the model on a bounded piece of real text, at intervals during
-    pre-training, with the in-context baselines for scale. Reads nothing from the training stream:
-    a run with evaluations trains exactly as one without."""
-
-    def __init__(self, config: dict, history: list[dict], device: torch.device):
-        self.every = config['eval_every']
-        self.path = Path(default(config['eval_text'], default_text_file()))
-        self.data = read_text(self.path, config['eval_bytes'])
-        self.seq_len = config['seq_len']
-        self.tokens_per_step = config['batch_size'] * config['seq_len']
-        self.device = device
-        self.history = history
-        if predicted_positions(self.data, self.seq_len) == 0:
-            raise CLIError(
-                f'--eval-text {self.path} holds {len(self.data)} byte(s): too few to predict any in windows of '
-                f'{self.seq_len}'
-            )
-        self.baselines = baseline_bits(self.data, self.seq_len)
-        self.seconds = 0.0
-
-    def due(self, step: int, steps: int) -> bool:
-        return step == 0 or step % self.every == 0 or step == steps
-
-    def __call__(self, model: TransformerWrapper, step: int, train_loss: float | None) -> str:
-        start = time.perf_counter()
-        bits = bits_per_byte(model, self.data, self.seq_len, 32, self.device)
-        self.seconds += time.perf_counter() - start
-
-        self.history[:] = [
-            record for record in self.history if record['step'] < step
-        ]  # a resumed run may repeat a step
-        self.history.append(
-            dict(step=step, synthetic_tokens=step * self.tokens_per_step, bits_per_byte=bits, train_loss=train_loss)
-        )
-
-        side, margin = versus_counting(bits, self.baselines)
-        best = best_markov(self.baselines)
-        loss = f', train loss {train_loss:.3f}' if exists(train_loss) else ' (untrained)'
-        return (
-            f'step {step}: {bits:.3f} bits/byte zero-shot on {self.path.name}{loss}; {margin:.2f} {side} the best '
-            f'in-context Markov model ({BASELINE_LABELS[best]}: {self.baselines[best]:.3f})'
-        )
-
-    def save(self, out: Path, title: str) -> list[str]:
-        csv_path, png_path = eval_files(out)
-        write_eval_csv(csv_path, self.history, self.baselines)
-        if plot_eval(png_path, self.history, self.baselines, title):
-            return [f'zero-shot evaluations: {csv_path}, plotted in {png_path}']
-        return [
-            f'zero-shot evaluations: {csv_path} (matplotlib is missing: pip install "up-fast[cli]" for the PNG plot as '
-            'well)'
-        ]
 
 
 # options of a run, by their name in the configuration: those a resumed run may change with --override, and
@@ -274,66 +150,6 @@ def resumed_config(args, checkpoint: dict) -> dict:
         log(f'--override: {key} {config.get(key)} -> {value}')
         config[key] = value
     return config
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) or SIGTERM during training asks the loop to stop after the step under way and save; a second
-    one stops at once, keeping the checkpoint saved last."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received = None
-        self.previous = {}
-
-    def handle(self, signum, frame):
-        if exists(self.received):
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-class Divergence:
-    """The first step whose loss is not finite, and the last finite loss before it, tracked on the device: read only
-    where the loop reads the loss anyway and before anything is evaluated or saved."""
-
-    def __init__(self, device):
-        import torch
-
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.bad_loss = torch.zeros((), device=device)
-        self.last_finite = torch.full((), float('nan'), device=device)
-
-    def update(self, loss, step: int):
-        import torch
-
-        finite = torch.isfinite(loss)
-        first = ~finite & (self.first_bad < 0)
-        self.last_finite = torch.where(finite & (self.first_bad < 0), loss.float(), self.last_finite)
-        self.bad_loss = torch.where(first, loss.float(), self.bad_loss)
-        self.first_bad.masked_fill_(first, step)
-
-    def check(self, config: dict, out: Path, saved_step: int | None):
-        step = int(self.first_bad.item())
-        if step < 0:
-            return
-        last = self.last_finite.item()
-        before = (
-            f'last finite loss {last:.4f} at step {step - 1}' if math.isfinite(last) else 'no finite loss before it'
-        )
-        kept = f'{out} (step {saved_step}) is kept as it was' if exists(saved_step) else f'nothing was written to {out}'
-        raise CLIError(
-            f'training diverged: the loss is {self.bad_loss.item()} at step {step} ({before}); nothing saved from '
-            f'there on, {kept}; try a lower --lr (this run: {config["lr"]:g}) or a smaller model'
-        )
 
 
 def best_path(out: Path) -> Path:
@@ -563,14 +379,6 @@ def train(args, config: dict, checkpoint: dict | None, out: Path) -> dict:
         f'{tokens_per_step * ran / elapsed:,.0f} synthetic tokens/s'
     )
     return {**snapshot(stop), 'seconds': elapsed}
-
-
-def write_evaluations(zero_shot: ZeroShotEval | None, out: Path, config: dict):
-    if exists(zero_shot):
-        for line in zero_shot.save(
-            out, f'zero-shot bits per byte on {zero_shot.path.name} during pre-training\n{config_summary(config)}'
-        ):
-            log(line)
 
 
 def add_parser(commands):
