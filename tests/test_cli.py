@@ -15,24 +15,7 @@ from up_fast.cli import baselines, build_parser, common, main, row_stats, sample
 from up_fast.cli import checkpoint as checkpoint_module
 
 # the xt source and no zero-shot evaluations unless a test asks: the fastest run there is
-TINY = [
-    '--steps',
-    '3',
-    '--dim',
-    '16',
-    '--depth',
-    '1',
-    '--heads',
-    '2',
-    '--seq-len',
-    '32',
-    '--batch-size',
-    '4',
-    '--source',
-    'xt',
-    '--eval-every',
-    '0',
-]
+TINY = '--steps 3 --dim 16 --depth 1 --heads 2 --seq-len 32 --batch-size 4 --source xt --eval-every 0'.split()
 
 
 def pretrain_tiny(path, *extra):
