@@ -24,6 +24,7 @@ from torch.nn import Module
 from up_fast.backend import check_backend
 from up_fast.cells import lstm_update_
 from up_fast.checks import (
+    check_causal_transformer,
     check_int,
     check_positive_real,
     check_scale_range,
@@ -455,3 +456,33 @@ class PaperDataGenerator(FoldedWeightsCache, Module):
         tokens = torch.cat((self.embed(input), self.embed(condition)), dim=-1)  # (batch, seq, 2 dim)
         out, hiddens = self.net(tokens, hiddens)
         return self.to_logits(out), hiddens
+
+
+def paper_wrapper_settings(model, batch_size, seq_len, overrides: dict) -> dict:
+    """UniversalPretrainWrapper's constructor arguments for the paper author's algorithm and generator
+    (see UniversalPretrainWrapper.paper): the author's values, replaced by any given in `overrides`, and a
+    PaperDataGenerator unless `overrides` holds a data_generator."""
+    check_causal_transformer('model', model)
+    generation_batch_size = overrides.pop('generation_batch_size', 2 * check_int('batch_size', batch_size, low=1))
+    settings = dict(
+        generation_batch_size=generation_batch_size,
+        buffer_size=20 * generation_batch_size if isinstance(generation_batch_size, int) else None,
+        num_reset=100,
+        seed_length=8,
+        reset_turing_machine_every=1,
+        constant_init=True,
+        reset_first=True,
+        distinct_seed_rows=True,
+        shared_seed_offset=True,
+    )
+    settings.update(overrides)
+    buffer_size = settings['buffer_size']
+    if 'num_reset' not in overrides and isinstance(buffer_size, int) and buffer_size > 0:
+        settings['num_reset'] = min(
+            settings['num_reset'], buffer_size - buffer_size % 2
+        )  # small batches: a small buffer
+    if 'data_generator' not in settings:
+        settings['data_generator'] = PaperDataGenerator(
+            dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len, backend=settings.get('backend')
+        )
+    return settings

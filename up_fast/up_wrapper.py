@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import Module
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
@@ -34,7 +34,6 @@ from up_fast.checks import (
     check_causal_transformer,
     check_data_generator,
     check_int,
-    check_seq_len,
     check_torch_generator,
 )
 from up_fast.config import interpreted, nvtx_from_env
@@ -44,6 +43,11 @@ from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
 from up_fast.synthetic_generator import SyntheticDataGenerator, random_sequences  # noqa: F401 (public here)
+from up_fast.wrapper_checks import (
+    check_generator_fits,
+    check_wrapper_sizes,
+    model_num_tokens,  # noqa: F401 (importable here as before)
+)
 
 
 @dataclass
@@ -55,14 +59,6 @@ class StepData:
     noise: Tensor | None  # (num_reset, seq_len) in the buffer's dtype
     generated: Tensor  # (generation batch, seq_len) int64, where the generator lives
     randomness: StepRandomness  # the step's generators, after its draws
-
-
-def model_num_tokens(module: Module) -> int | None:
-    num_tokens = getattr(module, 'num_tokens', None)
-    if exists(num_tokens):
-        return num_tokens
-    embed = getattr(module, 'embed', None)
-    return embed.num_embeddings if isinstance(embed, nn.Embedding) else None
 
 
 def module_device(module: Module, fallback) -> torch.device:
@@ -151,32 +147,9 @@ class UniversalPretrainWrapper(Module):
         super().__init__()
 
         check_causal_transformer('model', model)
-        batch_size = check_int('batch_size', batch_size, low=1)
-        seq_len = check_int('seq_len', seq_len, low=2)
-        seq_len = check_seq_len(seq_len, model)
-        seed_length = check_int(
-            'seed_length', seed_length, low=1, high=seq_len - 1, allowed=f'an int in (0, seq_len={seq_len})'
+        batch_size, seq_len, seed_length, buffer_size, generation_batch_size, num_reset = check_wrapper_sizes(
+            model, batch_size, seq_len, seed_length, buffer_size, generation_batch_size, num_reset
         )
-        buffer_size = check_int(
-            'buffer_size',
-            default(buffer_size, batch_size * 20),
-            low=batch_size + 1,
-            allowed=f'an int > batch_size ({batch_size})',
-        )
-        generation_batch_size = check_int(
-            'generation_batch_size',
-            default(generation_batch_size, batch_size),
-            low=1,
-            high=buffer_size,
-            allowed=f'an int in [1, buffer_size = {buffer_size}]',
-        )
-        num_reset = check_int(
-            'num_reset', num_reset, low=0, high=buffer_size, allowed=f'an even int in [0, buffer_size = {buffer_size}]'
-        )
-        if not divisible_by(num_reset, 2):
-            raise ValueError(
-                f'num_reset must be even (half the reset rows are uniform noise, half constant), got {num_reset}'
-            )
         reset_turing_machine_every = check_int('reset_turing_machine_every', reset_turing_machine_every, low=0)
         check_bool('keep_buffer_on_cpu', keep_buffer_on_cpu)
         for name, flag in (
@@ -212,32 +185,15 @@ class UniversalPretrainWrapper(Module):
             )
         check_data_generator('data_generator', data_generator)
 
-        generator_num_tokens = model_num_tokens(data_generator)
-        if exists(generator_num_tokens) and generator_num_tokens != num_tokens:
-            raise ValueError(
-                f"data_generator must have the model's vocabulary of {num_tokens} tokens, got {generator_num_tokens}"
-            )
-        if reset_turing_machine_every > 0 and not callable(getattr(data_generator, 'reset_', None)):
-            raise ValueError(
-                f'reset_turing_machine_every={reset_turing_machine_every} re-draws the generator with reset_(), '
-                f'which data_generator of type {type(data_generator).__name__} lacks; '
-                'pass 0 or a generator with reset_()'
-            )
-        generator_max_seq_len = getattr(data_generator, 'max_seq_len', None)
-        if exists(generator_max_seq_len) and generator_max_seq_len != seq_len:
-            raise ValueError(
-                f'data_generator.max_seq_len must equal seq_len ({seq_len}) so generated rows fit the buffer, '
-                f'got {generator_max_seq_len}'
-            )
-        generator_backend = getattr(data_generator, 'backend', None)
-        if backend_given and not default_data_generator and generator_backend != backend:
-            # a user's generator is never changed: its backend is its constructor's
-            has = f'backend {generator_backend!r}' if isinstance(generator_backend, str) else 'no backend of its own'
-            raise ValueError(
-                f"backend={backend!r} chooses the default data generator's backend, but data_generator was given "
-                f'(a {type(data_generator).__name__} with {has}), and the wrapper does not change it: '
-                f'construct it with backend={backend!r}, or leave backend= out'
-            )
+        generator_backend = check_generator_fits(
+            data_generator,
+            num_tokens=num_tokens,
+            seq_len=seq_len,
+            reset_turing_machine_every=reset_turing_machine_every,
+            backend=backend,
+            backend_given=backend_given,
+            default_data_generator=default_data_generator,
+        )
 
         takes_generator = follows_generator(data_generator)
         check_prefetch(prefetch, exists(generator), takes_generator, data_generator)
@@ -351,33 +307,10 @@ class UniversalPretrainWrapper(Module):
         resets are capped at what the buffer holds (the largest even count <= buffer_size): 40 at
         batch_size=1, 80 at batch_size=2, where the author's sizes make a buffer of 40 and 80 rows.
         """
-        check_causal_transformer('model', model)
-        generation_batch_size = overrides.pop('generation_batch_size', 2 * check_int('batch_size', batch_size, low=1))
-        settings = dict(
-            generation_batch_size=generation_batch_size,
-            buffer_size=20 * generation_batch_size if isinstance(generation_batch_size, int) else None,
-            num_reset=100,
-            seed_length=8,
-            reset_turing_machine_every=1,
-            constant_init=True,
-            reset_first=True,
-            distinct_seed_rows=True,
-            shared_seed_offset=True,
-        )
-        settings.update(overrides)
-        buffer_size = settings['buffer_size']
-        if 'num_reset' not in overrides and isinstance(buffer_size, int) and buffer_size > 0:
-            settings['num_reset'] = min(
-                settings['num_reset'], buffer_size - buffer_size % 2
-            )  # small batches: a small buffer
-        built_here = 'data_generator' not in settings
-        if built_here:
-            from up_fast.paper import PaperDataGenerator  # imported here: only this preset needs it
+        from up_fast.paper import paper_wrapper_settings  # imported here: only this preset needs it
 
-            settings['data_generator'] = PaperDataGenerator(
-                dim=128, num_tokens=model.num_tokens, max_seq_len=seq_len, backend=settings.get('backend')
-            )
-
+        built_here = 'data_generator' not in overrides
+        settings = paper_wrapper_settings(model, batch_size, seq_len, overrides)
         wrapper = cls(model, batch_size=batch_size, seq_len=seq_len, **settings)
 
         # built here like the default generator, so drawn from the run's stream like it (with
