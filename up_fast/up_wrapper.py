@@ -11,7 +11,7 @@ done as intended (see ../README.md, "How up_fast differs"):
 - the paper author's own step order is a set of keyword-only options (UniversalPretrainWrapper.paper).
 
 The generator's fast paths live in up_fast/sampling.py and kernels/, the buffer's row accounting in
-up_fast/buffer.py, argument checks in up_fast/checks.py.
+up_fast/buffer.py, argument checks in up_fast/checks.py and up_fast/wrapper_checks.py.
 """
 
 from __future__ import annotations
@@ -43,11 +43,7 @@ from up_fast.prefetch import Prefetcher, check_prefetch, default_mode, versions
 from up_fast.profiling import phase
 from up_fast.rng import StepRandomness, distributed_rank, follows_generator, seed_from_torch
 from up_fast.synthetic_generator import SyntheticDataGenerator, random_sequences  # noqa: F401 (public here)
-from up_fast.wrapper_checks import (
-    check_generator_fits,
-    check_wrapper_sizes,
-    model_num_tokens,  # noqa: F401 (importable here as before)
-)
+from up_fast.wrapper_checks import check_generator_fits, check_wrapper_sizes
 
 
 @dataclass
