@@ -14,6 +14,7 @@ from up_fast.helpers import default, divisible_by, exists
 
 
 def model_num_tokens(module: Module) -> int | None:
+    """A module's vocabulary: its num_tokens, else its embedding's rows; None when it has neither."""
     num_tokens = getattr(module, 'num_tokens', None)
     if exists(num_tokens):
         return num_tokens
