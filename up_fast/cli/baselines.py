@@ -157,3 +157,22 @@ def versus_counting(bits: float, results: dict[str, float]) -> tuple[str, float]
     """('below' or 'above', margin): which side of in-context counting `bits` is on, and by how much."""
     best = results[best_markov(results)]
     return ('below' if bits < best else 'above'), abs(bits - best)
+
+
+def finish_bits_plot(
+    plt, figure, axes, baselines: dict[str, float], xlabel: str, ylabel: str, title: str, path
+) -> bool:
+    """The in-context baselines as dashed lines, labels, legend; save the figure to `path` and close it."""
+    for index, (name, bits) in enumerate(baselines.items()):
+        axes.axhline(
+            bits, linestyle='--', linewidth=1, color=f'C{index}', label=f'{BASELINE_LABELS[name]} ({bits:.2f})'
+        )
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov
+from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov, finish_bits_plot
 from up_fast.cli.checkpoint import check_writable, read_torch_file
 from up_fast.cli.common import (
     DEFAULT_CHECKPOINT,
@@ -293,19 +293,9 @@ def plot(path: Path, steps: list[int], curves: dict, baselines: dict[str, float]
             label=f'{label} (mean over {values.shape[0]} seeds)',
         )
         axes.fill_between(steps, values.min(0).values, values.max(0).values, color=color, alpha=0.15)
-    for index, (name, bits) in enumerate(baselines.items()):
-        axes.axhline(
-            bits, linestyle='--', linewidth=1, color=f'C{index}', label=f'{BASELINE_LABELS[name]} ({bits:.2f})'
-        )
-    axes.set_xlabel('fine-tuning step')
-    axes.set_ylabel('held-out bits per byte (lower is better)')
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
+    return finish_bits_plot(
+        plt, figure, axes, baselines, 'fine-tuning step', 'held-out bits per byte (lower is better)', title, path
+    )
 
 
 def add_parser(commands):

@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from up_fast.cli.baselines import BASELINE_LABELS, baseline_bits, best_markov, predicted_positions, versus_counting
+from up_fast.cli.baselines import (
+    BASELINE_LABELS,
+    baseline_bits,
+    best_markov,
+    finish_bits_plot,
+    predicted_positions,
+    versus_counting,
+)
 from up_fast.cli.common import (
     CLIError,
     bits_per_byte,
@@ -73,19 +80,9 @@ def plot_eval(path: Path, history: list[dict], baselines: dict[str, float], titl
         color='black',
         label='model (step 0: untrained)',
     )
-    for index, (name, bits) in enumerate(baselines.items()):
-        axes.axhline(
-            bits, linestyle='--', linewidth=1, color=f'C{index}', label=f'{BASELINE_LABELS[name]} ({bits:.2f})'
-        )
-    axes.set_xlabel('synthetic tokens seen')
-    axes.set_ylabel('bits per byte (lower is better)')
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
+    return finish_bits_plot(
+        plt, figure, axes, baselines, 'synthetic tokens seen', 'bits per byte (lower is better)', title, path
+    )
 
 
 class ZeroShotEval:
