@@ -36,6 +36,10 @@ def test_environment_variable_switches_them(monkeypatch, value, on):
     assert make(nvtx=False).nvtx is False, 'the keyword wins over the environment'
 
 
+# one data step of a tiny configuration: the fastest run of the entry there is
+ONE_DATA_STEP = '--steps 1 --warmup 0 --batch-size 2 --seq-len 16 --dim 16 --data-only'.split()
+
+
 def test_profile_entry_runs(capsys):
     from up_fast.profiling import main
 
@@ -57,51 +61,17 @@ def test_profile_entry_runs(capsys):
             '2',
         ]
     )
-    main(
-        ['--steps', '1', '--warmup', '0', '--batch-size', '2', '--seq-len', '16', '--dim', '16', '--data-only', '--gru']
-    )
+    main([*ONE_DATA_STEP, '--gru'])
     out = capsys.readouterr().out
     assert 'training steps on cpu' in out and 'data steps on cpu' in out and 'synthetic tokens/s' in out
-    main(
-        [
-            '--steps',
-            '1',
-            '--warmup',
-            '0',
-            '--batch-size',
-            '2',
-            '--seq-len',
-            '16',
-            '--dim',
-            '16',
-            '--data-only',
-            '--backend',
-            'torch',
-        ]
-    )
+    main([*ONE_DATA_STEP, '--backend', 'torch'])
     assert '(torch backend)' in capsys.readouterr().out
 
 
 def test_profile_entry_prints_the_top_operators(capsys):
     from up_fast.profiling import main
 
-    main(
-        [
-            '--steps',
-            '1',
-            '--warmup',
-            '0',
-            '--batch-size',
-            '2',
-            '--seq-len',
-            '16',
-            '--dim',
-            '16',
-            '--data-only',
-            '--ops',
-            '4',
-        ]
-    )
+    main([*ONE_DATA_STEP, '--ops', '4'])
     out = capsys.readouterr().out
     assert 'the 4 operators with the most self time' in out
     assert 'aten::' in out or 'mkldnn::' in out
