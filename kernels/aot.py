@@ -28,6 +28,7 @@ from up_fast.kernels.perf_model import design_floor
 from up_fast.kernels.recurrent_sample import (
     PER_CALL_ARGUMENTS,
     kernel_constexprs,
+    persistent_constexprs,
     recurrent_phase_kernel,
     recurrent_sample_kernel,
 )
@@ -180,7 +181,8 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         kind = ('sample' if sample else 'greedy') + ('-injected' if injected else '')
         stem = f'{shape}-{cell}-{weights}-{kind}-{precision}'
         ints = launch_ints(plan, batch, hidden, num_tokens, injected)
-        add(f'persistent-{stem}', recurrent_sample_kernel, dict(base, _weight_type=weights), plan, floor, ints)
+        persistent = dict(base, **persistent_constexprs(plan, hidden), _weight_type=weights)
+        add(f'persistent-{stem}', recurrent_sample_kernel, persistent, plan, floor, ints)
         for phase in (0, 1, 2):
             add(
                 f'phase{phase}-{stem}',

@@ -16,6 +16,10 @@ ACCUMULATOR_ELEMENTS = 2048
 # the per-phase kernels: at 8 warps ptxas capped some at 128 registers and spilled (sm_90); at 4,
 # none spilled. Warps split a tile's rows and columns, never K, so the arithmetic is the same
 PHASE_NUM_WARPS = 4
+# the weight registers a thread of the persistent kernel may hold across its step loop: 64 of 255, as
+# fp32 (bf16 widened once). Within it a program's slices stay on chip for the whole launch; the
+# compile gate proves each resident configuration spill-free with no weight load in the step loop
+RESIDENT_REGISTERS = 64
 # Compile options of every launch: without a register cap ptxas chose 128 registers for some
 # configurations and spilled (sm_90, Triton 3.6 and 3.9); 255 is one program of 8 warps an SM
 COMPILE_OPTIONS = dict(maxnreg=255)
@@ -65,19 +69,34 @@ class LaunchPlan:
     block_k: int  # hidden (reduction) tile
     block_p: int  # partials reduced at a time: next_pow2(num_slices), at most 32
     num_warps: int
-    # the persistent kernel's software pipelining of its K loops: with 3 stages Triton prefetches the next
-    # h and weight tiles (cp.async) while the current ones multiply, instead of one dependent L2 round
-    # trip a tile. The weights are streamed every step, never held across a barrier (docs/kernel.md)
+    # the persistent kernel's software pipelining of its streamed K loops: with 3 stages Triton prefetches
+    # the next h and weight tiles (cp.async) while the current ones multiply
     num_stages: int = 3
+    # the persistent kernel holds the program's W_hh^T (resp. W_out^T) slice in registers for the whole
+    # launch, split along K over the warps, instead of streaming it from L2 each step (docs/kernel.md)
+    resident_gates: bool = False
+    resident_logits: bool = False
 
     @property
     def weights(self) -> str:
         """How the persistent kernel's programs get their weight slices each step."""
-        return (
+        streamed = (
             f'streamed from L2, pipelined (num_stages={self.num_stages})'
             if self.num_stages > 1
             else 'streamed from L2, one tile at a time'
         )
+        if self.resident_gates and self.resident_logits:
+            return 'resident in registers'
+        if self.resident_gates or self.resident_logits:
+            on_chip, off = ('gates', 'logits') if self.resident_gates else ('logits', 'gates')
+            return f'{on_chip} resident in registers, {off} {streamed}'
+        return streamed
+
+    def k_splits(self, hidden: int) -> tuple[int, int]:
+        """(padded K, splits) of the resident slices: hidden padded to a power of two >= 16, split
+        over the warps in chunks of at least 16 (tl.dot's smallest K)."""
+        padded = next_power_of_2(max(16, hidden))
+        return padded, min(self.num_warps, padded // 16)
 
     @property
     def grid(self) -> int:
@@ -129,6 +148,15 @@ def plan_launch(
     num_warps = 8
     # pipelined K loops compiled without spills on sm_90 (Triton 3.6 and 3.9); sm_80 keeps one stage
     num_stages = 3 if capability >= 90 else 1
+    # a slice stays on chip when it is one tile and it fits RESIDENT_REGISTERS; the logits only beside
+    # resident gates (every program has gates: streamed gates leave no room, ptxas spilled at hidden 1024);
+    # 64-row tiles keep streaming (their h and accumulators leave no room)
+    budget = RESIDENT_REGISTERS * 32 * num_warps  # fp32 elements a program may hold
+    padded = next_power_of_2(max(16, hidden))
+    gates_elements = 4 * block_u * padded if unit_tiles == 1 and block_b <= 32 else budget + 1
+    logits_elements = block_v * padded if vocab_tiles == 1 and block_b <= 32 else budget + 1
+    resident_gates = gates_elements <= budget
+    resident_logits = resident_gates and gates_elements + logits_elements <= budget
     return LaunchPlan(
         block_b,
         groups,
@@ -142,6 +170,8 @@ def plan_launch(
         min(32, max(2, next_power_of_2(num_slices))),
         num_warps,
         num_stages,
+        resident_gates,
+        resident_logits,
     )
 
 
@@ -165,6 +195,11 @@ def check_plan(plan, batch: int, hidden: int, num_tokens: int):
         (plan.num_slices > plan.programs, f'num_slices {plan.num_slices} > programs {plan.programs}'),
         (plan.num_warps not in (1, 2, 4, 8, 16), f'num_warps {plan.num_warps} is not a power of two <= 16'),
         (plan.num_stages not in (1, 2, 3, 4), f'num_stages {plan.num_stages} is not in 1..4'),
+        (plan.resident_gates and plan.unit_tiles != 1, f'resident_gates needs unit_tiles 1, got {plan.unit_tiles}'),
+        (
+            plan.resident_logits and plan.vocab_tiles != 1,
+            f'resident_logits needs vocab_tiles 1, got {plan.vocab_tiles}',
+        ),
     ]
     for bad, what in problems:
         if bad:

@@ -17,6 +17,8 @@ from up_fast.kernels.recurrent_phases import (
     next_token,
     philox_key,
     philox_uniform,
+    resident_gate_slice,
+    resident_out_slice,
 )
 
 # integer arguments that change from call to call (prefix and sample lengths and the row strides
@@ -79,8 +81,14 @@ def recurrent_sample_kernel(
     BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
     BAND_SLACK: tl.constexpr,
+    RESIDENT_GATES: tl.constexpr,
+    RESIDENT_LOGITS: tl.constexpr,
+    K_SPLITS: tl.constexpr,
+    PADDED_K: tl.constexpr,
 ):
-    """The persistent kernel: every feed and sampling step of the launch, phases met at grid barriers."""
+    """The persistent kernel: every feed and sampling step of the launch, phases met at grid barriers.
+    RESIDENT_GATES / RESIDENT_LOGITS: the program's weight slices are loaded once, before the loop,
+    and stay in registers (K split over the warps: K_SPLITS chunks of PADDED_K // K_SPLITS)."""
     pid = tl.program_id(0)
     group = pid // programs
     p = pid % programs
@@ -91,6 +99,18 @@ def recurrent_sample_kernel(
     slot = batch * hidden
 
     seed, offset_lo, offset_hi = philox_key(seed_ptr, offset_ptr, SAMPLE, INJECTED_NOISE)
+    if RESIDENT_GATES:
+        gate_w, gate_bias_hn = resident_gate_slice(
+            p, weight_hh_ptr, bias_hn_ptr, hidden, IS_LSTM, GATES, BLOCK_U, K_SPLITS, PADDED_K
+        )
+    else:
+        gate_w, gate_bias_hn = 0.0, 0.0  # streamed: unused
+    if RESIDENT_LOGITS:
+        out_w, out_bias = resident_out_slice(
+            p, weight_out_ptr, bias_out_ptr, hidden, num_tokens, HAS_BIAS_OUT, BLOCK_V, K_SPLITS, PADDED_K
+        )
+    else:
+        out_w, out_bias = 0.0, 0.0  # streamed: unused
 
     num_feeds = prefix_len + length - 1
     target = 0
@@ -128,6 +148,8 @@ def recurrent_sample_kernel(
             weight_hh_ptr,
             bias_hn_ptr,
             hidden,
+            gate_w,
+            gate_bias_hn,
             IS_LSTM,
             GATES,
             BLOCK_B,
@@ -135,6 +157,9 @@ def recurrent_sample_kernel(
             UNIT_TILES,
             BLOCK_K,
             PRECISION,
+            RESIDENT_GATES,
+            K_SPLITS,
+            PADDED_K,
         )
         target += programs
         passed = grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins)
@@ -162,6 +187,8 @@ def recurrent_sample_kernel(
                 stride_noise_b,
                 stride_noise_t,
                 stride_noise_v,
+                out_w,
+                out_bias,
                 HAS_BIAS_OUT,
                 SAMPLE,
                 INJECTED_NOISE,
@@ -171,6 +198,9 @@ def recurrent_sample_kernel(
                 BLOCK_K,
                 PRECISION,
                 BAND_SLACK,
+                RESIDENT_LOGITS,
+                K_SPLITS,
+                PADDED_K,
             )
             target += programs
             passed = grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins)
@@ -250,8 +280,9 @@ def recurrent_phase_kernel(
     PRECISION: tl.constexpr,
     BAND_SLACK: tl.constexpr,
 ):
-    """One phase of the persistent kernel's loop as its own launch (same helpers, same slices); the
-    host steps through the phases, so no program ever waits for another."""
+    """One phase of the persistent kernel's loop as its own launch (same helpers, same slices, weights
+    streamed: nothing stays on chip between launches); the host steps through the phases, so no
+    program ever waits for another."""
     pid = tl.program_id(0)
     group = pid // programs
     p = pid % programs
@@ -290,6 +321,8 @@ def recurrent_phase_kernel(
             weight_hh_ptr,
             bias_hn_ptr,
             hidden,
+            0.0,
+            0.0,
             IS_LSTM,
             GATES,
             BLOCK_B,
@@ -297,6 +330,9 @@ def recurrent_phase_kernel(
             UNIT_TILES,
             BLOCK_K,
             PRECISION,
+            False,
+            1,
+            16,
         )
     elif PHASE == 1:
         seed, offset_lo, offset_hi = philox_key(seed_ptr, offset_ptr, SAMPLE, INJECTED_NOISE)
@@ -323,6 +359,8 @@ def recurrent_phase_kernel(
             stride_noise_b,
             stride_noise_t,
             stride_noise_v,
+            0.0,
+            0.0,
             HAS_BIAS_OUT,
             SAMPLE,
             INJECTED_NOISE,
@@ -332,6 +370,9 @@ def recurrent_phase_kernel(
             BLOCK_K,
             PRECISION,
             BAND_SLACK,
+            False,
+            1,
+            16,
         )
     else:
         next_token(

@@ -87,6 +87,89 @@ def load_h(h_ptr, rows, row_mask, k_start, hidden, has_state, BLOCK_K: tl.conste
 
 
 @triton.jit
+def load_h_split(h_ptr, rows, row_mask, hidden, has_state, K_SPLITS: tl.constexpr, PADDED_K: tl.constexpr):
+    """The whole h of `rows` as (K_SPLITS, BLOCK_B, PADDED_K // K_SPLITS), K split as the resident
+    slices are: one load of the exchange buffer from L2 ('.cg'), zero past `hidden` and where
+    has_state (BLOCK_B,) is false."""
+    CHUNK: tl.constexpr = PADDED_K // K_SPLITS
+    ks = tl.arange(0, K_SPLITS)[:, None, None] * CHUNK + tl.arange(0, CHUNK)[None, None, :]  # (splits, 1, chunk)
+    mask = (row_mask & has_state)[None, :, None] & (ks < hidden)
+    return tl.load(h_ptr + rows[None, :, None] * hidden + ks, mask=mask, other=0.0, cache_modifier='.cg')
+
+
+@triton.jit
+def add_halves(q):
+    """(S, B, N) -> (S / 2, B, N): q[:S/2] + q[S/2:]. Reshape and permute relabel the layout; only
+    the split moves data (one shared-memory exchange), where tl.sum over a warp-split axis takes several."""
+    S: tl.constexpr = q.shape[0]
+    first, second = tl.split(tl.permute(tl.reshape(q, (2, S // 2, q.shape[1], q.shape[2])), (1, 2, 3, 0)))
+    return first + second
+
+
+@triton.jit
+def split_k_product(h_split, w_split, PRECISION: tl.constexpr, K_SPLITS: tl.constexpr):
+    """h @ W^T from K-split operands: (K_SPLITS, BLOCK_B, CHUNK) @ (K_SPLITS, CHUNK, N), each warp
+    its own K chunk (no warp holds all of K, as a plain tl.dot operand would), summed over the
+    splits by halving -> (BLOCK_B, N)."""
+    q = tl.dot(h_split, w_split, input_precision=PRECISION)  # (K_SPLITS, BLOCK_B, N)
+    if K_SPLITS >= 2:
+        q = add_halves(q)
+    if K_SPLITS >= 4:
+        q = add_halves(q)
+    if K_SPLITS >= 8:
+        q = add_halves(q)
+    if K_SPLITS >= 16:
+        q = add_halves(q)
+    return tl.reshape(q, (q.shape[1], q.shape[2]))
+
+
+@triton.jit
+def resident_gate_slice(
+    p,
+    weight_hh_ptr,
+    bias_hn_ptr,
+    hidden,
+    IS_LSTM: tl.constexpr,
+    GATES: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    K_SPLITS: tl.constexpr,
+    PADDED_K: tl.constexpr,
+):
+    """Program p's W_hh^T columns (its one unit tile) as fp32 (K_SPLITS, CHUNK, 4 * BLOCK_U), and
+    its GRU b_hn (BLOCK_U,): loaded once, held in registers by the persistent kernel."""
+    w = load_gate_weights(weight_hh_ptr, p * BLOCK_U, 0, hidden, GATES, BLOCK_U, PADDED_K).to(tl.float32)
+    units = p * BLOCK_U + tl.arange(0, BLOCK_U)
+    if IS_LSTM:
+        bias_hn = tl.zeros((BLOCK_U,), dtype=tl.float32)
+    else:
+        bias_hn = tl.load(bias_hn_ptr + units, mask=units < hidden, other=0.0).to(tl.float32)
+    return tl.reshape(w, (K_SPLITS, PADDED_K // K_SPLITS, 4 * BLOCK_U)), bias_hn
+
+
+@triton.jit
+def resident_out_slice(
+    p,
+    weight_out_ptr,
+    bias_out_ptr,
+    hidden,
+    num_tokens,
+    HAS_BIAS_OUT: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    K_SPLITS: tl.constexpr,
+    PADDED_K: tl.constexpr,
+):
+    """Program p's W_out^T slice (its one vocabulary tile) as fp32 (K_SPLITS, CHUNK, BLOCK_V), and its
+    bias (BLOCK_V,): loaded once, held in registers by the persistent kernel."""
+    w = load_out_weights(weight_out_ptr, p * BLOCK_V, 0, hidden, num_tokens, BLOCK_V, PADDED_K).to(tl.float32)
+    tokens = p * BLOCK_V + tl.arange(0, BLOCK_V)
+    if HAS_BIAS_OUT:
+        bias_out = tl.load(bias_out_ptr + tokens, mask=tokens < num_tokens, other=0.0).to(tl.float32)
+    else:
+        bias_out = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    return tl.reshape(w, (K_SPLITS, PADDED_K // K_SPLITS, BLOCK_V)), bias_out
+
+
+@triton.jit
 def cell_update(acc, x, c_old, h_old, bias_hn, IS_LSTM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr):
     """New (h, c) of a unit tile from the recurrent products `acc` and the gathered input rows `x`
     (both (BLOCK_B, 4 * BLOCK_U), column unit * 4 + gate). The candidate gate's rows are doubled:
@@ -123,6 +206,8 @@ def gates_phase(
     weight_hh_ptr,
     bias_hn_ptr,
     hidden,
+    resident_w,
+    resident_bias_hn,
     IS_LSTM: tl.constexpr,
     GATES: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -130,9 +215,13 @@ def gates_phase(
     UNIT_TILES: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    K_SPLITS: tl.constexpr,
+    PADDED_K: tl.constexpr,
 ):
     """Feed `token` (BLOCK_B,) to the program's hidden units: read the full h of the read slot,
-    write the own units' new h to the write slot and their c in place."""
+    write the own units' new h to the write slot and their c in place. RESIDENT: the weights are
+    `resident_w`, `resident_bias_hn` (resident_gate_slice), else streamed from L2."""
     cols = tl.arange(0, 4 * BLOCK_U)
     gate = cols % 4
     has_state = (tl.zeros((BLOCK_B,), dtype=tl.int32) + s) > 0  # (BLOCK_B,): zero state before feed 0
@@ -161,14 +250,21 @@ def gates_phase(
         else:
             h_old = tl.load(h_read_ptr + offs, mask=mask & has_state[:, None], other=0.0, cache_modifier='.cg')
             c_old = h_old  # unused
-            bias_hn = tl.load(bias_hn_ptr + units, mask=unit_mask, other=0.0).to(tl.float32)
+            if RESIDENT:
+                bias_hn = resident_bias_hn
+            else:
+                bias_hn = tl.load(bias_hn_ptr + units, mask=unit_mask, other=0.0).to(tl.float32)
 
-        acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
-        for k in range(0, hidden, BLOCK_K):
-            h_k = load_h(h_read_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)  # (BLOCK_B, BLOCK_K)
-            # (BLOCK_K, 4 * BLOCK_U)
-            w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)
-            acc = tl.dot(h_k, w_k.to(tl.float32), acc, input_precision=PRECISION)
+        if RESIDENT:
+            h_split = load_h_split(h_read_ptr, rows, row_mask, hidden, has_state, K_SPLITS, PADDED_K)
+            acc = split_k_product(h_split, resident_w, PRECISION, K_SPLITS)  # (BLOCK_B, 4 * BLOCK_U)
+        else:
+            acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32)
+            for k in range(0, hidden, BLOCK_K):
+                h_k = load_h(h_read_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)  # (BLOCK_B, BLOCK_K)
+                # (BLOCK_K, 4 * BLOCK_U)
+                w_k = load_gate_weights(weight_hh_ptr, unit_start, k, hidden, GATES, BLOCK_U, BLOCK_K)
+                acc = tl.dot(h_k, w_k.to(tl.float32), acc, input_precision=PRECISION)
         h, c = cell_update(acc, x, c_old, h_old, bias_hn, IS_LSTM, BLOCK_B, BLOCK_U)
         tl.store(h_write_ptr + offs, h, mask=mask)
         if IS_LSTM:
@@ -211,6 +307,7 @@ def tile_scores(
     SAMPLE: tl.constexpr,
     INJECTED_NOISE: tl.constexpr,
     BAND_SLACK: tl.constexpr,
+    MAY_BE_EMPTY: tl.constexpr,
 ):
     """Scores of one (BLOCK_B, BLOCK_V) logits tile: logits + T * G for the band's candidates,
     -inf elsewhere (plain logits at temperature 0). Returns (scores, new running max)."""
@@ -221,7 +318,11 @@ def tile_scores(
         line = tl.where(band_on != 0, line, float('-inf'))
         candidate = row_mask[:, None] & token_mask[None, :] & (logits >= line[:, None])
         scores = tl.full(logits.shape, float('-inf'), tl.float32)
-        if tl.max(candidate.to(tl.int32)) > 0:
+        if MAY_BE_EMPTY:  # a later tile of a slice may lie wholly below the band: skip its uniforms
+            any_candidate = tl.max(candidate.to(tl.int32)) > 0
+        else:  # a slice's only tile holds its largest logit, always a candidate
+            any_candidate = True
+        if any_candidate:
             if INJECTED_NOISE:
                 noise_ptrs = (
                     noise_ptr
@@ -238,6 +339,20 @@ def tile_scores(
     else:
         scores = tl.where(token_mask[None, :], logits, float('-inf'))
     return scores, running_max
+
+
+@triton.jit
+def argmax_combine(score_a, token_a, score_b, token_b):
+    """The larger score; the lower token on a tie (as torch.argmax's first index)."""
+    take_b = (score_b > score_a) | ((score_b == score_a) & (token_b < token_a))
+    return tl.where(take_b, score_b, score_a), tl.where(take_b, token_b, token_a)
+
+
+@triton.jit
+def row_argmax(scores, tokens):
+    """(best score, lowest token with it) of each row of (rows, n) `scores` and `tokens`: one
+    reduction of the pairs, not a max then a min (each a round of CTA barriers when warps share a row)."""
+    return tl.reduce((scores, tokens), 1, argmax_combine)
 
 
 @triton.jit
@@ -262,6 +377,7 @@ def slice_best(
     stride_noise_b,
     stride_noise_t,
     stride_noise_v,
+    resident_logits,
     HAS_BIAS_OUT: tl.constexpr,
     SAMPLE: tl.constexpr,
     INJECTED_NOISE: tl.constexpr,
@@ -271,8 +387,10 @@ def slice_best(
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
     BAND_SLACK: tl.constexpr,
+    RESIDENT: tl.constexpr,
 ):
-    """(best score, lowest token with it, largest logit) per row over the program's vocabulary slice."""
+    """(best score, lowest token with it, largest logit) per row over the program's vocabulary slice.
+    RESIDENT: the slice is one tile whose logits (BLOCK_B, BLOCK_V) are given, else they are streamed."""
     best_score = tl.full((BLOCK_B,), float('-inf'), dtype=tl.float32)
     best_token = tl.zeros((BLOCK_B,), dtype=tl.int32)
     running_max = tl.full((BLOCK_B,), float('-inf'), dtype=tl.float32)
@@ -281,18 +399,18 @@ def slice_best(
         token_start = (p * VOCAB_TILES + j) * BLOCK_V
         tokens = token_start + tl.arange(0, BLOCK_V)
         token_mask = tokens < num_tokens
-        logits = tl.zeros((BLOCK_B, BLOCK_V), dtype=tl.float32)
-        for k in range(0, hidden, BLOCK_K):
-            h_k = load_h(h_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)  # (BLOCK_B, BLOCK_K)
-            w_k = load_out_weights(weight_out_ptr, token_start, k, hidden, num_tokens, BLOCK_V, BLOCK_K)  # (K, V)
-            logits = tl.dot(h_k, w_k.to(tl.float32), logits, input_precision=PRECISION)
-        if HAS_BIAS_OUT:
-            logits = (
-                logits
-                + tl.load(bias_out_ptr + tokens, mask=token_mask, other=0.0, eviction_policy='evict_last').to(
-                    tl.float32
-                )[None, :]
-            )
+        if RESIDENT:
+            logits = resident_logits
+        else:
+            logits = tl.zeros((BLOCK_B, BLOCK_V), dtype=tl.float32)
+            for k in range(0, hidden, BLOCK_K):
+                h_k = load_h(h_ptr, rows, row_mask, k, hidden, has_state, BLOCK_K)  # (BLOCK_B, BLOCK_K)
+                # (BLOCK_K, BLOCK_V)
+                w_k = load_out_weights(weight_out_ptr, token_start, k, hidden, num_tokens, BLOCK_V, BLOCK_K)
+                logits = tl.dot(h_k, w_k.to(tl.float32), logits, input_precision=PRECISION)
+            if HAS_BIAS_OUT:
+                bias = tl.load(bias_out_ptr + tokens, mask=token_mask, other=0.0, eviction_policy='evict_last')
+                logits = logits + bias.to(tl.float32)[None, :]
 
         scores, running_max = tile_scores(
             logits,
@@ -317,11 +435,11 @@ def slice_best(
             SAMPLE,
             INJECTED_NOISE,
             BAND_SLACK,
+            VOCAB_TILES > 1,
         )
 
         # running argmax; ties go to the lowest token id, as torch.argmax
-        tile_best = tl.max(scores, axis=1)  # (BLOCK_B,)
-        tile_token = tl.min(tl.where(scores == tile_best[:, None], tokens[None, :], 2147483647), axis=1)
+        tile_best, tile_token = row_argmax(scores, tl.broadcast_to(tokens[None, :], scores.shape))  # (BLOCK_B,)
         better = tile_best > best_score  # strict: an earlier tile wins a tie
         best_score = tl.where(better, tile_best, best_score)
         best_token = tl.where(better, tile_token, best_token)
@@ -352,6 +470,8 @@ def logits_phase(
     stride_noise_b,
     stride_noise_t,
     stride_noise_v,
+    resident_w,
+    resident_bias_out,
     HAS_BIAS_OUT: tl.constexpr,
     SAMPLE: tl.constexpr,
     INJECTED_NOISE: tl.constexpr,
@@ -361,77 +481,69 @@ def logits_phase(
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
     BAND_SLACK: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    K_SPLITS: tl.constexpr,
+    PADDED_K: tl.constexpr,
 ):
-    """Sample step t on the program's vocabulary slice: its (score, token) per row into the partials."""
+    """Sample step t on the program's vocabulary slice: its (score, token) per row into the partials.
+    RESIDENT: the slice is `resident_w`, `resident_bias_out` (resident_out_slice), else streamed."""
     if p < num_slices:
-        best_score, best_token, running_max = slice_best(
-            p,
-            rows,
-            row_mask,
-            t,
-            1,
-            h_ptr,
-            weight_out_ptr,
-            bias_out_ptr,
-            hidden,
-            num_tokens,
-            temperature,
-            g_hi,
-            g_lo,
-            seed,
-            offset_lo,
-            offset_hi,
-            noise_ptr,
-            stride_noise_b,
-            stride_noise_t,
-            stride_noise_v,
-            HAS_BIAS_OUT,
-            SAMPLE,
-            INJECTED_NOISE,
-            BLOCK_B,
-            BLOCK_V,
-            VOCAB_TILES,
-            BLOCK_K,
-            PRECISION,
-            BAND_SLACK,
-        )
-        if SAMPLE:
-            # the holder of the slice's largest logit drew u == 0: the band is not proven, redo without it
-            span = temperature * (g_hi - g_lo)
-            floor = running_max + temperature * g_lo - (tl.abs(running_max) + span) * BAND_SLACK
-            unproven = row_mask & (best_score < floor)
-            if tl.max(unproven.to(tl.int32)) > 0:
-                best_score, best_token, running_max = slice_best(
-                    p,
-                    rows,
-                    row_mask,
-                    t,
-                    0,
-                    h_ptr,
-                    weight_out_ptr,
-                    bias_out_ptr,
-                    hidden,
-                    num_tokens,
-                    temperature,
-                    g_hi,
-                    g_lo,
-                    seed,
-                    offset_lo,
-                    offset_hi,
-                    noise_ptr,
-                    stride_noise_b,
-                    stride_noise_t,
-                    stride_noise_v,
-                    HAS_BIAS_OUT,
-                    SAMPLE,
-                    INJECTED_NOISE,
-                    BLOCK_B,
-                    BLOCK_V,
-                    VOCAB_TILES,
-                    BLOCK_K,
-                    PRECISION,
-                    BAND_SLACK,
-                )
+        if RESIDENT:
+            # the product once, before the passes: the slice's weights stay where they are (a product
+            # inside the pass loop would copy them into shared memory at every step)
+            h_split = load_h_split(h_ptr, rows, row_mask, hidden, rows >= 0, K_SPLITS, PADDED_K)
+            logits = split_k_product(h_split, resident_w, PRECISION, K_SPLITS) + resident_bias_out[None, :]
+        else:
+            logits = 0.0  # streamed: slice_best computes its tiles
+        # one pass with the band; a second without it where the band was not proven (the holder of the
+        # slice's largest logit drew u == 0): one call site, so the phase's code is not inlined twice
+        best_score = tl.full((BLOCK_B,), float('-inf'), dtype=tl.float32)
+        best_token = tl.zeros((BLOCK_B,), dtype=tl.int32)
+        running_max = tl.full((BLOCK_B,), float('-inf'), dtype=tl.float32)
+        band_on = 1
+        passes_left = 1
+        while passes_left > 0:
+            best_score, best_token, running_max = slice_best(
+                p,
+                rows,
+                row_mask,
+                t,
+                band_on,
+                h_ptr,
+                weight_out_ptr,
+                bias_out_ptr,
+                hidden,
+                num_tokens,
+                temperature,
+                g_hi,
+                g_lo,
+                seed,
+                offset_lo,
+                offset_hi,
+                noise_ptr,
+                stride_noise_b,
+                stride_noise_t,
+                stride_noise_v,
+                logits,
+                HAS_BIAS_OUT,
+                SAMPLE,
+                INJECTED_NOISE,
+                BLOCK_B,
+                BLOCK_V,
+                VOCAB_TILES,
+                BLOCK_K,
+                PRECISION,
+                BAND_SLACK,
+                RESIDENT,
+            )
+            passes_left = 0
+            if SAMPLE:
+                span = temperature * (g_hi - g_lo)
+                floor = running_max + temperature * g_lo - (tl.abs(running_max) + span) * BAND_SLACK
+                unproven = row_mask & (best_score < floor)
+                if (band_on != 0) & (tl.max(unproven.to(tl.int32)) > 0):
+                    band_on = 0
+                    passes_left = 1
         offs = rows * num_slices + p
         tl.store(partial_score_ptr + offs, best_score, mask=row_mask)
         tl.store(partial_token_ptr + offs, best_token, mask=row_mask)
@@ -449,8 +561,7 @@ def reduce_partials(rows, row_mask, partial_score_ptr, partial_token_ptr, num_sl
         offs = rows[:, None] * num_slices + slices[None, :]
         scores = tl.load(partial_score_ptr + offs, mask=mask, other=float('-inf'), cache_modifier='.cg')
         tokens = tl.load(partial_token_ptr + offs, mask=mask, other=2147483647, cache_modifier='.cg')
-        chunk_best = tl.max(scores, axis=1)
-        chunk_token = tl.min(tl.where(scores == chunk_best[:, None], tokens, 2147483647), axis=1)
+        chunk_best, chunk_token = row_argmax(scores, tokens)
         better = (chunk_best > best_score) | (best_token == 2147483647)
         best_score = tl.where(better, chunk_best, best_score)
         best_token = tl.where(better, chunk_token, best_token)

@@ -171,6 +171,17 @@ def kernel_constexprs(
     )
 
 
+def persistent_constexprs(plan: LaunchPlan, hidden: int) -> dict:
+    """The persistent kernel's constexprs beyond kernel_constexprs: which slices stay on chip, and their K split."""
+    padded, splits = plan.k_splits(hidden)
+    return dict(
+        RESIDENT_GATES=plan.resident_gates,
+        RESIDENT_LOGITS=plan.resident_logits,
+        K_SPLITS=splits,
+        PADDED_K=padded,
+    )
+
+
 def recurrent_sample_launch(
     cell: str,
     input_table: Tensor,  # (num_tokens, gates * hidden)
@@ -239,7 +250,8 @@ def recurrent_sample_launch(
 
     if mode == 'persistent':
         try:
-            launch_persistent(args, sizes, sampling, constexprs, plan, device, max_spins)
+            persistent = dict(constexprs, **persistent_constexprs(plan, hidden))
+            launch_persistent(args, sizes, sampling, persistent, plan, device, max_spins)
         except RuntimeError as error:
             if not (plan.cooperative and launch_refused(error)):
                 raise
