@@ -16,23 +16,22 @@ ABORT_EVERY = tl.constexpr(256)
 def grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins):
     """Wait until the group's counter reaches `target` (this program's arrival included).
     Returns 1, or 0 after max_spins reads or when another program gave up (then it sets the abort
-    word and the sticky error flag). Release arrive, relaxed spin, one acquire: docs/kernel.md."""
+    word and the sticky error flag). Release arrive, acquire spin: docs/kernel.md, "The barrier"."""
     tl.debug_barrier()  # every thread's stores of this phase precede the arrival
     tl.atomic_add(counter_ptr, 1, sem='release', scope='gpu')  # result unused: a release reduction
-    arrived = tl.load(counter_ptr, volatile=True)
+    # each spin read is an acquire (an L2 load, then an L1 invalidation): the read that sees the last
+    # arrival is the acquire, with no extra round trip after it. Its value is used: Triton 3.6 drops
+    # an unused add of 0
+    arrived = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
     aborted = 0
     spins = 0
     while (arrived < target) & (aborted == 0) & (spins < max_spins):
-        arrived = tl.load(counter_ptr, volatile=True)
+        arrived = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
         spins += 1
         if spins % ABORT_EVERY == 0:
             aborted = tl.load(abort_ptr, volatile=True)
     passed = (arrived >= target).to(tl.int32)
-    if passed != 0:
-        # the one acquire: the others' phase is seen. Its value is used: Triton 3.6 drops an unused add of 0
-        seen = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
-        passed = (seen >= target).to(tl.int32)
-    else:
+    if passed == 0:
         tl.atomic_xchg(abort_ptr, 1, sem='relaxed', scope='gpu')
         tl.atomic_xchg(error_ptr, 1, sem='relaxed', scope='gpu')
     tl.debug_barrier()  # no thread reads the exchange buffer before the wait ends
