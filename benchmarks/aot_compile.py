@@ -211,28 +211,54 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 # the opcodes the latency model counts: L1 invalidations (each acquire), global loads (plain, async
-# copies), atomics and reductions, fences, tensor-core MMAs
-SASS_OPCODES = ('CCTL.IVALL', 'LDG', 'LDGSTS', 'ATOMG', 'REDG', 'MEMBAR', 'HMMA')
-SASS_INSTRUCTION = re.compile(r'^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)')
+# copies), atomics and reductions, fences, tensor-core MMAs, CTA barriers
+SASS_OPCODES = ('CCTL.IVALL', 'LDG', 'LDGSTS', 'ATOMG', 'REDG', 'MEMBAR', 'HMMA', 'BAR.SYNC')
+# address, opcode and operands of one SASS instruction (an optional predicate before the opcode)
+SASS_LINE = re.compile(r'/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);')
 
 
-def sass_counts(cubin: bytes) -> dict:
-    """Static counts of SASS_OPCODES in `cubin` (cuobjdump -sass)."""
+def sass_text(cubin: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run(
+        return subprocess.run(
             [triton_bin('cuobjdump'), '-sass', f.name], capture_output=True, text=True, check=True
         ).stdout
-    counts = dict.fromkeys(SASS_OPCODES, 0)
-    for line in sass.splitlines():
-        match = SASS_INSTRUCTION.match(line)
-        if not match:
-            continue
-        op = match.group(1)
+
+
+def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
+    """(address, opcode, operands) of every instruction in cuobjdump -sass output."""
+    return [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(SASS_LINE.search, sass.splitlines()) if m]
+
+
+def outermost_loop(instructions) -> tuple[int, int] | None:
+    """(first, last address) of the widest backward branch: the persistent kernel's step loop."""
+    loops = []
+    for address, op, operands in instructions:
+        target = re.search(r'0x([0-9a-f]+)$', operands.strip())  # 'BRA 0x2070' or 'BRA P3, 0x2070'
+        if op.startswith('BRA') and target and int(target.group(1), 16) < address:
+            loops.append((int(target.group(1), 16), address))
+    return max(loops, key=lambda span: span[1] - span[0]) if loops else None
+
+
+def is_opcode(op: str, name: str) -> bool:
+    return op == name or op.startswith(name + '.')
+
+
+def sass_counts(sass: str) -> dict:
+    """Static counts of SASS_OPCODES in the kernel, and ('loop ' + name) in its outermost loop. The weight
+    loads are the loads hinted evict-last ('.EL'), as only the weight loaders are: 'weight loads before
+    loop' and 'loop weight loads' tell a slice held on chip (loaded before the step loop, never in it)."""
+    instructions = sass_instructions(sass)
+    loop = outermost_loop(instructions)
+    inside = lambda address: loop is not None and loop[0] <= address <= loop[1]
+    counts = {}
+    for prefix, keep in (('', lambda a: True), ('loop ', inside)):
         for name in SASS_OPCODES:
-            if op == name or op.startswith(name + '.') and '.' not in name:
-                counts[name] += 1
+            counts[prefix + name] = sum(1 for a, op, _ in instructions if keep(a) and is_opcode(op, name))
+    weight_loads = [a for a, op, _ in instructions if op.startswith(('LDG.', 'LDGSTS.')) and '.EL' in op]
+    counts['loop weight loads'] = sum(1 for a in weight_loads if inside(a))
+    counts['weight loads before loop'] = sum(1 for a in weight_loads if loop is not None and a < loop[0])
     return counts
 
 
@@ -295,7 +321,7 @@ def compile_config(cfg: AotConfig, arch: int) -> CompileResult:
     result.local_bytes = usage['local_bytes']
     result.static_shared = usage['static_shared']
     result.dynamic_shared = int(kernel.metadata.shared)
-    result.sass = sass_counts(kernel.asm['cubin'])
+    result.sass = sass_counts(sass_text(kernel.asm['cubin']))
     return result
 
 

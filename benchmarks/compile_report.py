@@ -42,23 +42,45 @@ def table(rows: list[list[str]]) -> str:
     return '\n'.join(lines)
 
 
-# a persistent kernel inlines the grid barrier at two call sites, each with one acquire: one CCTL.IVALL each
+# a persistent kernel inlines the grid barrier at two call sites, each with two acquire reads (the first,
+# and the spin loop's): one CCTL.IVALL each, all in the step loop
 BARRIER_SITES = 2
+CCTL_PER_SITE = 2
+
+
+def residency_check(floor: dict, sass: dict) -> list[str]:
+    """What the SASS contradicts of the design: the acquire count, and for resident slices weight loads in
+    the step loop (or none before it)."""
+    problems = []
+    cctl = sass.get('loop CCTL.IVALL')
+    if cctl != BARRIER_SITES * CCTL_PER_SITE:
+        problems.append(f'{cctl} CCTL in the step loop != {BARRIER_SITES * CCTL_PER_SITE}')
+    resident = [floor.get('resident_gates'), floor.get('resident_logits')]
+    if any(resident) and not sass.get('weight loads before loop'):
+        problems.append('no weight load before the step loop')
+    if all(resident) and sass.get('loop weight loads'):
+        problems.append(f'{sass["loop weight loads"]} weight loads in the step loop')
+    return problems
 
 
 def latency_table(results: list) -> str:
-    """The latency model of each persistent configuration (AotConfig.floor) beside its SASS counts: the
-    CCTL.IVALL (one a barrier site: each wipes L1) and the global loads the model assumes."""
+    """The latency model of each persistent configuration (AotConfig.floor) beside the SASS counts of its step
+    loop: CTA barriers (added to the estimate), CCTL.IVALL (one an acquire), weight loads (none in the loop
+    where the slices are resident), global loads and async copies, MMAs."""
+    from up_fast.kernels.perf_model import ASSUMPTIONS, cta_barrier_us
+
     rows = [
         [
             'configuration',
             'arch',
             'weights',
-            'barriers',
             'L2 trips',
             'MMA chain',
+            'us design',
+            'bar.sync',
             'us/step',
             'CCTL',
+            'W loads in/before',
             'LDG',
             'LDGSTS',
             'HMMA',
@@ -69,32 +91,30 @@ def latency_table(results: list) -> str:
         if not r.name.startswith('persistent') or 'l2_round_trips_per_sampling_step' not in r.floor:
             continue
         f, sass = r.floor, r.sass or {}
-        cctl = sass.get('CCTL.IVALL')
-        check = (
-            '-'
-            if cctl is None
-            else ('ok' if cctl == BARRIER_SITES else f'{cctl} CCTL != {BARRIER_SITES} barrier sites')
-        )
+        bars = sass.get('loop BAR.SYNC')
+        problems = residency_check(f, sass) if sass else ['not compiled']
         rows.append(
             [
                 r.name,
                 f'sm_{r.arch}',
                 str(f.get('weights', '-')),
-                str(f['barriers_per_sampling_step']),
                 str(f['l2_round_trips_per_sampling_step']),
-                str(f['mma_chain_per_k_loop']),
+                f'{f.get("mma_chain_gates", "-")}/{f.get("mma_chain_logits", "-")}',
                 fmt(f['floor_us_per_sampling_step']),
+                str(bars if bars is not None else '-'),
+                fmt(f['floor_us_per_sampling_step'] + cta_barrier_us(bars)) if bars is not None else '-',
+                str(sass.get('loop CCTL.IVALL', '-')),
+                f'{sass.get("loop weight loads", "-")}/{sass.get("weight loads before loop", "-")}',
             ]
-            + [str(sass.get(k, '-')) for k in ('CCTL.IVALL', 'LDG', 'LDGSTS', 'HMMA')]
-            + [check]
+            + [str(sass.get('loop ' + k, '-')) for k in ('LDG', 'LDGSTS', 'HMMA')]
+            + ['ok' if not problems else '; '.join(problems)]
         )
     if len(rows) == 1:
         return ''
-    from up_fast.kernels.perf_model import ASSUMPTIONS
-
     return '\n'.join(
         [
-            'latency model of a sampling step (estimates, not measured; SASS counts are static)',
+            'latency model of a sampling step (estimates, not measured): the design floor, plus the bar.sync '
+            'of the step loop; SASS counts are static, in the step loop',
             table(rows),
             f'assumptions: {ASSUMPTIONS}',
         ]

@@ -72,8 +72,9 @@ class LaunchPlan:
     # the persistent kernel's software pipelining of its streamed K loops: with 3 stages Triton prefetches
     # the next h and weight tiles (cp.async) while the current ones multiply
     num_stages: int = 3
-    # the persistent kernel holds the program's W_hh^T (resp. W_out^T) slice in registers for the whole
-    # launch, split along K over the warps, instead of streaming it from L2 each step (docs/kernel.md)
+    # the persistent kernel loads the program's W_hh^T (resp. W_out^T) slice once and holds it on chip
+    # (registers, or shared memory where Triton stages a loop-invariant dot operand) for the whole launch,
+    # split along K over the warps, instead of streaming it from L2 each step (docs/kernel.md)
     resident_gates: bool = False
     resident_logits: bool = False
 
@@ -86,10 +87,10 @@ class LaunchPlan:
             else 'streamed from L2, one tile at a time'
         )
         if self.resident_gates and self.resident_logits:
-            return 'resident in registers'
+            return 'resident on chip'
         if self.resident_gates or self.resident_logits:
             on_chip, off = ('gates', 'logits') if self.resident_gates else ('logits', 'gates')
-            return f'{on_chip} resident in registers, {off} {streamed}'
+            return f'{on_chip} resident on chip, {off} {streamed}'
         return streamed
 
     def k_splits(self, hidden: int) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 Estimates from the design and typical latencies, not measurements (docs/kernel.md, "The latency
 model"). `design_floor` counts per configuration what a step must wait for in sequence and turns
 it into microseconds under the assumptions below; the compile configurations (aot.py) carry it,
-and `python -m benchmarks.compile_report` prints it next to the SASS counts of the compiled kernel.
+and `python -m benchmarks.compile_report` prints it next to the SASS counts of the compiled kernel,
+adding `cta_barrier_us` for the bar.sync instructions it counts in the step loop.
 """
 
 from __future__ import annotations
@@ -18,20 +19,31 @@ MMA_LINK_CYCLES = 16  # issue-to-dependent-issue of one m16n8k8 tf32 mma.sync on
 FMA_FLOPS_PER_CLOCK_PER_SM = 256  # 128 fp32 FMA lanes ('ieee': no tensor cores)
 MMA_K = 8  # the K of one tf32 mma.sync
 TF32X3_PASSES = 3  # big*big + small*big + big*small, all into one accumulator
+# a grid barrier: the release fence (the phase's stores acknowledged by L2), then the acquire read that
+# sees the last arrival (docs/kernel.md, "The barrier")
+BARRIER_TRIPS = 2
+CTA_BARRIER_CYCLES = 20  # one bar.sync of a program's warps, with the shared-memory exchange it orders
 
 ASSUMPTIONS = (
     f'L2 hit {L2_LATENCY_US} us a dependent round trip; {L2_BYTES_PER_CLOCK_PER_SM} B/clock/SM from L2; '
-    f'{SM_CLOCK_GHZ} GHz; {MMA_LINK_CYCLES} cycles a dependent tf32 mma.sync; weights streamed from L2 every step '
-    "(each barrier's acquire invalidates L1), the K loop pipelined so a phase waits one round trip, then streams; "
-    'a barrier is 3 round trips (release fence, the spin read that sees the last arrival, the acquire read)'
+    f'{SM_CLOCK_GHZ} GHz; {MMA_LINK_CYCLES} cycles a dependent tf32 mma.sync; {CTA_BARRIER_CYCLES} cycles a '
+    'bar.sync, each one in the step loop counted once a step, in series; a grid barrier is '
+    f'{BARRIER_TRIPS} round trips (release fence, the acquire read that sees the last arrival); '
+    'resident slices are read on chip, streamed ones from L2 every step (a barrier invalidates L1) with '
+    'the K loop pipelined: one round trip, then streaming; every phase reads the whole h from L2'
 )
 
 
-def mma_chain(hidden: int, block_k: int, precision: str) -> int:
-    """Dependent mma.sync on one accumulator over a K loop of `hidden` (0 for 'ieee': FMAs)."""
+def mma_chain(k: int, block_k: int, precision: str) -> int:
+    """Dependent mma.sync on one accumulator over a K loop of `k` in tiles of `block_k` (0 for 'ieee': FMAs)."""
     if precision == 'ieee':
         return 0
-    return -(-hidden // block_k) * (block_k // MMA_K) * TF32X3_PASSES
+    return -(-k // block_k) * (block_k // MMA_K) * TF32X3_PASSES
+
+
+def cta_barrier_us(bar_syncs: int) -> float:
+    """The step's CTA barriers (bar.sync counted in the step loop's SASS) in microseconds."""
+    return bar_syncs * CTA_BARRIER_CYCLES / (SM_CLOCK_GHZ * 1e3)
 
 
 def design_floor(
@@ -41,43 +53,54 @@ def design_floor(
     units = plan.unit_tiles * plan.block_u
     slice_tokens = plan.vocab_tiles * plan.block_v
     exchange = plan.block_b * hidden * 4  # the full h a phase reads from L2
-    gates_weights = 4 * units * hidden * weight_bytes  # padded to 4 gates
-    logits_weights = slice_tokens * hidden * weight_bytes
     clock = SM_CLOCK_GHZ * 1e3  # cycles per us
-    stream_us = lambda weights, tiles: (exchange * tiles + weights) / L2_BYTES_PER_CLOCK_PER_SM / clock
+    stream_us = lambda nbytes: nbytes / L2_BYTES_PER_CLOCK_PER_SM / clock
     fma_us = lambda flops: 0.0 if precision != 'ieee' else flops / FMA_FLOPS_PER_CLOCK_PER_SM / clock
-    chain = mma_chain(hidden, plan.block_k, precision)
-    mma_us = chain * MMA_LINK_CYCLES / clock
+    padded, splits = plan.k_splits(hidden)
+    # a resident slice multiplies one K chunk a warp: the chain of one chunk; a streamed one the whole K loop
+    resident_chain = mma_chain(padded // splits, padded // splits, precision)
+    streamed_chain = mma_chain(hidden, plan.block_k, precision)
 
-    multi = plan.programs > 1
-    barrier_trips = 3 if multi else 0
-    # gates: the sampled token's reduction (partials) then its input-table row, while the K loop
-    # (one round trip, then streamed) runs beside them; one K loop a unit tile
-    gates_trips = max(2, plan.unit_tiles)
-    gates_us = (
-        max(2 * L2_LATENCY_US, plan.unit_tiles * (L2_LATENCY_US + mma_us))
-        + stream_us(gates_weights, plan.unit_tiles)
-        + fma_us(2 * plan.block_b * hidden * 4 * units)
-    )
-    # logits: one K loop a vocabulary tile, each starting with a round trip
-    logits_trips = plan.vocab_tiles
-    logits_us = (
-        plan.vocab_tiles * (L2_LATENCY_US + mma_us)
-        + stream_us(logits_weights, plan.vocab_tiles)
-        + fma_us(2 * plan.block_b * hidden * slice_tokens)
-    )
+    # gates: the token (prefix or the slices' partials) then its input-table row: two round trips, beside
+    # the product (h: one round trip, then its bytes; a streamed slice adds its weights, a K loop a tile)
+    token_us = 2 * L2_LATENCY_US
+    if plan.resident_gates:
+        gates_chain, gates_trips = resident_chain, 2
+        product_us = L2_LATENCY_US + stream_us(exchange) + resident_chain * MMA_LINK_CYCLES / clock
+    else:
+        gates_chain, gates_trips = streamed_chain, max(2, plan.unit_tiles)
+        weights = 4 * units * hidden * weight_bytes  # padded to 4 gates
+        product_us = plan.unit_tiles * (L2_LATENCY_US + streamed_chain * MMA_LINK_CYCLES / clock) + stream_us(
+            exchange * plan.unit_tiles + weights
+        )
+    gates_us = max(token_us, product_us) + fma_us(2 * plan.block_b * hidden * 4 * units)
+
+    # logits: h (one round trip a vocabulary tile when streamed), the product, the band sampler
+    if plan.resident_logits:
+        logits_chain, logits_trips = resident_chain, 1
+        logits_us = L2_LATENCY_US + stream_us(exchange) + resident_chain * MMA_LINK_CYCLES / clock
+    else:
+        logits_chain, logits_trips = streamed_chain, plan.vocab_tiles
+        logits_us = plan.vocab_tiles * (L2_LATENCY_US + streamed_chain * MMA_LINK_CYCLES / clock) + stream_us(
+            exchange * plan.vocab_tiles + slice_tokens * hidden * weight_bytes
+        )
+    logits_us += fma_us(2 * plan.block_b * hidden * slice_tokens)
+
+    barrier_trips = BARRIER_TRIPS if plan.programs > 1 else 0
     barrier_us = barrier_trips * L2_LATENCY_US
-    sampling_trips = gates_trips + logits_trips + 2 * barrier_trips
     return dict(
         programs_per_group=plan.programs,
         groups=plan.groups,
         weights=plan.weights,
+        resident_gates=plan.resident_gates,
+        resident_logits=plan.resident_logits,
         weight_bytes_per_program=plan.slice_bytes(hidden, weight_bytes),
         barriers_per_sampling_step=2,
         barriers_per_prefix_step=1,
-        l2_round_trips_per_sampling_step=sampling_trips,
+        l2_round_trips_per_sampling_step=gates_trips + logits_trips + 2 * barrier_trips,
         l2_round_trips_per_barrier=barrier_trips,
-        mma_chain_per_k_loop=chain,
+        mma_chain_gates=gates_chain,
+        mma_chain_logits=logits_chain,
         gates_us=round(gates_us, 2),
         logits_us=round(logits_us, 2),
         barrier_us=round(barrier_us, 2),
