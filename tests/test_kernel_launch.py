@@ -1,9 +1,10 @@
 """Launch tests of the persistent sampling kernel (kernels/recurrent_sample.py): barrier, plans, argument checks.
 
 A grid barrier that never fills sets the error flag and the next call raises; a refused cooperative
-launch falls back to phases with one warning; launch plans cover the shapes and fit the device; the AOT
-configurations cover the launcher's choices; bad arguments and weights are named; the int32 guard
-bounds the tables. Helpers and the interpreter setup are those of test_kernel_recurrent_sample.py.
+launch falls back to phases with one warning; launch plans cover the shapes and fit the device, and
+keep on chip the weight slices that fit the register budget; the AOT configurations cover the
+launcher's choices; bad arguments and weights are named; the int32 guard bounds the tables. Helpers
+and the interpreter setup are those of test_kernel_recurrent_sample.py.
 """
 
 import os
@@ -198,12 +199,11 @@ def test_the_rule_keeps_the_slices_that_fit_on_chip(shape, resident):
         assert 'streamed' in plan.weights and 'resident' not in plan.weights
 
 
-def rule_budget_plan(hidden, num_tokens, programs):
-    """The rule's plan for 16 rows with `programs` programs a group, and its resident budget (fp32
-    elements a program may hold)."""
+def rule_plan(hidden, num_tokens, programs):
+    """The rule's plan for 16 rows with `programs` programs a group."""
     plan = plan_launch(16, hidden, num_tokens, 1, programs=programs)
     check_plan(plan, 16, hidden, num_tokens)
-    return plan, RESIDENT_REGISTERS * 32 * plan.num_warps
+    return plan
 
 
 def slice_elements(plan, hidden):
@@ -216,23 +216,23 @@ def test_the_rule_keeps_a_slice_at_the_budget_and_streams_one_over_it():
     """Shapes from RESIDENT_REGISTERS: gate tiles of 4 units (16 columns) and vocabulary tiles of 16
     tokens. Slices are powers of two: past the budget the next gate slice is twice it, the next
     logits slice (32 tokens) puts gates + logits at 1.5 times it."""
-    budget = RESIDENT_REGISTERS * 32 * 8
+    budget = RESIDENT_REGISTERS * 32 * plan_launch(16, 64, 16, 1).num_warps  # fp32 elements a program may hold
     hidden = budget // 16  # gates alone at the budget
-    at, budget = rule_budget_plan(hidden, 16, hidden // 4)
+    at = rule_plan(hidden, 16, hidden // 4)
     assert (at.block_u, at.unit_tiles) == (4, 1) and slice_elements(at, hidden)[0] == budget
     assert at.resident_gates and not at.resident_logits
 
-    over, _ = rule_budget_plan(hidden + 1, 16, hidden // 4 + 1)
+    over = rule_plan(hidden + 1, 16, hidden // 4 + 1)
     assert (over.block_u, over.unit_tiles) == (4, 1) and slice_elements(over, hidden + 1)[0] == 2 * budget
     assert not over.resident_gates and not over.resident_logits
 
     hidden = budget // 32  # gates + logits at the budget: 16 gate columns and 16 tokens of `hidden` each
     programs = hidden // 4
-    both, _ = rule_budget_plan(hidden, 16 * programs, programs)
+    both = rule_plan(hidden, 16 * programs, programs)
     assert (both.block_v, both.vocab_tiles) == (16, 1) and sum(slice_elements(both, hidden)) == budget
     assert both.resident_gates and both.resident_logits
 
-    logits_over, _ = rule_budget_plan(hidden, 16 * programs + 1, programs)
+    logits_over = rule_plan(hidden, 16 * programs + 1, programs)
     assert (logits_over.block_v, logits_over.vocab_tiles) == (32, 1)
     assert sum(slice_elements(logits_over, hidden)) == budget * 3 // 2
     assert logits_over.resident_gates and not logits_over.resident_logits
