@@ -1,9 +1,10 @@
 """Launch tests of the persistent sampling kernel (kernels/recurrent_sample.py): barrier, plans, argument checks.
 
 A grid barrier that never fills sets the error flag and the next call raises; a refused cooperative
-launch falls back to phases with one warning; launch plans cover the shapes and fit the device; the AOT
-configurations cover the launcher's choices; bad arguments and weights are named; the int32 guard
-bounds the tables. Helpers and the interpreter setup are those of test_kernel_recurrent_sample.py.
+launch falls back to phases with one warning; launch plans cover the shapes and fit the device, and
+keep on chip the weight slices that fit the register budget; the AOT configurations cover the
+launcher's choices; bad arguments and weights are named; the int32 guard bounds the tables. Helpers
+and the interpreter setup are those of test_kernel_recurrent_sample.py.
 """
 
 import os
@@ -31,7 +32,7 @@ from test_kernel_recurrent_sample import (  # noqa: E402
 
 from up_fast.kernels import aot  # noqa: E402
 from up_fast.kernels import recurrent_sample as rs  # noqa: E402
-from up_fast.kernels.launch_plan import check_plan, plan_launch  # noqa: E402
+from up_fast.kernels.launch_plan import RESIDENT_REGISTERS, check_plan, next_power_of_2, plan_launch  # noqa: E402
 from up_fast.kernels.recurrent_sample import fused_recurrent_sample  # noqa: E402
 from up_fast.sampling import FoldedRecurrentNet  # noqa: E402
 
@@ -171,6 +172,95 @@ def test_plan_of_the_example():
     assert (plan.groups, plan.programs, plan.block_u, plan.num_slices, plan.block_v) == (1, 64, 4, 16, 16)
     assert plan_launch(4096, 256, 256, 132).programs == 2  # 64 groups of 64 rows on 128 SMs
     assert plan_launch(32, 256, 256, 1).programs == 1  # the interpreter: one program
+
+
+# (id, (batch, hidden, num_tokens), (resident_gates, resident_logits)) on 132 SMs
+RESIDENT_RULE = [
+    ('example_both_resident', (32, 256, 256), (True, True)),
+    ('vocab32768_logits_streamed', (32, 256, 32768), (True, False)),
+    ('hidden1024_neither_logits_only_beside_gates', (32, 1024, 256), (False, False)),
+    ('batch4096_neither', (4096, 256, 256), (False, False)),
+    ('batch64_tile_streams', (64, 256, 256), (False, False)),
+]
+
+
+@pytest.mark.parametrize(
+    'shape, resident', [(shape, resident) for _, shape, resident in RESIDENT_RULE], ids=[i for i, _, _ in RESIDENT_RULE]
+)
+def test_the_rule_keeps_the_slices_that_fit_on_chip(shape, resident):
+    plan = plan_launch(*shape, 132)
+    check_plan(plan, *shape)
+    assert (plan.resident_gates, plan.resident_logits) == resident
+    if all(resident):
+        assert 'resident' in plan.weights and 'streamed' not in plan.weights
+    elif any(resident):
+        assert 'gates resident' in plan.weights and 'logits streamed' in plan.weights
+    else:
+        assert 'streamed' in plan.weights and 'resident' not in plan.weights
+
+
+def rule_plan(hidden, num_tokens, programs):
+    """The rule's plan for 16 rows with `programs` programs a group."""
+    plan = plan_launch(16, hidden, num_tokens, 1, programs=programs)
+    check_plan(plan, 16, hidden, num_tokens)
+    return plan
+
+
+def slice_elements(plan, hidden):
+    """Elements of a program's resident W_hh^T and W_out^T slices: one tile each, K padded."""
+    padded, _ = plan.k_splits(hidden)
+    return 4 * plan.block_u * padded, plan.block_v * padded
+
+
+def test_the_rule_keeps_a_slice_at_the_budget_and_streams_one_over_it():
+    """Shapes from RESIDENT_REGISTERS: gate tiles of 4 units (16 columns) and vocabulary tiles of 16
+    tokens. Slices are powers of two: past the budget the next gate slice is twice it, the next
+    logits slice (32 tokens) puts gates + logits at 1.5 times it."""
+    budget = RESIDENT_REGISTERS * 32 * plan_launch(16, 64, 16, 1).num_warps  # fp32 elements a program may hold
+    hidden = budget // 16  # gates alone at the budget
+    at = rule_plan(hidden, 16, hidden // 4)
+    assert (at.block_u, at.unit_tiles) == (4, 1) and slice_elements(at, hidden)[0] == budget
+    assert at.resident_gates and not at.resident_logits
+
+    over = rule_plan(hidden + 1, 16, hidden // 4 + 1)
+    assert (over.block_u, over.unit_tiles) == (4, 1) and slice_elements(over, hidden + 1)[0] == 2 * budget
+    assert not over.resident_gates and not over.resident_logits
+
+    hidden = budget // 32  # gates + logits at the budget: 16 gate columns and 16 tokens of `hidden` each
+    programs = hidden // 4
+    both = rule_plan(hidden, 16 * programs, programs)
+    assert (both.block_v, both.vocab_tiles) == (16, 1) and sum(slice_elements(both, hidden)) == budget
+    assert both.resident_gates and both.resident_logits
+
+    logits_over = rule_plan(hidden, 16 * programs + 1, programs)
+    assert (logits_over.block_v, logits_over.vocab_tiles) == (32, 1)
+    assert sum(slice_elements(logits_over, hidden)) == budget * 3 // 2
+    assert logits_over.resident_gates and not logits_over.resident_logits
+
+
+@pytest.mark.parametrize(
+    'hidden, num_warps, expected',
+    [(256, 8, (256, 8)), (40, 8, (64, 4)), (10, 8, (16, 1)), (200, 4, (256, 4)), (16, 8, (16, 1))],
+    ids=['hidden256_8warps', 'hidden40_chunks_of_16', 'hidden10_padded_to_16', 'hidden200_4warps', 'hidden16'],
+)
+def test_k_splits_pad_hidden_and_split_it_over_the_warps(hidden, num_warps, expected):
+    plan = dataclasses.replace(plan_launch(32, hidden, 256, 132), num_warps=num_warps)
+    assert plan.k_splits(hidden) == expected
+    padded, splits = expected
+    assert padded == next_power_of_2(max(16, hidden)) and padded // splits >= 16
+
+
+# two gate tiles of 8 units a program and two vocabulary tiles in one slice: 19 rows, hidden 24, vocabulary 20
+TWO_TILE_PLAN = dataclasses.replace(TILED_PLAN, block_u=8, unit_tiles=2, vocab_tiles=2, num_slices=1)
+
+
+@pytest.mark.parametrize('name', ['resident_gates', 'resident_logits'])
+def test_check_plan_refuses_a_resident_slice_of_several_tiles(name):
+    check_plan(TWO_TILE_PLAN, 19, 24, 20)  # streamed, the plan fits
+    one_tile = dataclasses.replace(TWO_TILE_PLAN, block_u=16, unit_tiles=1, block_v=32, vocab_tiles=1)
+    check_plan(dataclasses.replace(one_tile, resident_gates=True, resident_logits=True), 19, 24, 20)
+    with pytest.raises(ValueError, match=rf'{name} needs (unit|vocab)_tiles 1, got 2'):
+        check_plan(dataclasses.replace(TWO_TILE_PLAN, **{name: True}), 19, 24, 20)
 
 
 def test_aot_configurations_cover_the_launcher_choices():

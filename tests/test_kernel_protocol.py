@@ -56,11 +56,14 @@ class OracleMismatch(AssertionError):
     """Tokens or state differ from the oracle's."""
 
 
-def two_group_plan(batch, hidden, num_tokens, programs):
+def two_group_plan(batch, hidden, num_tokens, programs, weights=None):
     """The launcher's plan with `programs` programs a group, on batch tiles of 16 rows: two groups
-    for a batch in (16, 32], the second one ragged."""
+    for a batch in (16, 32], the second one ragged. `weights` (resident_gates, resident_logits)
+    overrides the rule's choice of the slices kept on chip."""
     plan = plan_launch(batch, hidden, num_tokens, 1, programs=programs)
     plan = dataclasses.replace(plan, block_b=BLOCK_B, groups=-(-batch // BLOCK_B))
+    if weights is not None:
+        plan = dataclasses.replace(plan, resident_gates=weights[0], resident_logits=weights[1])
     rs.check_plan(plan, batch, hidden, num_tokens)
     assert plan.programs == programs and plan.groups == 2
     return plan
@@ -76,7 +79,7 @@ def run_threaded(kernel_case, seed, *, kernel=None, monkeypatch=None):
     g = torch.Generator().manual_seed(c['programs'])
     prefix = torch.randint(0, c['num_tokens'], (c['batch'], c['prefix_len']), generator=g)
     noise = torch.rand((c['batch'], c['length'], c['num_tokens']), generator=g)
-    plan = two_group_plan(c['batch'], c['hidden'], c['num_tokens'], c['programs'])
+    plan = case_plan(c)
     if kernel is not None:
         monkeypatch.setitem(launcher_globals(), 'recurrent_sample_kernel', kernel)
     with threaded_interpreter(seed, timeout=LAUNCH_TIMEOUT_S):
@@ -158,21 +161,55 @@ def case(cell, programs, temperature, batch, prefix_len, length, hidden=40, num_
     )
 
 
+def case_plan(c):
+    return two_group_plan(c['batch'], c['hidden'], c['num_tokens'], c['programs'], c.get('weights'))
+
+
+def weights_label(plan):
+    """Which slices the case's programs keep on chip, for the test id."""
+    return {
+        (True, True): 'resident',
+        (True, False): 'gates_resident',
+        (False, True): 'logits_resident',
+        (False, False): 'streamed',
+    }[plan.resident_gates, plan.resident_logits]
+
+
+STREAMED, GATES_RESIDENT = (False, False), (True, False)
+
 # 2 groups of 16 rows (the second ragged), hidden and vocabulary not multiples of the tiles; at P = 8
-# some programs own no hidden units and most no vocabulary slice
+# some programs own no hidden units and most no vocabulary slice. Most take the rule's plan (slices on
+# chip where they fit); `weights` forces the other paths on the same shapes
 CASES = {
     'lstm_P2_sample': case('lstm', 2, 1.0, batch=19, prefix_len=3, length=4),
     'gru_P3_greedy': case('gru', 3, 0.0, batch=19, prefix_len=2, length=4, bias_out=True),
+    'gru_P3_greedy_forced': case('gru', 3, 0.0, batch=19, prefix_len=2, length=4, bias_out=True, weights=STREAMED),
     'lstm_P5_greedy_prefix1': case('lstm', 5, 0.0, batch=18, prefix_len=1, length=3, hidden=24),
+    'lstm_P5_greedy_prefix1_forced': case(
+        'lstm', 5, 0.0, batch=18, prefix_len=1, length=3, hidden=24, weights=GATES_RESIDENT
+    ),
     'gru_P8_sample_length1': case('gru', 8, 1.0, batch=17, prefix_len=3, length=1),
+    'gru_P8_sample_length1_forced': case('gru', 8, 1.0, batch=17, prefix_len=3, length=1, weights=STREAMED),
     'lstm_P8_sample_prefix1_length1': case('lstm', 8, 1.0, batch=17, prefix_len=1, length=1, bias_out=True),
+    'lstm_P8_sample_prefix1_length1_forced': case(
+        'lstm', 8, 1.0, batch=17, prefix_len=1, length=1, bias_out=True, weights=GATES_RESIDENT
+    ),
     'gru_P4_sample_prefix1': case('gru', 4, 1.0, batch=20, prefix_len=1, length=3, hidden=24, num_tokens=20),
 }
 
 
-@pytest.mark.parametrize('name', list(CASES))
+@pytest.mark.parametrize(
+    'name', list(CASES), ids=[f'{name}-{weights_label(case_plan(c))}' for name, c in CASES.items()]
+)
 def test_persistent_kernel_matches_oracle_under_concurrency(name):
     run_threaded(CASES[name], seed=len(name))
+
+
+def test_the_cases_run_every_weights_path():
+    """The rule's plans keep these small slices on chip; the forced cases run the streamed paths too."""
+    labels = [weights_label(case_plan(c)) for c in CASES.values()]
+    assert {'resident', 'gates_resident', 'streamed'} <= set(labels), labels
+    assert labels.count('resident') >= len(labels) // 3
 
 
 # broken protocols: each must be caught

@@ -4,7 +4,9 @@ References: the plain oracle `naive_recurrent_sample` (up_fast/naive.py) and the
 path `FoldedRecurrentNet.sample`, both on the CPU in fp32. Without a GPU the kernel runs under
 Triton's interpreter, which runs programs one after another: it checks the persistent kernel with
 one program per group ('single': the barrier passes at once) and the multi-program arithmetic in
-phase-per-launch mode ('phases': P > 1 programs split the weights exactly as on the GPU). The tests
+phase-per-launch mode ('phases': P > 1 programs split the weights exactly as on the GPU). Plans of
+one tile a program run the persistent kernel with its weight slices resident (loaded once, K split over
+the warps) and streamed on the same shapes; test_kernel_protocol.py runs both with P > 1. The tests
 marked `cuda` add the multi-program persistent kernel, large shapes and CUDA-graph replay.
 The sampler's own tests are in test_kernel_sampler.py, the launch and argument tests in
 test_kernel_launch.py; both import their helpers from here.
@@ -27,8 +29,9 @@ from torch import nn
 
 pytest.importorskip('triton')
 
+from up_fast.helpers import default  # noqa: E402
 from up_fast.kernels import recurrent_sample as rs  # noqa: E402
-from up_fast.kernels.launch_plan import LaunchPlan  # noqa: E402
+from up_fast.kernels.launch_plan import LaunchPlan, check_plan, next_power_of_2, plan_launch  # noqa: E402
 from up_fast.kernels.recurrent_sample import fused_recurrent_sample  # noqa: E402
 from up_fast.naive import naive_recurrent_sample  # noqa: E402
 from up_fast.sampling import FoldedRecurrentNet, gumbel  # noqa: E402
@@ -175,6 +178,21 @@ def assert_matches_oracle(net, prefix, length, temperature, noise, tokens, state
         )
 
 
+def rounded_to_bf16(net):
+    """`net` with every parameter rounded to bf16 in place (kept in fp32), folded again."""
+    with torch.no_grad():
+        for module in (net.embed, net.net, net.to_logits):
+            for p in module.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+    return dataclasses.replace(net, folded=FoldedRecurrentNet.fold(net.embed, net.net, net.to_logits))
+
+
+def bf16_rounded_fold(net):
+    """The fold of `net` as the kernel sees it stored in bf16 (the fold rounds again), widened to fp32:
+    the reference for a kernel on bf16 weights."""
+    return to_device(to_device(net.folded, 'cpu', torch.bfloat16), 'cpu', torch.float32)
+
+
 def poisoned_out(batch, length, dtype=torch.int64):
     return torch.full((batch, length), -1, dtype=dtype, device=DEVICE)
 
@@ -287,22 +305,150 @@ def test_tiled_plans_match_oracle(cell, mode, plan):
     assert_matches_oracle(net, prefix, 4, 1.0, noise, tokens, state)
 
 
+# resident and streamed weight slices of the persistent kernel
+
+# how a program of the persistent kernel gets its slices: (resident_gates, resident_logits)
+WEIGHTS = {'resident': (True, True), 'gates_resident': (True, False), 'streamed': (False, False)}
+
+
+def one_tile_plan(batch, hidden, num_tokens, weights, *, block_b=None):
+    """One program a group owning every hidden unit in one gate tile and the whole vocabulary in one
+    tile, its slices kept on chip or streamed as `weights` says: both paths under the plain interpreter
+    (P = 1: the barrier passes at once), whatever the rule would choose for the shape."""
+    plan = plan_launch(batch, hidden, num_tokens, 1, programs=1)
+    block_b = default(block_b, plan.block_b)
+    resident_gates, resident_logits = WEIGHTS[weights]
+    plan = dataclasses.replace(
+        plan,
+        block_b=block_b,
+        groups=-(-batch // block_b),
+        block_u=max(4, next_power_of_2(hidden)),
+        unit_tiles=1,
+        block_v=max(16, next_power_of_2(num_tokens)),
+        vocab_tiles=1,
+        num_slices=1,
+        resident_gates=resident_gates,
+        resident_logits=resident_logits,
+    )
+    check_plan(plan, batch, hidden, num_tokens)
+    return plan
+
+
+# (id, kwargs): cell, batch, prefix_len, length, num_tokens, hidden, temperature, bias_out, block_b, and the
+# resident slices' K split (plan.k_splits) the case is there for: hidden padded to a power of two, in chunks
+# of PADDED_K // K_SPLITS; every hidden here leaves the last chunk ragged
+RESIDENT_CASES = [
+    ('lstm_sample_hidden40_4splits', dict(cell='lstm', hidden=40, num_tokens=37, temperature=1.0, k_splits=(64, 4))),
+    (
+        'gru_greedy_bias_out_hidden40_4splits',
+        dict(cell='gru', hidden=40, num_tokens=37, temperature=0.0, bias_out=True, k_splits=(64, 4)),
+    ),
+    ('gru_sample_hidden10_1split', dict(cell='gru', hidden=10, num_tokens=20, temperature=1.0, k_splits=(16, 1))),
+    (
+        'lstm_greedy_bias_out_hidden10_1split',
+        dict(cell='lstm', hidden=10, num_tokens=20, temperature=0.0, bias_out=True, k_splits=(16, 1)),
+    ),
+    (
+        'lstm_sample_bias_out_hidden200_8splits',
+        dict(cell='lstm', hidden=200, num_tokens=37, temperature=1.0, bias_out=True, batch=3, k_splits=(256, 8)),
+    ),
+    (
+        'gru_greedy_hidden200_8splits',
+        dict(cell='gru', hidden=200, num_tokens=37, temperature=0.0, batch=3, k_splits=(256, 8)),
+    ),
+    (
+        'gru_sample_prefix1_length1',
+        dict(cell='gru', hidden=24, num_tokens=37, temperature=1.0, prefix_len=1, length=1, k_splits=(32, 2)),
+    ),
+    (
+        'lstm_sample_two_groups',
+        dict(cell='lstm', hidden=24, num_tokens=20, temperature=1.0, batch=20, block_b=16, k_splits=(32, 2)),
+    ),
+]
+
+
+def run_one_tile_plan(case, weights, *, seed=0, dtype=None, net=None):
+    """The persistent kernel on `case` under one_tile_plan: (net, prefix, noise, tokens, state)."""
+    batch, prefix_len, length = case.get('batch', 5), case.get('prefix_len', 3), case.get('length', 4)
+    hidden, num_tokens = case['hidden'], case['num_tokens']
+    if net is None:
+        net = make_net(case['cell'], num_tokens, hidden, bias_out=case.get('bias_out', False), seed=hidden + seed)
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, num_tokens, (batch, prefix_len), generator=g)
+    noise = torch.rand((batch, length, num_tokens), generator=g)
+    plan = one_tile_plan(batch, hidden, num_tokens, weights, block_b=case.get('block_b'))
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded, dtype=dtype),
+        prefix.to(DEVICE),
+        length,
+        case['temperature'],
+        uniform_noise=noise.to(DEVICE),
+        out=poisoned_out(batch, length),
+        mode='persistent',
+        plan=plan,
+        check=True,
+    )
+    return net, prefix, noise, tokens, state
+
+
+@pytest.mark.parametrize('weights', list(WEIGHTS))
+@pytest.mark.parametrize('case', [c for _, c in RESIDENT_CASES], ids=[i for i, _ in RESIDENT_CASES])
+def test_resident_and_streamed_slices_match_oracle(case, weights):
+    plan = one_tile_plan(case.get('batch', 5), case['hidden'], case['num_tokens'], weights, block_b=case.get('block_b'))
+    constexprs = rs.persistent_constexprs(plan, case['hidden'])
+    assert (constexprs['PADDED_K'], constexprs['K_SPLITS']) == case['k_splits'], 'the case no longer tests its split'
+    assert (constexprs['RESIDENT_GATES'], constexprs['RESIDENT_LOGITS']) == WEIGHTS[weights]
+    net, prefix, noise, tokens, state = run_one_tile_plan(case, weights)
+    assert_matches_oracle(net, prefix, case.get('length', 4), case['temperature'], noise, tokens, state)
+    assert_matches_twin(net.folded, prefix, case.get('length', 4), case['temperature'], noise, tokens, state)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_resident_and_streamed_slices_draw_the_same_tokens(cell):
+    """The same launch on the kernel's own noise (seed and offset), slices resident or streamed: the
+    same tokens, the same state up to the order of the K sums."""
+    net = make_net(cell, 37, 40, bias_out=True, seed=21)
+    prefix = torch.randint(0, 37, (6, 3), generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    results = {}
+    for weights in WEIGHTS:
+        results[weights] = fused_recurrent_sample(
+            to_device(net.folded),
+            prefix,
+            6,
+            1.0,
+            seed=torch.tensor([123], device=DEVICE),
+            offset=torch.tensor([0], device=DEVICE),
+            mode='persistent',
+            plan=one_tile_plan(6, 40, 37, weights),
+            check=True,
+        )
+    streamed_tokens, streamed_state = results.pop('streamed')
+    for weights, (tokens, state) in results.items():
+        assert torch.equal(tokens, streamed_tokens), f'{weights} drew other tokens than streamed'
+        for ours, theirs in zip(state, streamed_state):
+            torch.testing.assert_close(ours, theirs, rtol=STATE_TOL, atol=STATE_TOL)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_bf16_weights_on_resident_slices_match_the_oracle_on_the_rounded_weights(cell):
+    """bf16 slices widened to fp32 once, when loaded into registers; the reference as for the streamed
+    weights (test_bf16_weights_match_the_oracle_on_the_rounded_weights)."""
+    net = rounded_to_bf16(make_net(cell, 37, 40, bias_out=True, seed=6))
+    case = dict(cell=cell, hidden=40, num_tokens=37, temperature=1.0, batch=4, length=5)
+    _, prefix, noise, tokens, state = run_one_tile_plan(case, 'resident', seed=2, dtype=torch.bfloat16, net=net)
+    assert_matches_twin(bf16_rounded_fold(net), prefix, 5, 1.0, noise, tokens, state)
+
+
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
 def test_bf16_weights_match_the_oracle_on_the_rounded_weights(cell):
     """bf16 is storage: widened to fp32 at each use. The reference is the oracle on the same
     bf16-rounded weights, to the fp32 tolerance."""
-    net = make_net(cell, 37, 40, bias_out=True, seed=5)
-    with torch.no_grad():
-        for module in (net.embed, net.net, net.to_logits):
-            for p in module.parameters():
-                p.copy_(p.to(torch.bfloat16).float())
-    folded = FoldedRecurrentNet.fold(net.embed, net.net, net.to_logits)
-    rounded = dataclasses.replace(net, folded=to_device(to_device(folded, 'cpu', torch.bfloat16), 'cpu', torch.float32))
+    net = rounded_to_bf16(make_net(cell, 37, 40, bias_out=True, seed=5))
     g = torch.Generator().manual_seed(2)
     prefix = torch.randint(0, 37, (4, 3), generator=g)
     noise = torch.rand((4, 5, 37), generator=g)
     tokens, state = fused_recurrent_sample(
-        to_device(folded, dtype=torch.bfloat16),
+        to_device(net.folded, dtype=torch.bfloat16),
         prefix.to(DEVICE),
         5,
         1.0,
@@ -310,8 +456,7 @@ def test_bf16_weights_match_the_oracle_on_the_rounded_weights(cell):
         mode='phases',
         programs=2,
     )
-    # the fold rounds again when stored as bf16: hold the kernel to the folded path on those weights
-    assert_matches_twin(rounded.folded, prefix, 5, 1.0, noise, tokens, state)
+    assert_matches_twin(bf16_rounded_fold(net), prefix, 5, 1.0, noise, tokens, state)
 
 
 @pytest.mark.parametrize('precision', ['ieee', 'tf32x3'])
