@@ -374,3 +374,27 @@ def test_persistent_step_loop_matches_its_design(version, arch, name, request):
     result = compiled(version, side_option=request.config.getoption('--triton-side'))[(arch, name)]
     assert result.compiled, result.error
     assert residency_check(result.floor, result.sass) == [], f'{name} on sm_{arch}, Triton {result.triton_version}'
+
+
+# the latency model's target for a sampling step at the example size (batch 32, hidden 256, vocabulary
+# 256) on an H200: an estimate from the design and the SASS, not a measurement
+EXAMPLE_STEP_TARGET_US = 3.0
+EXAMPLE_CASES = [
+    c for c in PERSISTENT_CASES if c.values[1] == 90 and '-example-' in c.values[2] and 'tf32x3' in c.values[2]
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(NO_CONFIGS), reason=NO_CONFIGS or '')
+@pytest.mark.parametrize('version, arch, name', EXAMPLE_CASES or [pytest.param(None, None, None, id='none')])
+def test_latency_model_of_the_example_meets_its_target(version, arch, name, request):
+    """The design floor plus the step loop's bar.sync (benchmarks/compile_report.py's us/step column)."""
+    from up_fast.kernels.perf_model import cta_barrier_us
+
+    result = compiled(version, side_option=request.config.getoption('--triton-side'))[(arch, name)]
+    assert result.compiled, result.error
+    estimate = result.floor['floor_us_per_sampling_step'] + cta_barrier_us(result.sass['loop BAR.SYNC'])
+    assert estimate <= EXAMPLE_STEP_TARGET_US, (
+        f'{name}, Triton {result.triton_version}: {estimate:.2f} us a sampling step in the latency model '
+        f'({result.floor["floor_us_per_sampling_step"]} design, {result.sass["loop BAR.SYNC"]} bar.sync)'
+    )
