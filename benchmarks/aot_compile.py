@@ -247,8 +247,8 @@ def is_opcode(op: str, name: str) -> bool:
 
 def sass_counts(sass: str) -> dict:
     """Static counts of SASS_OPCODES in the kernel, and ('loop ' + name) in its outermost loop. The weight
-    loads are the loads hinted evict-last ('.EL'), as only the weight loaders are: 'weight loads before
-    loop' and 'loop weight loads' tell a slice held on chip (loaded before the step loop, never in it)."""
+    loads are the loads hinted evict-last ('.EL'), as only the weight and bias loaders are: 'weight loads
+    before loop' and 'loop weight loads' tell a slice held on chip (loaded before the step loop, never in it)."""
     instructions = sass_instructions(sass)
     loop = outermost_loop(instructions)
     inside = lambda address: loop is not None and loop[0] <= address <= loop[1]

@@ -50,7 +50,8 @@ CCTL_PER_SITE = 2
 
 def residency_check(floor: dict, sass: dict) -> list[str]:
     """What the SASS contradicts of the design: the acquire count, and for resident slices weight loads in
-    the step loop (or none before it)."""
+    the step loop (or none before it). With the gates alone resident the streamed logits load in the loop,
+    and the counts cannot tell a gate load from theirs: then only the loads before the loop are checked."""
     problems = []
     cctl = sass.get('loop CCTL.IVALL')
     if cctl != BARRIER_SITES * CCTL_PER_SITE:

@@ -151,7 +151,7 @@ step bench bash -c "python3 -m pytest benchmarks --benchmark-only -q -p no:cache
     && python3 -m benchmarks.report '$OUT/gpu.json' --out '$OUT'"
 
 # 7. Nsight Compute on the persistent kernel at the example (length 64): the L1 hit rate of global
-#    loads (weights streamed every step; each barrier's acquire invalidates L1), long-scoreboard
+#    loads (streamed weight slices are re-read every step: each barrier's acquire invalidates L1), long-scoreboard
 #    stalls (waits on L2), and per source line the samples in grid_barrier (barrier time). Clocks
 #    left alone (--clock-control none, METHOD.md); the details and source pages go to the log.
 NCU_METRICS=l1tex__t_sector_pipe_lsu_mem_global_op_ld_hit_rate.pct,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,gpu__time_duration.sum

@@ -21,6 +21,7 @@ The contract a configuration satisfies (checked before anything compiles):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from up_fast.kernels.launch_plan import COMPILE_OPTIONS, PHASE_NUM_WARPS, plan_launch
@@ -62,6 +63,8 @@ AOT_SHAPES = {  # name: (batch, hidden, num_tokens)
     'vocab32768': (32, 256, 32768),
     'hidden1024': (32, 1024, 256),
     'batch4096': (4096, 256, 256),
+    # at the resident budget: h and the gate slice fill it (the logits stream)
+    'batch16-hidden512': (16, 512, 256),
 }
 
 
@@ -183,13 +186,16 @@ def aot_configurations(arch: int = 90) -> list[AotConfig]:
         ints = launch_ints(plan, batch, hidden, num_tokens, injected)
         persistent = dict(base, **persistent_constexprs(plan, hidden), _weight_type=weights)
         add(f'persistent-{stem}', recurrent_sample_kernel, persistent, plan, floor, ints)
+        # the phase kernels stream, one stage: nothing stays on chip between launches
+        streamed = dataclasses.replace(plan, resident_gates=False, resident_logits=False, num_stages=1)
+        phase_floor = design_floor(streamed, hidden, num_tokens, gates, weight_bytes, precision, sample)
         for phase in (0, 1, 2):
             add(
                 f'phase{phase}-{stem}',
                 recurrent_phase_kernel,
                 dict(base, PHASE=phase, _weight_type=weights),
-                plan,
-                floor,
+                streamed,
+                phase_floor,
                 ints,
             )
     # the buffer kernels (gather, write-back): their configurations live beside them; imported here, not at

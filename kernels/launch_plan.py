@@ -16,9 +16,10 @@ ACCUMULATOR_ELEMENTS = 2048
 # the per-phase kernels: at 8 warps ptxas capped some at 128 registers and spilled (sm_90); at 4,
 # none spilled. Warps split a tile's rows and columns, never K, so the arithmetic is the same
 PHASE_NUM_WARPS = 4
-# the weight registers a thread of the persistent kernel may hold across its step loop: 64 of 255, as
-# fp32 (bf16 widened once). Within it a program's slices stay on chip for the whole launch; the
-# compile gate proves each resident configuration spill-free with no weight load in the step loop
+# registers a thread of the persistent kernel may give to its resident slices (fp32: bf16 widened once)
+# and to the whole h they multiply each step: 64 of 255. Counting h too keeps the register file and the
+# shared memory Triton stages them in within bounds (a hidden-512 slice within the weights alone spilled
+# and staged 209 KiB); the compile gate checks its shapes spill-free with no weight load in the step loop
 RESIDENT_REGISTERS = 64
 # Compile options of every launch: without a register cap ptxas chose 128 registers for some
 # configurations and spilled (sm_90, Triton 3.6 and 3.9); 255 is one program of 8 warps an SM
@@ -149,15 +150,16 @@ def plan_launch(
     num_warps = 8
     # pipelined K loops compiled without spills on sm_90 (Triton 3.6 and 3.9); sm_80 keeps one stage
     num_stages = 3 if capability >= 90 else 1
-    # a slice stays on chip when it is one tile and it fits RESIDENT_REGISTERS; the logits only beside
-    # resident gates (every program has gates: streamed gates leave no room, ptxas spilled at hidden 1024);
-    # 64-row tiles keep streaming (their h and accumulators leave no room)
+    # a slice stays on chip when it is one tile and it fits RESIDENT_REGISTERS beside the step's h; the
+    # logits only beside resident gates (every program has gates: streamed gates leave no room, ptxas
+    # spilled at hidden 1024); 64-row tiles keep streaming (their h and accumulators leave no room)
     budget = RESIDENT_REGISTERS * 32 * num_warps  # fp32 elements a program may hold
     padded = next_power_of_2(max(16, hidden))
+    h_elements = block_b * padded  # the whole h, loaded once a phase
     gates_elements = 4 * block_u * padded if unit_tiles == 1 and block_b <= 32 else budget + 1
     logits_elements = block_v * padded if vocab_tiles == 1 and block_b <= 32 else budget + 1
-    resident_gates = gates_elements <= budget
-    resident_logits = resident_gates and gates_elements + logits_elements <= budget
+    resident_gates = h_elements + gates_elements <= budget
+    resident_logits = resident_gates and h_elements + gates_elements + logits_elements <= budget
     return LaunchPlan(
         block_b,
         groups,

@@ -29,7 +29,7 @@ ASSUMPTIONS = (
     f'{SM_CLOCK_GHZ} GHz; {MMA_LINK_CYCLES} cycles a dependent tf32 mma.sync; {CTA_BARRIER_CYCLES} cycles a '
     'bar.sync, each one in the step loop counted once a step, in series; a grid barrier is '
     f'{BARRIER_TRIPS} round trips (release fence, the acquire read that sees the last arrival); '
-    'resident slices are read on chip, streamed ones from L2 every step (a barrier invalidates L1) with '
+    'resident slices are read on chip at no cost, streamed ones from L2 every step (a barrier invalidates L1) with '
     'the K loop pipelined: one round trip, then streaming; every phase reads the whole h from L2'
 )
 

@@ -17,9 +17,8 @@ from up_fast.kernels.recurrent_phases import (
     next_token,
     philox_key,
     philox_uniform,
-    resident_gate_slice,
-    resident_out_slice,
 )
+from up_fast.kernels.recurrent_tiles import resident_gate_slice, resident_out_slice
 
 # integer arguments that change from call to call (prefix and sample lengths and the row strides
 # they set, the feed a phase launch belongs to, the spin bound): not specialised, so one binary
@@ -88,7 +87,7 @@ def recurrent_sample_kernel(
 ):
     """The persistent kernel: every feed and sampling step of the launch, phases met at grid barriers.
     RESIDENT_GATES / RESIDENT_LOGITS: the program's weight slices are loaded once, before the loop,
-    and stay in registers (K split over the warps: K_SPLITS chunks of PADDED_K // K_SPLITS)."""
+    and stay on chip (K split over the warps: K_SPLITS chunks of PADDED_K // K_SPLITS)."""
     pid = tl.program_id(0)
     group = pid // programs
     p = pid % programs

@@ -8,6 +8,14 @@ design: programs, slices, phases, the barrier and the band sampler.
 import triton
 import triton.language as tl
 
+from up_fast.kernels.recurrent_tiles import (
+    load_gate_weights,
+    load_h,
+    load_h_split,
+    load_out_weights,
+    split_k_product,
+)
+
 # a spinning program reads the abort word once in this many spins (docs/kernel.md, "The barrier")
 ABORT_EVERY = tl.constexpr(256)
 
@@ -19,9 +27,9 @@ def grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins):
     word and the sticky error flag). Release arrive, acquire spin: docs/kernel.md, "The barrier"."""
     tl.debug_barrier()  # every thread's stores of this phase precede the arrival
     tl.atomic_add(counter_ptr, 1, sem='release', scope='gpu')  # result unused: a release reduction
-    # each spin read is an acquire (an L2 load, then an L1 invalidation): the read that sees the last
-    # arrival is the acquire, with no extra round trip after it. Its value is used: Triton 3.6 drops
-    # an unused add of 0
+    # each spin read is an acquire (an L2 load, then an L1 invalidation) by one thread, its value shared
+    # with the others: the read that sees the last arrival is the acquire, with no extra round trip
+    # after it. Its value is used: Triton 3.6 drops an unused add of 0
     arrived = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
     aborted = 0
     spins = 0
@@ -29,7 +37,9 @@ def grid_barrier(counter_ptr, abort_ptr, error_ptr, target, max_spins):
         arrived = tl.atomic_add(counter_ptr, 0, sem='acquire', scope='gpu')
         spins += 1
         if spins % ABORT_EVERY == 0:
-            aborted = tl.load(abort_ptr, volatile=True)
+            # an atomic, read by one thread and shared, like the counter: every warp leaves the loop on the
+            # same spin (a per-thread load could differ between warps and pair the loop's CTA barriers wrongly)
+            aborted = tl.atomic_add(abort_ptr, 0, sem='relaxed', scope='gpu')
     passed = (arrived >= target).to(tl.int32)
     if passed == 0:
         tl.atomic_xchg(abort_ptr, 1, sem='relaxed', scope='gpu')
@@ -46,126 +56,6 @@ def split_gates(t, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr):
     g0, g2 = tl.split(even)
     g1, g3 = tl.split(odd)
     return g0, g1, g2, g3
-
-
-@triton.jit
-def load_gate_weights(
-    weight_hh_ptr, unit_start, k_start, hidden, GATES: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    """W_hh^T tile (BLOCK_K, 4 * BLOCK_U): [k, unit * 4 + gate] = W_hh[gate * hidden + unit_start + unit, k_start + k].
-    Gate columns of a GRU's missing fourth gate, and units past `hidden`, are zero."""
-    cols = tl.arange(0, 4 * BLOCK_U)
-    gate = cols % 4
-    unit = unit_start + cols // 4
-    ks = k_start + tl.arange(0, BLOCK_K)
-    w_rows = (gate * hidden + unit) * hidden  # int32: the launcher checks the sizes
-    mask = ((gate < GATES) & (unit < hidden))[None, :] & (ks < hidden)[:, None]
-    return tl.load(weight_hh_ptr + w_rows[None, :] + ks[:, None], mask=mask, other=0.0, eviction_policy='evict_last')
-
-
-@triton.jit
-def load_out_weights(
-    weight_out_ptr, token_start, k_start, hidden, num_tokens, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    """W_out^T tile (BLOCK_K, BLOCK_V): [k, v] = W_out[token_start + v, k_start + k]; zero past the ends."""
-    tokens = token_start + tl.arange(0, BLOCK_V)
-    ks = k_start + tl.arange(0, BLOCK_K)
-    mask = (tokens < num_tokens)[None, :] & (ks < hidden)[:, None]
-    return tl.load(
-        weight_out_ptr + tokens[None, :] * hidden + ks[:, None], mask=mask, other=0.0, eviction_policy='evict_last'
-    )
-
-
-@triton.jit
-def load_h(h_ptr, rows, row_mask, k_start, hidden, has_state, BLOCK_K: tl.constexpr):
-    """(BLOCK_B, BLOCK_K) of the exchange buffer from L2 ('.cg': never a stale L1 line); zero where
-    has_state (BLOCK_B,) is false: before the first feed."""
-    ks = k_start + tl.arange(0, BLOCK_K)
-    mask = (row_mask & has_state)[:, None] & (ks < hidden)[None, :]
-    return tl.load(h_ptr + rows[:, None] * hidden + ks[None, :], mask=mask, other=0.0, cache_modifier='.cg')
-
-
-@triton.jit
-def load_h_split(h_ptr, rows, row_mask, hidden, has_state, K_SPLITS: tl.constexpr, PADDED_K: tl.constexpr):
-    """The whole h of `rows` as (K_SPLITS, BLOCK_B, PADDED_K // K_SPLITS), K split as the resident
-    slices are: one load of the exchange buffer from L2 ('.cg'), zero past `hidden` and where
-    has_state (BLOCK_B,) is false."""
-    CHUNK: tl.constexpr = PADDED_K // K_SPLITS
-    ks = tl.arange(0, K_SPLITS)[:, None, None] * CHUNK + tl.arange(0, CHUNK)[None, None, :]  # (splits, 1, chunk)
-    mask = (row_mask & has_state)[None, :, None] & (ks < hidden)
-    return tl.load(h_ptr + rows[None, :, None] * hidden + ks, mask=mask, other=0.0, cache_modifier='.cg')
-
-
-@triton.jit
-def add_halves(q):
-    """(S, B, N) -> (S / 2, B, N): q[:S/2] + q[S/2:]. Reshape and permute relabel the layout; only
-    the split moves data (one shared-memory exchange), where tl.sum over a warp-split axis takes several."""
-    S: tl.constexpr = q.shape[0]
-    first, second = tl.split(tl.permute(tl.reshape(q, (2, S // 2, q.shape[1], q.shape[2])), (1, 2, 3, 0)))
-    return first + second
-
-
-@triton.jit
-def split_k_product(h_split, w_split, PRECISION: tl.constexpr, K_SPLITS: tl.constexpr):
-    """h @ W^T from K-split operands: (K_SPLITS, BLOCK_B, CHUNK) @ (K_SPLITS, CHUNK, N), each warp
-    its own K chunk (no warp holds all of K, as a plain tl.dot operand would), summed over the
-    splits by halving -> (BLOCK_B, N)."""
-    q = tl.dot(h_split, w_split, input_precision=PRECISION)  # (K_SPLITS, BLOCK_B, N)
-    if K_SPLITS >= 2:
-        q = add_halves(q)
-    if K_SPLITS >= 4:
-        q = add_halves(q)
-    if K_SPLITS >= 8:
-        q = add_halves(q)
-    if K_SPLITS >= 16:
-        q = add_halves(q)
-    return tl.reshape(q, (q.shape[1], q.shape[2]))
-
-
-@triton.jit
-def resident_gate_slice(
-    p,
-    weight_hh_ptr,
-    bias_hn_ptr,
-    hidden,
-    IS_LSTM: tl.constexpr,
-    GATES: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    K_SPLITS: tl.constexpr,
-    PADDED_K: tl.constexpr,
-):
-    """Program p's W_hh^T columns (its one unit tile) as fp32 (K_SPLITS, CHUNK, 4 * BLOCK_U), and
-    its GRU b_hn (BLOCK_U,): loaded once, held in registers by the persistent kernel."""
-    w = load_gate_weights(weight_hh_ptr, p * BLOCK_U, 0, hidden, GATES, BLOCK_U, PADDED_K).to(tl.float32)
-    units = p * BLOCK_U + tl.arange(0, BLOCK_U)
-    if IS_LSTM:
-        bias_hn = tl.zeros((BLOCK_U,), dtype=tl.float32)
-    else:
-        bias_hn = tl.load(bias_hn_ptr + units, mask=units < hidden, other=0.0).to(tl.float32)
-    return tl.reshape(w, (K_SPLITS, PADDED_K // K_SPLITS, 4 * BLOCK_U)), bias_hn
-
-
-@triton.jit
-def resident_out_slice(
-    p,
-    weight_out_ptr,
-    bias_out_ptr,
-    hidden,
-    num_tokens,
-    HAS_BIAS_OUT: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    K_SPLITS: tl.constexpr,
-    PADDED_K: tl.constexpr,
-):
-    """Program p's W_out^T slice (its one vocabulary tile) as fp32 (K_SPLITS, CHUNK, BLOCK_V), and its
-    bias (BLOCK_V,): loaded once, held in registers by the persistent kernel."""
-    w = load_out_weights(weight_out_ptr, p * BLOCK_V, 0, hidden, num_tokens, BLOCK_V, PADDED_K).to(tl.float32)
-    tokens = p * BLOCK_V + tl.arange(0, BLOCK_V)
-    if HAS_BIAS_OUT:
-        bias_out = tl.load(bias_out_ptr + tokens, mask=tokens < num_tokens, other=0.0).to(tl.float32)
-    else:
-        bias_out = tl.zeros((BLOCK_V,), dtype=tl.float32)
-    return tl.reshape(w, (K_SPLITS, PADDED_K // K_SPLITS, BLOCK_V)), bias_out
 
 
 @triton.jit
@@ -342,8 +232,13 @@ def tile_scores(
 
 @triton.jit
 def argmax_combine(score_a, token_a, score_b, token_b):
-    """The larger score; the lower token on a tie (as torch.argmax's first index)."""
-    take_b = (score_b > score_a) | ((score_b == score_a) & (token_b < token_a))
+    """The larger score, NaN the largest; the lower token on a tie: torch.argmax's first index, in any
+    reduction order."""
+    nan_a = score_a != score_a
+    nan_b = score_b != score_b
+    greater = (score_b > score_a) | (nan_b & ~nan_a)
+    tie = (score_b == score_a) | (nan_a & nan_b)
+    take_b = greater | (tie & (token_b < token_a))
     return tl.where(take_b, score_b, score_a), tl.where(take_b, token_b, token_a)
 
 
@@ -439,7 +334,8 @@ def slice_best(
 
         # running argmax; ties go to the lowest token id, as torch.argmax
         tile_best, tile_token = row_argmax(scores, tl.broadcast_to(tokens[None, :], scores.shape))  # (BLOCK_B,)
-        better = tile_best > best_score  # strict: an earlier tile wins a tie
+        # strict: an earlier tile wins a tie; NaN the largest, as in argmax_combine
+        better = (tile_best > best_score) | ((tile_best != tile_best) & (best_score == best_score))
         best_score = tl.where(better, tile_best, best_score)
         best_token = tl.where(better, tile_token, best_token)
     return best_score, best_token, running_max
@@ -562,6 +458,7 @@ def reduce_partials(rows, row_mask, partial_score_ptr, partial_token_ptr, num_sl
         tokens = tl.load(partial_token_ptr + offs, mask=mask, other=2147483647, cache_modifier='.cg')
         chunk_best, chunk_token = row_argmax(scores, tokens)
         better = (chunk_best > best_score) | (best_token == 2147483647)
+        better = better | ((chunk_best != chunk_best) & (best_score == best_score))  # NaN the largest
         best_score = tl.where(better, chunk_best, best_score)
         best_token = tl.where(better, chunk_token, best_token)
     return tl.where(row_mask, best_token, 0)

@@ -206,35 +206,37 @@ def rule_plan(hidden, num_tokens, programs):
     return plan
 
 
-def slice_elements(plan, hidden):
-    """Elements of a program's resident W_hh^T and W_out^T slices: one tile each, K padded."""
+def resident_elements(plan, hidden):
+    """fp32 elements a program holds on chip: the step's h, its W_hh^T and W_out^T slices (a tile each, K padded)."""
     padded, _ = plan.k_splits(hidden)
-    return 4 * plan.block_u * padded, plan.block_v * padded
+    return plan.block_b * padded, 4 * plan.block_u * padded, plan.block_v * padded
 
 
 def test_the_rule_keeps_a_slice_at_the_budget_and_streams_one_over_it():
-    """Shapes from RESIDENT_REGISTERS: gate tiles of 4 units (16 columns) and vocabulary tiles of 16
-    tokens. Slices are powers of two: past the budget the next gate slice is twice it, the next
-    logits slice (32 tokens) puts gates + logits at 1.5 times it."""
+    """Shapes from RESIDENT_REGISTERS, 16 rows: gate tiles of 4 units (16 columns). Sizes are powers of two:
+    past the budget the next hidden doubles everything, the next vocabulary tile (64 tokens for 32) puts
+    the total at 1.5 times it."""
     budget = RESIDENT_REGISTERS * 32 * plan_launch(16, 64, 16, 1).num_warps  # fp32 elements a program may hold
-    hidden = budget // 16  # gates alone at the budget
+    hidden = budget // 32  # h (16 rows) and the gates (16 columns) at the budget
     at = rule_plan(hidden, 16, hidden // 4)
-    assert (at.block_u, at.unit_tiles) == (4, 1) and slice_elements(at, hidden)[0] == budget
+    h, gates, _ = resident_elements(at, hidden)
+    assert (at.block_u, at.unit_tiles) == (4, 1) and h + gates == budget
     assert at.resident_gates and not at.resident_logits
 
     over = rule_plan(hidden + 1, 16, hidden // 4 + 1)
-    assert (over.block_u, over.unit_tiles) == (4, 1) and slice_elements(over, hidden + 1)[0] == 2 * budget
+    h, gates, _ = resident_elements(over, hidden + 1)
+    assert (over.block_u, over.unit_tiles) == (4, 1) and h + gates == 2 * budget
     assert not over.resident_gates and not over.resident_logits
 
-    hidden = budget // 32  # gates + logits at the budget: 16 gate columns and 16 tokens of `hidden` each
+    hidden = budget // 64  # h, gates and 32 tokens at the budget
     programs = hidden // 4
-    both = rule_plan(hidden, 16 * programs, programs)
-    assert (both.block_v, both.vocab_tiles) == (16, 1) and sum(slice_elements(both, hidden)) == budget
+    both = rule_plan(hidden, 32 * programs, programs)
+    assert (both.block_v, both.vocab_tiles) == (32, 1) and sum(resident_elements(both, hidden)) == budget
     assert both.resident_gates and both.resident_logits
 
-    logits_over = rule_plan(hidden, 16 * programs + 1, programs)
-    assert (logits_over.block_v, logits_over.vocab_tiles) == (32, 1)
-    assert sum(slice_elements(logits_over, hidden)) == budget * 3 // 2
+    logits_over = rule_plan(hidden, 32 * programs + 1, programs)
+    assert (logits_over.block_v, logits_over.vocab_tiles) == (64, 1)
+    assert sum(resident_elements(logits_over, hidden)) == budget * 3 // 2
     assert logits_over.resident_gates and not logits_over.resident_logits
 
 

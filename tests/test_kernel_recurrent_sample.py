@@ -308,7 +308,13 @@ def test_tiled_plans_match_oracle(cell, mode, plan):
 # resident and streamed weight slices of the persistent kernel
 
 # how a program of the persistent kernel gets its slices: (resident_gates, resident_logits)
-WEIGHTS = {'resident': (True, True), 'gates_resident': (True, False), 'streamed': (False, False)}
+# (resident_gates, resident_logits); the rule never holds the logits alone, the kernel can
+WEIGHTS = {
+    'resident': (True, True),
+    'gates_resident': (True, False),
+    'logits_resident': (False, True),
+    'streamed': (False, False),
+}
 
 
 def one_tile_plan(batch, hidden, num_tokens, weights, *, block_b=None):
@@ -427,6 +433,29 @@ def test_resident_and_streamed_slices_draw_the_same_tokens(cell):
         assert torch.equal(tokens, streamed_tokens), f'{weights} drew other tokens than streamed'
         for ours, theirs in zip(state, streamed_state):
             torch.testing.assert_close(ours, theirs, rtol=STATE_TOL, atol=STATE_TOL)
+
+
+@pytest.mark.parametrize('layout', ['resident', 'streamed', 'phases_tiled'])
+def test_greedy_picks_the_first_nan_logit_as_torch_argmax(layout):
+    """NaN rows 36 and 20 of W_out make those logits NaN in every row: greedy picks 20, as the oracle's
+    torch.argmax does, across tiles (20 is in slice 0's second tile) and slices (36 in slice 1) of the
+    tiled plan. (Sampling leaves NaN logits out of the band; they have no meaning there.)"""
+    net = make_net('lstm', 41, 24, seed=4)
+    with torch.no_grad():
+        net.to_logits.weight[36] = float('nan')
+        net.to_logits.weight[20] = float('nan')
+    net = dataclasses.replace(net, folded=FoldedRecurrentNet.fold(net.embed, net.net, net.to_logits))
+    prefix = torch.randint(0, 41, (19, 2), generator=torch.Generator().manual_seed(5))
+    noise = torch.rand((19, 4, 41), generator=torch.Generator().manual_seed(6))
+    if layout == 'phases_tiled':
+        run = dict(mode='phases', plan=TILED_PLAN)
+    else:
+        run = dict(mode='persistent', plan=one_tile_plan(19, 24, 41, layout))
+    tokens, state = fused_recurrent_sample(
+        to_device(net.folded), prefix.to(DEVICE), 4, 0.0, uniform_noise=noise.to(DEVICE), check=True, **run
+    )
+    assert (tokens == 20).all()
+    assert_matches_oracle(net, prefix, 4, 0.0, noise, tokens, state)
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
