@@ -34,6 +34,11 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def padded_k(hidden: int) -> int:
+    """K of a resident slice: hidden padded to a power of two, at least 16 (tl.dot's smallest K)."""
+    return next_power_of_2(max(16, hidden))
+
+
 _num_sms_cache: dict = {}
 
 
@@ -97,7 +102,7 @@ class LaunchPlan:
     def k_splits(self, hidden: int) -> tuple[int, int]:
         """(padded K, splits) of the resident slices: hidden padded to a power of two >= 16, split
         over the warps in chunks of at least 16 (tl.dot's smallest K)."""
-        padded = next_power_of_2(max(16, hidden))
+        padded = padded_k(hidden)
         return padded, min(self.num_warps, padded // 16)
 
     @property
@@ -154,7 +159,7 @@ def plan_launch(
     # logits only beside resident gates (every program has gates: streamed gates leave no room, ptxas
     # spilled at hidden 1024); 64-row tiles keep streaming (their h and accumulators leave no room)
     budget = RESIDENT_REGISTERS * 32 * num_warps  # fp32 elements a program may hold
-    padded = next_power_of_2(max(16, hidden))
+    padded = padded_k(hidden)
     h_elements = block_b * padded  # the whole h, loaded once a phase
     gates_elements = 4 * block_u * padded if unit_tiles == 1 and block_b <= 32 else budget + 1
     logits_elements = block_v * padded if vocab_tiles == 1 and block_b <= 32 else budget + 1

@@ -61,29 +61,32 @@ def design_floor(
     resident_chain = mma_chain(padded // splits, padded // splits, precision)
     streamed_chain = mma_chain(hidden, plan.block_k, precision)
 
+    def product_us(tiles: int, chain: int, streamed_weight_bytes: int) -> float:
+        """A phase's products: each tile waits one round trip, then its MMA chain; h (each tile's) and any
+        streamed weights come at L2 bandwidth. A resident slice is one tile, its weights read on chip."""
+        return tiles * (L2_LATENCY_US + chain * MMA_LINK_CYCLES / clock) + stream_us(
+            exchange * tiles + streamed_weight_bytes
+        )
+
     # gates: the token (prefix or the slices' partials) then its input-table row: two round trips, beside
-    # the product (h: one round trip, then its bytes; a streamed slice adds its weights, a K loop a tile)
+    # the product
     token_us = 2 * L2_LATENCY_US
     if plan.resident_gates:
         gates_chain, gates_trips = resident_chain, 2
-        product_us = L2_LATENCY_US + stream_us(exchange) + resident_chain * MMA_LINK_CYCLES / clock
+        gates_product_us = product_us(1, resident_chain, 0)
     else:
         gates_chain, gates_trips = streamed_chain, max(2, plan.unit_tiles)
         weights = 4 * units * hidden * weight_bytes  # padded to 4 gates
-        product_us = plan.unit_tiles * (L2_LATENCY_US + streamed_chain * MMA_LINK_CYCLES / clock) + stream_us(
-            exchange * plan.unit_tiles + weights
-        )
-    gates_us = max(token_us, product_us) + fma_us(2 * plan.block_b * hidden * 4 * units)
+        gates_product_us = product_us(plan.unit_tiles, streamed_chain, weights)
+    gates_us = max(token_us, gates_product_us) + fma_us(2 * plan.block_b * hidden * 4 * units)
 
-    # logits: h (one round trip a vocabulary tile when streamed), the product, the band sampler
+    # logits: the product over the vocabulary slice, then the band sampler
     if plan.resident_logits:
         logits_chain, logits_trips = resident_chain, 1
-        logits_us = L2_LATENCY_US + stream_us(exchange) + resident_chain * MMA_LINK_CYCLES / clock
+        logits_us = product_us(1, resident_chain, 0)
     else:
         logits_chain, logits_trips = streamed_chain, plan.vocab_tiles
-        logits_us = plan.vocab_tiles * (L2_LATENCY_US + streamed_chain * MMA_LINK_CYCLES / clock) + stream_us(
-            exchange * plan.vocab_tiles + slice_tokens * hidden * weight_bytes
-        )
+        logits_us = product_us(plan.vocab_tiles, streamed_chain, slice_tokens * hidden * weight_bytes)
     logits_us += fma_us(2 * plan.block_b * hidden * slice_tokens)
 
     barrier_trips = BARRIER_TRIPS if plan.programs > 1 else 0

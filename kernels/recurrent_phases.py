@@ -332,12 +332,9 @@ def slice_best(
             VOCAB_TILES > 1,
         )
 
-        # running argmax; ties go to the lowest token id, as torch.argmax
+        # running argmax; ties go to the lowest token id, as torch.argmax (a later tile's tokens are larger)
         tile_best, tile_token = row_argmax(scores, tl.broadcast_to(tokens[None, :], scores.shape))  # (BLOCK_B,)
-        # strict: an earlier tile wins a tie; NaN the largest, as in argmax_combine
-        better = (tile_best > best_score) | ((tile_best != tile_best) & (best_score == best_score))
-        best_score = tl.where(better, tile_best, best_score)
-        best_token = tl.where(better, tile_token, best_token)
+        best_score, best_token = argmax_combine(best_score, best_token, tile_best, tile_token)
     return best_score, best_token, running_max
 
 
@@ -457,10 +454,7 @@ def reduce_partials(rows, row_mask, partial_score_ptr, partial_token_ptr, num_sl
         scores = tl.load(partial_score_ptr + offs, mask=mask, other=float('-inf'), cache_modifier='.cg')
         tokens = tl.load(partial_token_ptr + offs, mask=mask, other=2147483647, cache_modifier='.cg')
         chunk_best, chunk_token = row_argmax(scores, tokens)
-        better = (chunk_best > best_score) | (best_token == 2147483647)
-        better = better | ((chunk_best != chunk_best) & (best_score == best_score))  # NaN the largest
-        best_score = tl.where(better, chunk_best, best_score)
-        best_token = tl.where(better, chunk_token, best_token)
+        best_score, best_token = argmax_combine(best_score, best_token, chunk_best, chunk_token)
     return tl.where(row_mask, best_token, 0)
 
 
