@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from up_fast.cli.baselines import InContextMarkov, markov_bits_per_byte, predicted_positions, split_windows
+from up_fast.cli.baselines import InContextMarkov, markov_bits_per_byte
+from up_fast.windows import predicted_positions, split_windows
 
 U = 1 / 256  # P_-1: uniform over bytes
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from x_transformers import Decoder, TransformerWrapper
 
-from up_fast.cli.baselines import split_windows  # the windows the in-context baselines are scored on too
 from up_fast.helpers import default, exists
+from up_fast.windows import split_windows  # the windows the in-context baselines are scored on too
 
 ARCHITECTURE_KEYS = ('num_tokens', 'dim', 'depth', 'heads', 'seq_len')
 DIM_HEAD = 64  # x-transformers' default attention head width, which build_model keeps
@@ -51,7 +51,7 @@ def architecture_from_state(state: dict) -> dict:
 @torch.no_grad()
 def bits_per_byte(model: TransformerWrapper, data: bytes, seq_len: int, batch_size: int, device: torch.device) -> float:
     """Next-byte cross-entropy in bits, averaged over every predicted position of the
-    non-overlapping windows of `seq_len` bytes (baselines.split_windows: the first byte of each
+    non-overlapping windows of `seq_len` bytes (up_fast.windows.split_windows: the first byte of each
     window is context only). The in-context baselines (up_fast/cli/baselines.py) are scored on
     exactly these positions."""
     was_training = model.training

@@ -12,7 +12,6 @@ from up_fast.cli.baselines import (
     MARKOV_STRENGTH,
     baseline_bits,
     best_markov,
-    predicted_positions,
     versus_counting,
 )
 from up_fast.cli.checkpoint import load_checkpoint, load_state
@@ -34,6 +33,7 @@ from up_fast.cli.common import (
     read_text,
 )
 from up_fast.helpers import default
+from up_fast.windows import predicted_positions
 
 
 def run(args) -> dict:

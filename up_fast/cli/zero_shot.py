@@ -12,7 +12,6 @@ from up_fast.cli.baselines import (
     baseline_bits,
     best_markov,
     finish_bits_plot,
-    predicted_positions,
     versus_counting,
 )
 from up_fast.cli.common import (
@@ -24,6 +23,7 @@ from up_fast.cli.common import (
     read_text,
 )
 from up_fast.helpers import default, exists
+from up_fast.windows import predicted_positions
 
 if TYPE_CHECKING:
     import torch
