@@ -27,4 +27,4 @@ def gru_update_(r: Tensor, z: Tensor, n: Tensor, hidden_n: Tensor, h: Tensor) ->
     included), each (batch, hidden). h (batch, hidden) is updated and returned."""
     n.addcmul_(r, hidden_n).sigmoid_()
     n.add_(n).sub_(1.0)  # n = tanh(...)
-    return h.sub_(n).mul_(z).add_(n)  # (1 - z) * n + z * h
+    return torch.lerp(n, h, z, out=h)  # (1 - z) * n + z * h = n + z * (h - n), one pass

@@ -10,7 +10,6 @@ plus one (batch, hidden) @ (hidden, gates * hidden) matmul, half the FLOPs of th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,14 +23,16 @@ from up_fast.cells import gru_update_, lstm_update_
 from up_fast.checks import check_uniform_noise
 from up_fast.helpers import default, exists
 
-# Gumbel-max, drawing noise only where it can matter: only the tokens in the band (up_fast/band.py)
-# can win, so only they get noise. Two formulations of the one rule:
-# - lazy (CPU): count the candidates, draw (or read) noise for them only, place it in the band.
-#   Counting reads a number back, which on the CPU costs nothing. With generator noise, once a
-#   step has every token in the band (high temperatures), the call draws for every token.
-# - dense (other devices): full noise for every token and the band as a mask, so no value is read
-#   back to the host; it gives the same winner (and ignores noise outside the band, as lazy does).
-#   It saves no draws: on CUDA the Triton kernel is the fast path.
+# Gumbel-max: the winner is argmax(logits + T * G). Two formulations of the one rule:
+# - lazy (CPU): only the tokens in the band (up_fast/band.py) can win, so only they get noise:
+#   count the candidates, draw (or read) noise for them only, place it in the band. Counting reads a
+#   number back, which on the CPU costs nothing. With generator noise, once a step has every token in
+#   the band (high temperatures), the call draws for every token.
+# - dense (other devices): noise for every token, drawn many steps at a time, and plain full
+#   Gumbel-max: no value is read back to the host, and a step costs two ops (the noise enters as the
+#   bias of the logits' product, then one argmax). It gives the lazy formulation's winner on the
+#   same uniforms (the band only saves draws), but reads every token's noise. On CUDA the Triton
+#   kernel is the fast path; this one keeps a data step's op count at the reference's.
 
 LAZY_DEVICE_TYPES = frozenset({'cpu'})  # where reading a count back is free; dense everywhere else
 
@@ -64,12 +65,9 @@ def gumbel_max(logits: Tensor, temperature: float, noise: StepNoise | None, *, o
 
 
 def argmax(scores: Tensor, out: Tensor | None = None) -> Tensor:
-    # max(dim) picks the first maximum as argmax does, and with `out` writes the tokens where the
-    # caller keeps them
-    if not exists(out):
-        return torch.max(scores, dim=-1).indices
-    torch.max(scores, dim=-1, out=(scores.new_empty(scores.shape[:-1]), out))
-    return out
+    # the first maximum (a NaN counts as the largest, as in torch.max), written into `out` where the
+    # caller keeps the tokens
+    return torch.argmax(scores, dim=-1, out=out) if exists(out) else torch.argmax(scores, dim=-1)
 
 
 # Noise is drawn in chunks of at most this many fp32 numbers (512 KiB): few launches, and a chunk
@@ -159,7 +157,7 @@ class GumbelNoise:
         self.pool = GumbelPool(
             temperature, device=device, generator=generator, chunk=max(1, min(CHUNK_ELEMENTS, batch * length))
         )
-        self.dense_chunks = self.draw_dense_chunks() if not self.lazy and not exists(uniform_noise) else None
+        self.dense_chunks = None  # dense: each step's T * G, drawn (or read) a chunk of steps at a time (dense_steps)
         # lazy: the candidates' T * G, and stale values of earlier steps elsewhere (see sample_lazy)
         scratch = (batch, num_tokens) if self.lazy else (0, 0)
         self.noise = torch.zeros(scratch, device=device, dtype=torch.float32)  # (batch, num_tokens)
@@ -249,31 +247,35 @@ class GumbelNoise:
             row_noise = torch.where(candidates[row], noise[row], outside)
             winner[row] = torch.max(logits[row] + row_noise, dim=-1).indices
 
-    def draw_dense_chunks(self) -> Iterator[Tensor]:
+    def dense_steps(self, bias: Tensor | None = None) -> Iterator[Tensor]:
+        """Each step's T * G (+ `bias`, (num_tokens,), the logits' own) as a (batch, num_tokens) fp32
+        tensor, in order, for the dense formulation: the draws (or the injected uniforms) of a chunk of
+        steps turned into noise in five passes, so that a step itself costs no op for its noise. Each
+        tensor is the caller's to overwrite."""
         batch, length, num_tokens = self.shape
         chunk_steps = max(1, min(length, CHUNK_ELEMENTS // max(1, batch * num_tokens)))
         for start in range(0, length, chunk_steps):
+            steps = min(chunk_steps, length - start)
             # step-major, so that each step's (batch, num_tokens) slice is contiguous
-            uniform = torch.rand(
-                (min(chunk_steps, length - start), batch, num_tokens),
-                device=self.device,
-                dtype=torch.float32,
-                generator=self.generator,
-            )
-            yield from gumbel_(uniform).mul_(self.temperature).unbind(0)  # in place: one chunk in memory, not two
+            if exists(self.uniform_noise):  # a copy: the caller's tensor stays as it is
+                uniform = torch.empty((steps, batch, num_tokens), device=self.device, dtype=torch.float32)
+                uniform.copy_(self.uniform_noise[:, start : start + steps].transpose(0, 1))
+            else:
+                uniform = torch.rand(
+                    (steps, batch, num_tokens), device=self.device, dtype=torch.float32, generator=self.generator
+                )
+            noise = uniform.log_().neg_().log_().mul_(-self.temperature)  # in place: one chunk in memory, not two
+            if exists(bias):
+                noise.add_(bias)
+            yield from noise.unbind(0)
 
     def sample_dense(self, step: int, logits: Tensor, out: Tensor | None) -> Tensor:
-        # no value read back: noise for every token, the band as a mask; rows the certificate
-        # rejects (u == 0 at the top) keep full Gumbel-max's winner
-        if exists(self.uniform_noise):
-            noise = gumbel_(self.injected_uniform(step)).mul_(self.temperature)
-        else:
-            noise = next(self.dense_chunks)  # steps come in order
-        top, candidates = self.band.candidates(logits)
-        scores = logits + noise  # (batch, num_tokens)
-        best, in_band = torch.max(scores.masked_fill(~candidates, -math.inf), dim=-1)
-        winner = torch.where(best >= self.band.certificate(top).squeeze(-1), in_band, torch.max(scores, dim=-1).indices)
-        return out.copy_(winner) if exists(out) else winner
+        # plain full Gumbel-max on every token's noise: nothing read back to the host
+        if not exists(self.dense_chunks):
+            self.dense_chunks = self.dense_steps()
+        noise = next(self.dense_chunks)  # steps come in order
+        scores = noise.add_(logits)  # (batch, num_tokens): the step's noise is used once
+        return argmax(scores, out)
 
 
 def noise_steps(
@@ -357,15 +359,15 @@ class FoldedRecurrentNet:
     # (weight name, batch) -> x -> x @ W^T + b: a cache of this object's own, never shared by dataclasses.replace
     linears: dict = field(default_factory=dict, repr=False, init=False, compare=False)
 
-    def linear(self, name: str, batch: int):
+    def linear(self, name: str, batch: int, *, prepacked: bool = True):
         """The product x (batch, hidden) -> x @ W^T + b for W = weight_hh, weight_out, or both stacked
         ('weight_hh_out': one product gives a decoding step's logits and next recurrent term), with
         the bias that belongs to it (bias_out; a GRU's b_hn in its n rows) added by the same call:
-        oneDNN with W prepacked where that is taken (see onednn_packed), else torch.addmm."""
-        key = (name, batch)
+        oneDNN with W prepacked where that is taken (see onednn_packed) and `prepacked`, else torch.addmm."""
+        key = (name, batch, prepacked)
         if key not in self.linears:
             weight, bias = self.weight_and_bias(name)
-            packed = onednn_packed(weight, batch)
+            packed = onednn_packed(weight, batch) if prepacked else None
             if exists(packed):
                 self.linears[key] = partial(onednn_linear, packed=packed, bias=bias)
             else:
@@ -461,26 +463,39 @@ class FoldedRecurrentNet:
             return half_h * 2.0, double_c * 0.5
         return tuple(t.clone() for t in state)
 
-    def stepper(self, state: tuple[Tensor, ...]):
+    def transposed(self, name: str) -> tuple[Tensor, Tensor | None]:
+        """weight_and_bias(name) with the weight as a transposed view (hidden, out), for torch.addmm; cached."""
+        key = (name, 'transposed')
+        if key not in self.linears:
+            weight, bias = self.weight_and_bias(name)
+            self.linears[key] = (weight.t(), bias)
+        return self.linears[key]
+
+    def stepper(self, state: tuple[Tensor, ...], *, product: bool = False):
         """`step(tokens, hidden_gates)`, which advances the loop's `state` in place by one token per
         row and returns state[0]: the cell, specialised once per loop with all it touches bound.
 
         tokens: (batch,) int64 ids. hidden_gates: linear('weight_hh')(state[0]) (batch, gates * hidden).
-        Python numbers come in as alpha= or value= arguments, or as x + x, where they can: as an
-        operand (2 * x) one costs about a microsecond more an op on the CPU.
+        With `product`, `step(tokens)` makes the recurrent product itself with torch.addmm, an LSTM's
+        gathered input rows as its bias operand: the dense formulation's step, where every op is a
+        launch. Python numbers come in as alpha= or value= arguments, or as x + x, where they can: as
+        an operand (2 * x) one costs about a microsecond more an op on the CPU.
         """
-        gates = self.input_table.new_empty(
-            state[0].shape[0], self.input_table.shape[1]
-        )  # (batch, gates * hidden), reused every step
+        batch = state[0].shape[0]
+        gates = self.input_table.new_empty(batch, self.input_table.shape[1])  # (batch, gates * hidden), reused
         gate_views = gates.split(self.hidden_size, dim=-1)
         table, index_select = self.input_table, torch.index_select
 
         if self.cell == 'lstm':
             half_h, double_c = state
             i, f, o, g = gate_views
+            weight_t, _ = self.transposed('weight_hh') if product else (None, None)  # (hidden, 4 * hidden)
 
-            def lstm_step(tokens: Tensor, hidden_gates: Tensor) -> Tensor:
-                index_select(table, 0, tokens, out=gates).add_(hidden_gates)
+            def lstm_step(tokens: Tensor, hidden_gates: Tensor | None = None) -> Tensor:
+                if product:
+                    index_select(table, 0, tokens, out=gates).addmm_(half_h, weight_t)
+                else:
+                    index_select(table, 0, tokens, out=gates).add_(hidden_gates)
                 gates.sigmoid_()  # g block holds sigmoid(2 g)
                 return lstm_update_(i, f, o, g, half_h, double_c)
 
@@ -489,8 +504,11 @@ class FoldedRecurrentNet:
         (h,) = state
         hidden = self.hidden_size
         reset_update, (r, z, n) = gates[:, : 2 * hidden], gate_views
+        recurrent = self.linear('weight_hh', batch, prepacked=False) if product else None  # b_hn in its n rows
 
-        def gru_step(tokens: Tensor, hidden_gates: Tensor) -> Tensor:
+        def gru_step(tokens: Tensor, hidden_gates: Tensor | None = None) -> Tensor:
+            if product:
+                hidden_gates = recurrent(h)
             index_select(table, 0, tokens, out=gates)
             hidden_reset_update, hidden_n = hidden_gates.split((2 * hidden, hidden), dim=1)
             reset_update.add_(hidden_reset_update).sigmoid_()
@@ -536,7 +554,10 @@ class FoldedRecurrentNet:
         return sampled, self.module_state(state)
 
     def sample_columns(self, prefix, length, temperature, generator, uniform_noise):
-        """sample()'s loop, in inference mode: tokens (length, batch) and the loop's state."""
+        """sample()'s loop, in inference mode: tokens (length, batch) and the loop's state; the lazy
+        formulation on LAZY_DEVICE_TYPES (the CPU), the dense one elsewhere (see the notes above)."""
+        if prefix.device.type not in LAZY_DEVICE_TYPES:
+            return self.sample_columns_dense(prefix, length, temperature, generator, uniform_noise)
         batch = prefix.shape[0]
         width = self.weight_hh.shape[0]
         state = self.init_state(batch)
@@ -574,4 +595,41 @@ class FoldedRecurrentNet:
             hidden_gates, logits = both(x).split(split, dim=1)  # (batch, gates * hidden), (batch, num_tokens)
             step(gumbel_max(logits, temperature, next(noise), out=sampled_rows[t]), hidden_gates)
         gumbel_max(last_logits(x), temperature, next(noise), out=sampled_rows[length - 1])
+        return sampled_columns, state
+
+    def sample_columns_dense(self, prefix, length, temperature, generator, uniform_noise):
+        """sample_columns' dense formulation: no value read back to the host, and a decoding step of
+        two products, one argmax and the cell (11 ops, LSTM or GRU): the noise, drawn (or read) a chunk
+        of steps at a time, is the logits' bias operand, and the gathered input rows the recurrent one's."""
+        batch = prefix.shape[0]
+        state = self.init_state(batch)
+        x = state[0]  # what the products take; steps update it in place
+        step = self.stepper(state, product=True)
+        weight_out_t, bias_out = self.transposed('weight_out')  # (hidden, num_tokens), (num_tokens,) or None
+        sampled_columns = torch.empty((length, batch), dtype=torch.long, device=prefix.device)  # (length, batch)
+        sampled_rows = sampled_columns.unbind(0)
+
+        for tokens in prefix.long().t().contiguous().unbind(0):  # teacher forcing: prefix_len of (batch,)
+            step(tokens)
+
+        if temperature == 0:
+            logits = self.linear('weight_out', batch, prepacked=False)
+            scores = (logits(x) for _ in range(length))
+        else:
+            noise = GumbelNoise(
+                batch,
+                length,
+                self.num_tokens,
+                temperature,
+                device=prefix.device,
+                generator=generator,
+                uniform_noise=uniform_noise,
+                lazy=False,
+            ).dense_steps(bias_out)  # each step's T * G + bias_out, (batch, num_tokens)
+            scores = (step_noise.addmm_(x, weight_out_t) for step_noise in noise)
+
+        for t, step_scores in enumerate(scores):  # each made from x as it is when the loop asks for it
+            argmax(step_scores, out=sampled_rows[t])
+            if t < length - 1:
+                step(sampled_rows[t])
         return sampled_columns, state
