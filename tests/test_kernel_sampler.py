@@ -138,10 +138,13 @@ def test_gumbel_bounds_come_from_the_grid():
 
 def constant_logits_net(bias, hidden=16, seed=0):
     """A net whose logits are `bias` plus one number shared by every token: softmax(logits / T) is
-    softmax(bias / T) whatever the state. weight_out is one random row repeated (random, not zero)."""
+    softmax(bias / T) whatever the state. weight_out is one row repeated, not zero, with a single
+    nonzero weight: a dot product with one nonzero term rounds the same in any summation order, where a
+    full row need not (a BLAS may sum edge columns of a tile in another order), and ties stay exact."""
     num_tokens = bias.numel()
     folded = make_folded('lstm', num_tokens, hidden, bias_out=True, seed=seed)
-    row = torch.randn(1, hidden, generator=torch.Generator().manual_seed(seed))
+    row = torch.zeros(1, hidden)
+    row[0, seed % hidden] = torch.randn((), generator=torch.Generator().manual_seed(seed)).abs() + 0.5
     return dataclasses.replace(folded, weight_out=row.expand(num_tokens, hidden).contiguous(), bias_out=bias.float())
 
 
