@@ -75,11 +75,17 @@ class GridAbandoned(RuntimeError):
 
 
 @contextlib.contextmanager
-def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: float = 120.0):
+def threaded_interpreter(
+    seed: int = 0, *, max_sleep: float = 2e-4, timeout: float = 120.0, paces: dict[int, float] | None = None
+):
     """Run every interpreted launch inside the block with one thread per program (see the module docstring).
 
     max_sleep: the typical longest random sleep (seconds) before a memory op. timeout: seconds a launch may
-    take; past it the launch raises TimeoutError, and its programs stop at their next memory access."""
+    take; past it the launch raises TimeoutError, and its programs stop at their next memory access.
+    paces: fixed paces (seconds) for some programs (by the first grid index), the others draw theirs: a
+    program far slower than the interpreter's arithmetic makes an ordering that the GIL's scheduling
+    would otherwise leave to chance (a straggler that reads after its neighbours wrote)."""
+    paces = dict(paces or {})
     if not hasattr(interpreter, 'GridExecutor') or not hasattr(interpreter.InterpreterBuilder, 'set_grid_idx'):
         raise RuntimeError('this Triton interpreter has no GridExecutor / InterpreterBuilder.set_grid_idx to patch')
     local = threading.local()
@@ -169,7 +175,7 @@ def threaded_interpreter(seed: int = 0, *, max_sleep: float = 2e-4, timeout: flo
     class ThreadedGridExecutor(base):
         def __init__(self, fn, *args, **kwargs):
             super().__init__(fn, *args, **kwargs)
-            self.fn = _ThreadedGrid(fn, local, launch, seed, max_sleep, timeout)
+            self.fn = _ThreadedGrid(fn, local, launch, seed, max_sleep, timeout, paces)
 
         def _init_args_hst(self, *args, **kwargs):
             args_hst, kwargs_hst = super()._init_args_hst(*args, **kwargs)
@@ -205,9 +211,9 @@ class _ThreadedGrid:
     each call and, at the last program of the grid, runs them all in threads. The grid executor
     reads the kernel's signature, annotations and globals from it: those are the kernel's."""
 
-    def __init__(self, fn, local, launch: _Launch, seed: int, max_sleep: float, timeout: float):
+    def __init__(self, fn, local, launch: _Launch, seed: int, max_sleep: float, timeout: float, paces: dict):
         self.fn, self.local, self.launch, self.seed, self.timeout = fn, local, launch, seed, timeout
-        self.max_sleep = max_sleep
+        self.max_sleep, self.paces = max_sleep, paces
         self.__signature__ = inspect.signature(fn)
         self.__annotations__ = dict(getattr(fn, '__annotations__', {}))
         self.__globals__ = fn.__globals__
@@ -226,7 +232,8 @@ class _ThreadedGrid:
         def program(grid_idx, kwargs):
             self.local.grid_idx = grid_idx
             self.local.rng = rng = random.Random('{}-{}-{}-{}'.format(self.seed, *grid_idx))
-            self.local.pace = self.max_sleep * 10 ** rng.uniform(-1.0, 1.0)
+            drawn = self.max_sleep * 10 ** rng.uniform(-1.0, 1.0)
+            self.local.pace = self.paces.get(grid_idx[0], drawn)
             try:
                 self.fn(**kwargs)
             except BaseException as error:  # noqa: BLE001 - handed to the launching thread
