@@ -47,13 +47,19 @@ def test_auto_and_torch_take_the_pytorch_path_on_a_cpu():
     assert not use_triton('torch', torch.device('cuda'))
 
 
-def test_auto_on_cuda_warns_once_while_the_kernels_are_unvalidated(monkeypatch):
+def test_auto_on_cuda_is_eligible_for_the_kernels_where_triton_imports(monkeypatch):
+    """'auto' on CUDA no longer waits for a constant flipped after a GPU run: where Triton imports the
+    kernels are eligible (the first-use check then decides); where it does not, one warning says why."""
     monkeypatch.setattr(backend_module, '_warned', set())
-    from up_fast import kernels
-
-    if kernels.VALIDATED_ON_GPU or triton_missing:
-        pytest.skip('only meaningful while the kernels await GPU validation and Triton imports')
-    with pytest.warns(UserWarning, match='not yet validated on a GPU'):
+    if triton_missing:
+        with pytest.warns(UserWarning, match='PyTorch path on a CUDA device'):
+            assert not use_triton('auto', torch.device('cuda'))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            assert use_triton('auto', torch.device('cuda'))
+    monkeypatch.setattr(backend_module, 'triton_problem', lambda: 'Triton is not installed')
+    with pytest.warns(UserWarning, match='Triton is not installed'):
         assert not use_triton('auto', torch.device('cuda'))
     with warnings.catch_warnings():
         warnings.simplefilter('error')

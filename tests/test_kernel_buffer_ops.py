@@ -184,7 +184,7 @@ def test_a_buffer_the_kernels_cannot_reach_takes_the_pytorch_twins(monkeypatch):
     )
     wrapper.backend = 'triton'
     monkeypatch.setattr(up_wrapper, 'interpreted', lambda: False)
-    assert wrapper.buffer_ops(torch.device('cpu')) is twin
+    assert wrapper.buffer_ops(wrapper.synth_data_buffer) is twin
     monkeypatch.setattr(up_wrapper, 'interpreted', lambda: True)
     monkeypatch.setattr(backend, 'interpreted', lambda: True)
-    assert wrapper.buffer_ops(torch.device('cpu')) is kernel
+    assert wrapper.buffer_ops(wrapper.synth_data_buffer) is kernel

@@ -3,6 +3,8 @@
     UP_FAST_BACKEND        'auto' (default), 'triton' or 'torch': the default `backend=` of the generators
     UP_FAST_NVTX           a flag: NVTX ranges around the phases of a training step (the wrapper's `nvtx=`)
     UP_FAST_KERNEL_CHECK   a flag: the sampling kernel reads its error flag after every launch (`check=`)
+    UP_FAST_CACHE_DIR      where results of the kernels' first-use checks are kept (default
+                           $XDG_CACHE_HOME/up_fast, else ~/.cache/up_fast)
     TRITON_INTERPRET       a flag, Triton's own: run the kernels in Triton's CPU interpreter
 
 A flag is on for 1, true, yes or on and off for 0, false, no, off or empty (any case); anything else is
@@ -12,6 +14,7 @@ an error naming the variable, so that a typo never silently means "off".
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('', '0', 'false', 'no', 'off')
@@ -20,6 +23,7 @@ BACKEND = 'UP_FAST_BACKEND'
 NVTX = 'UP_FAST_NVTX'
 KERNEL_CHECK = 'UP_FAST_KERNEL_CHECK'
 TRITON_INTERPRET = 'TRITON_INTERPRET'
+CACHE_DIR = 'UP_FAST_CACHE_DIR'
 
 
 def env_flag(name: str) -> bool:
@@ -58,3 +62,11 @@ def kernel_check_from_env() -> bool:
 def interpreted() -> bool:
     """Whether Triton runs its CPU interpreter (read when kernels are decorated, so set it before importing them)."""
     return env_flag(TRITON_INTERPRET)
+
+
+def cache_dir() -> Path:
+    """Where up_fast keeps what it learns about this machine (the kernels' first-use checks)."""
+    if os.environ.get(CACHE_DIR, '').strip():
+        return Path(os.environ[CACHE_DIR]).expanduser()
+    base = os.environ.get('XDG_CACHE_HOME', '').strip() or Path.home() / '.cache'
+    return Path(base) / 'up_fast'

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import GRU, LSTM, Module
 
-from up_fast.backend import BackendChoice
+from up_fast.backend import BackendChoice, KernelPath
 from up_fast.buffer import noise_rows
 from up_fast.checks import (
     check_bool,
@@ -161,6 +161,15 @@ class SyntheticDataGenerator(FoldedWeightsCache, Module):
         # checked here, decided once a device when sampling (BackendChoice)
         self.backend_choice = BackendChoice(backend)
 
+    def sampling_path(self, batch_size: int, device=None):
+        """Which implementation samples `batch_size` rows on `device` (default: where the weights are),
+        and why: a KernelPath (`.path` 'triton' or 'torch', `.mode`, `.reason`). With backend='auto'
+        on a GPU the first call runs the kernel's first-use check (up_fast/kernels/first_use.py)."""
+        device = torch.device(default(device, self.embed.weight.device))
+        if not self.uses_folded_path:
+            return KernelPath('torch', None, 'the network is not an LSTM or GRU the fused kernel folds')
+        return self.backend_choice.sampling_path(self.folded(), batch_size, device)
+
     @torch.no_grad()
     def generate(
         self,
@@ -211,13 +220,20 @@ class SyntheticDataGenerator(FoldedWeightsCache, Module):
             [t.to(device, torch.long) for t in (seed, condition) if exists(t)], dim=-1
         )  # (batch, prefix_len)
 
-        if self.uses_folded_path and self.backend_choice.takes_kernels(prefix.device):
+        path = self.sampling_path(prefix.shape[0], device) if self.uses_folded_path else None
+        if exists(path) and path.fused:
             from up_fast.kernels.recurrent_sample import fused_recurrent_sample
 
             sampled, _ = fused_recurrent_sample(
-                self.folded(), prefix, length, temperature, generator=generator, uniform_noise=uniform_noise
+                self.folded(),
+                prefix,
+                length,
+                temperature,
+                generator=generator,
+                uniform_noise=uniform_noise,
+                mode=path.mode,
             )
-        elif self.uses_folded_path:
+        elif exists(path):
             with torch.autocast(device.type, enabled=False):  # the folded path is fp32 throughout
                 sampled, _ = self.folded().sample(
                     prefix, length, temperature, generator=generator, uniform_noise=uniform_noise

@@ -27,7 +27,7 @@ from torch.nn import Module
 from x_transformers.x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from up_fast import buffer as buffer_ops_torch
-from up_fast.backend import BackendChoice, check_backend
+from up_fast.backend import BackendChoice, KernelPath, check_backend
 from up_fast.buffer import StepRows, draw_step_rows, token_dtype
 from up_fast.checks import (
     check_bool,
@@ -424,17 +424,22 @@ class UniversalPretrainWrapper(Module):
         # the buffer's kernels only: the data generator keeps its own
         self.backend_choice = BackendChoice(backend)
 
-    def buffer_ops(self, device):
-        """The buffer's gather, write-back and reset: the Triton kernels (up_fast.kernels.buffer_ops) where the
-        wrapper's backend takes them on `device`, as it does for sampling, else their PyTorch twins (up_fast.buffer)."""
-        device = torch.device(device)
-        # a buffer kept on the CPU beside a GPU generator: the kernels cannot reach it, and need not
-        kernels_reach = device.type == 'cuda' or interpreted()
-        if kernels_reach and self.backend_choice.takes_kernels(device):
+    def buffer_ops(self, buffer: Tensor):
+        """The gather, write-back and reset of `buffer`: the Triton kernels (up_fast.kernels.buffer_ops) where the
+        wrapper's backend takes them for its device and dtype (for 'auto', once their first-use check passed), else
+        their PyTorch twins (up_fast.buffer)."""
+        if self.buffer_path(buffer).fused:
             from up_fast.kernels import buffer_ops
 
             return buffer_ops
         return buffer_ops_torch
+
+    def buffer_path(self, buffer: Tensor):
+        """Which implementation does the buffer's work, and why (a KernelPath)."""
+        # a buffer kept on the CPU beside a GPU generator: the kernels cannot reach it, and need not
+        if not (buffer.device.type == 'cuda' or interpreted()):
+            return KernelPath('torch', None, f'the buffer is on {buffer.device}, where the buffer kernels do not run')
+        return self.backend_choice.buffer_path(buffer.dtype, buffer.device)
 
     def read_dtype(self, buffer: Tensor, device) -> torch.dtype:
         # rows widen to int64 where they are used; rows that cross devices cross narrow
@@ -446,7 +451,7 @@ class UniversalPretrainWrapper(Module):
         and conditions, generate. Writes nothing: it reads only the buffer and the generator's weights, so
         that it can run ahead, while the transformer trains on the step before (prefetch=True)."""
         buffer = self.synth_data_buffer  # (buffer_size, seq_len), narrow integer dtype
-        ops = self.buffer_ops(buffer.device)
+        ops = self.buffer_ops(buffer)
         randomness.begin(step)
         generator = randomness.on(buffer.device)
         generator_device = module_device(self.data_generator, self.device)
@@ -522,7 +527,7 @@ class UniversalPretrainWrapper(Module):
         (the step repeats its draws when called again). An explicit `generator=` passed to the
         constructor has advanced, though, by the draws made before the failure."""
         buffer = self.synth_data_buffer  # (buffer_size, seq_len), narrow integer dtype
-        ops = self.buffer_ops(buffer.device)
+        ops = self.buffer_ops(buffer)
         step = self.num_steps + 1
 
         # 1-2. draw the rows, read seeds and conditions, generate (nothing is written yet). With prefetch,
