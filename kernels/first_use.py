@@ -14,7 +14,8 @@ PyTorch path in fp32 on the CPU, for each launch mode:
 - every launch checked for an aborted grid barrier (a barrier gives up after CHECK_MAX_SPINS spins,
   about half a second), and a mode that takes longer than `time_limit` stops: a failure, never a hang.
 
-The fastest mode that passed samples from then on; where none passed the PyTorch path does, and the
+The fastest mode that passed samples from then on (the persistent one unless the other is more
+than MODE_MARGIN faster); where none passed the PyTorch path does, and the
 result says what differed. `check_buffer_ops` does the same for the buffer's gather and write-back
 kernels against their twins (up_fast/buffer.py), exact equality. Results are kept for the process
 and, for CUDA devices, on disk (`cache_path()`), keyed by the device, its driver, the torch, Triton
@@ -45,7 +46,10 @@ from up_fast.helpers import exists
 from up_fast.kernels.launch_plan import LaunchPlan, capability, num_sms, plan_launch
 from up_fast.sampling import FoldedRecurrentNet, gumbel
 
-MODES = ('persistent', 'phases')
+MODES = ('persistent', 'phases')  # in order of preference
+# a later mode is chosen over an earlier one that passed only when it is this much faster: timings
+# within noise of each other do not flip the choice from one process or machine to the next
+MODE_MARGIN = 0.2
 CHECK_LENGTH = 24  # sampled tokens a check call
 CHECK_PREFIX = 4  # teacher-forced tokens before them
 CHECK_TEMPERATURES = (0.0, 1e-4, 1.0)  # greedy, the paper's near-greedy default, a wide band
@@ -320,10 +324,19 @@ def check_sampling(
         except Exception as error:  # a compile error, an aborted barrier, a refused launch, a timeout
             result.failed[mode] = f'{type(error).__name__}: {str(error)[:300]}'
 
-    if result.passed:
-        result.chosen = min(result.passed, key=result.passed.get)
+    result.chosen = choose_mode(result.passed)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def choose_mode(passed: dict[str, float]) -> str | None:
+    """The mode to sample with, from the passing modes' seconds a call: the first of MODES that passed,
+    unless another is more than MODE_MARGIN faster (then the fastest). None if none passed."""
+    if not passed:
+        return None
+    preferred = min(passed, key=lambda mode: MODES.index(mode) if mode in MODES else len(MODES))
+    fastest = min(passed, key=passed.get)
+    return fastest if passed[fastest] < (1 - MODE_MARGIN) * passed[preferred] else preferred
 
 
 def check_buffer_ops(dtype: torch.dtype, device: torch.device, *, ops=None) -> CheckResult:

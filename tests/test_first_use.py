@@ -237,3 +237,11 @@ def test_buffer_kernels_are_checked_per_dtype_and_a_broken_one_refused(auto_on_c
     model = wrapper()
     with pytest.warns(UserWarning, match='fused buffer kernel.*the write-back'):
         assert model.buffer_ops(model.synth_data_buffer) is twin_ops
+
+
+def test_the_mode_choice_prefers_the_persistent_kernel_within_noise():
+    assert first_use.choose_mode({}) is None
+    assert first_use.choose_mode({'phases': 2.0}) == 'phases'
+    assert first_use.choose_mode({'persistent': 1.0, 'phases': 0.9}) == 'persistent'  # within the margin
+    assert first_use.choose_mode({'persistent': 1.0, 'phases': 0.5}) == 'phases'
+    assert first_use.choose_mode({'persistent': 0.5, 'phases': 1.0}) == 'persistent'
