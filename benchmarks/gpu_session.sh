@@ -77,7 +77,7 @@ failed=0
 declare -A LIMIT=([firstuse]=75 [parity]=120 [step]=30 [headline]=60 [ncu]=45 [memcheck]=40 [racecheck]=40
                   [tests]=120 [bench]=90 [compile]=30)
 (( DRY )) && LIMIT=([firstuse]=150 [parity]=150 [step]=120 [headline]=300 [ncu]=120 [memcheck]=60 [racecheck]=60
-                    [tests]=120 [bench]=120 [compile]=300) && BUDGET=${DRY_BUDGET:-1500}
+                    [tests]=120 [bench]=120 [compile]=600) && BUDGET=${DRY_BUDGET:-1800}
 
 summary() {     # summary.json from the steps so far and the device
     python3 - "$OUT" "$STATUS" "$1" "$DRY" <<'PY'

@@ -53,7 +53,10 @@ build() {
     "${pip[@]}" "${from[@]}" "torch==$TORCH_VERSION" "triton==$TRITON_VERSION" x-transformers einops
     echo "== up_fast (editable, no dependencies) and the test tools"
     "${pip[@]}" --no-deps -e .
-    "${pip[@]}" "${from[@]}" pytest pytest-benchmark hypothesis tqdm matplotlib
+    # Triton 3.6's interpreter turns a 1-element array into a loop bound with int(), which NumPy 2.3
+    # refuses ("only 0-dimensional arrays can be converted"; later Tritons squeeze first): every
+    # kernel test under TRITON_INTERPRET=1 would fail on that, not on the kernels
+    "${pip[@]}" "${from[@]}" pytest pytest-benchmark hypothesis tqdm matplotlib "numpy<2.3"
     "$ENV_DIR/bin/python" - <<PY
 import sys, torch, triton, x_transformers, einops, up_fast
 assert torch.__version__.split('+')[0] == '$TORCH_VERSION', torch.__version__
@@ -67,7 +70,8 @@ run_suite() {
     local args=("$@")
     [[ ${#args[@]} -gt 0 ]] || args=(tests -q -p no:cacheprovider)
     echo "== the suite under Python 3.12, torch $TORCH_VERSION, Triton $TRITON_VERSION"
-    "$ENV_DIR/bin/python" -m pytest "${args[@]}"
+    # the environment's bin first, as an activated one would be (the tests run its `up-fast`)
+    PATH="$PWD/$ENV_DIR/bin:$PATH" "$ENV_DIR/bin/python" -m pytest "${args[@]}"
 }
 
 dry_run() {

@@ -152,18 +152,6 @@ def check_weights(config: SamplingConfig, device: torch.device, seed: int = 0) -
     )
 
 
-def on_cpu_fp32(folded: FoldedRecurrentNet) -> FoldedRecurrentNet:
-    move = lambda t: t.to('cpu', torch.float32) if exists(t) else None
-    return dataclasses.replace(
-        folded,
-        input_table=move(folded.input_table),
-        weight_hh=move(folded.weight_hh),
-        bias_hn=move(folded.bias_hn),
-        weight_out=move(folded.weight_out),
-        bias_out=move(folded.bias_out),
-    )
-
-
 def check_rows(config: SamplingConfig) -> int:
     """Rows a check call samples: the plan's batch tile, as many tiles as its injected noise allows
     (rows beyond them are masked in the kernel: the launch is the configuration's own)."""
@@ -268,7 +256,7 @@ def check_sampling(
     started = time.perf_counter()
 
     folded = check_weights(config, device)
-    folded_cpu = on_cpu_fp32(folded)
+    folded_cpu = folded.to('cpu', torch.float32)
     rows = check_rows(config)
     g = torch.Generator().manual_seed(1)
     prefix = torch.randint(0, config.num_tokens, (rows, CHECK_PREFIX), generator=g).to(device)

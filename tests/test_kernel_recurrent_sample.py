@@ -99,15 +99,7 @@ def make_folded(cell, num_tokens, hidden, **kw):
 
 
 def to_device(folded, device=DEVICE, dtype=None):
-    move = lambda t: None if t is None else t.to(device=device, dtype=dtype or t.dtype)
-    return dataclasses.replace(
-        folded,
-        input_table=move(folded.input_table),
-        weight_hh=move(folded.weight_hh),
-        bias_hn=move(folded.bias_hn),
-        weight_out=move(folded.weight_out),
-        bias_out=move(folded.bias_out),
-    )
+    return folded.to(device, dtype)
 
 
 def twin_logits_after(folded, tokens):

@@ -11,7 +11,7 @@ plus one (batch, hidden) @ (hidden, gates * hidden) matmul, half the FLOPs of th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import repeat
 
@@ -455,6 +455,19 @@ class FoldedRecurrentNet:
         """The loop's zero state for `batch` rows: (h / 2, 2 c) for an LSTM, (h,) for a GRU."""
         zeros = lambda: self.weight_hh.new_zeros(batch, self.hidden_size)
         return (zeros(), zeros()) if self.cell == 'lstm' else (zeros(),)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> FoldedRecurrentNet:
+        """A copy with every weight on `device` and in `dtype` (each default: the weight's own), and an
+        empty product cache."""
+        move = lambda t: t.to(device=default(device, t.device), dtype=default(dtype, t.dtype)) if exists(t) else None
+        return replace(
+            self,
+            input_table=move(self.input_table),
+            weight_hh=move(self.weight_hh),
+            bias_hn=move(self.bias_hn),
+            weight_out=move(self.weight_out),
+            bias_out=move(self.bias_out),
+        )
 
     def module_state(self, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """The loop's state in the module's own terms, (h, c) or (h,); new tensors."""
