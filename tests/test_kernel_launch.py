@@ -123,7 +123,7 @@ def test_a_refused_cooperative_launch_falls_back_to_phases_with_one_warning(monk
 
     # the warning is said once; 'auto' then goes to the phases at once, an explicit 'persistent' tries again
     with warnings.catch_warnings():
-        warnings.simplefilter('error')
+        warnings.simplefilter('error', RuntimeWarning)
         again, _ = fused_recurrent_sample(folded, prefix, 5, 1.0, mode='auto', programs=2, uniform_noise=noise)
         fused_recurrent_sample(folded, prefix, 5, 1.0, mode='persistent', programs=2, uniform_noise=noise)
     assert torch.equal(again, expected) and RefusedLaunch.launches == 2
