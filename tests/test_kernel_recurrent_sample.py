@@ -31,6 +31,7 @@ pytest.importorskip('triton')
 
 from up_fast.helpers import default  # noqa: E402
 from up_fast.kernels import recurrent_sample as rs  # noqa: E402
+from up_fast.kernels.first_use import logits_after  # noqa: E402
 from up_fast.kernels.launch_plan import LaunchPlan, check_plan, next_power_of_2, plan_launch  # noqa: E402
 from up_fast.kernels.recurrent_sample import fused_recurrent_sample  # noqa: E402
 from up_fast.naive import naive_recurrent_sample  # noqa: E402
@@ -102,12 +103,8 @@ def to_device(folded, device=DEVICE, dtype=None):
     return folded.to(device, dtype)
 
 
-def twin_logits_after(folded, tokens):
-    """The folded path's logits (num_tokens,) after feeding the 1-D sequence `tokens` from a zero state."""
-    state = folded.init_state(1)
-    for token in tokens:
-        folded.step_(token.view(1), state)
-    return folded.logits(state)[0]
+# the folded path's logits (num_tokens,) after feeding a 1-D sequence from a zero state
+twin_logits_after = logits_after
 
 
 def assert_matches_twin(folded_cpu, prefix, length, temperature, uniform_noise, tokens, state):

@@ -3,8 +3,9 @@
 backend='torch' always takes the PyTorch path; 'triton' takes the kernel and fails clearly where it
 cannot run (without Triton installed, already when the backend is chosen, saying what to install);
 'auto' takes the kernel for CUDA tensors once it has proven itself on that device: the first call
-for a kernel configuration runs its first-use check (up_fast/kernels/first_use.py) and takes the
-fastest launch mode that gave the PyTorch path's tokens, printing one line that says so; where none
+for a kernel configuration runs its first-use check (up_fast/kernels/first_use.py) and takes a
+launch mode that gave the PyTorch path's tokens (the persistent one, unless the other is clearly
+faster), printing one line that says so; where none
 did (or Triton cannot be imported) the PyTorch path samples and one warning says why. Off CUDA,
 'auto' is the PyTorch path. The default comes from the environment variable UP_FAST_BACKEND.
 
