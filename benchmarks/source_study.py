@@ -35,7 +35,7 @@ from up_fast.finetune import (
     FINETUNE_DEFAULTS,
     batch_starts,
     eval_steps,
-    finetune_curve,
+    finetune_curves,
     fresh_model,
     split_text,
     steps_to_reach,
@@ -132,7 +132,7 @@ def text() -> tuple[Path, bytes]:
 
 def run_study(args, log):
     path, data = text()
-    train, held = split_text(data, FINETUNE_DEFAULTS['held_out'], MODEL['seq_len'])
+    train, _, held = split_text(data, FINETUNE_DEFAULTS['held_out'], MODEL['seq_len'])
     raw = RESULTS / 'source_study.jsonl'
     done = {(r['variant'], r['seed']) for r in read_raw(raw)}
     device = torch.device('cpu')
@@ -153,7 +153,9 @@ def run_study(args, log):
             else:
                 model, loss, seconds = pretrain(VARIANTS[variant], seed, args.pretrain_steps)
             zero_shot = bits_per_byte(model, data, MODEL['seq_len'], 32, device)
-            curve = finetune_curve(model, train, held, starts, seq_len=MODEL['seq_len'], device=device, **settings)
+            curve = finetune_curves(
+                model, train, {'held_out': held}, starts, seq_len=MODEL['seq_len'], device=device, **settings
+            )['held_out']
             record = dict(
                 variant=variant,
                 seed=seed,
@@ -176,14 +178,19 @@ def run_study(args, log):
 def claim(variant: str, seed: int) -> bool:
     """Whether this process takes the run: several processes may share a study (python -m
     benchmarks.source_study in two shells runs it on two cores), each run done once."""
-    if any(r['variant'] == variant and r['seed'] == seed for r in read_raw(RESULTS / 'source_study.jsonl')):
+    raw = RESULTS / 'source_study.jsonl'
+    return claim_run(raw, f'{variant}_{seed}', lambda r: r['variant'] == variant and r['seed'] == seed)
+
+
+def claim_run(raw: Path, key: str, finished) -> bool:
+    """Whether this process takes the run named `key` of the study whose finished runs `raw` (JSON
+    lines) holds: not when a record there is `finished(record)`, nor while another live process
+    holds its claim (a file under the temporary folder; a dead holder's claim is taken over)."""
+    if any(finished(r) for r in read_raw(raw)):
         return False
-    claims = (
-        Path(tempfile.gettempdir())
-        / f'source_study_claims_{hashlib.sha1(str(RESULTS.resolve()).encode()).hexdigest()[:12]}'
-    )
+    claims = Path(tempfile.gettempdir()) / f'study_claims_{hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]}'
     claims.mkdir(exist_ok=True)
-    path = claims / f'{hashlib.sha1(variant.encode()).hexdigest()[:12]}_{seed}'
+    path = claims / hashlib.sha1(key.encode()).hexdigest()[:16]
     try:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -263,7 +270,7 @@ def report(log):
     if not records:
         raise SystemExit('no results yet: run python -m benchmarks.source_study first')
     path, data = text()
-    _, held = split_text(data, FINETUNE_DEFAULTS['held_out'], MODEL['seq_len'])
+    held = split_text(data, FINETUNE_DEFAULTS['held_out'], MODEL['seq_len']).held_out
     markov_all = markov_bits_per_byte(data, MODEL['seq_len'])
     markov_held = markov_bits_per_byte(held, MODEL['seq_len'])
     rows = summarise(records)

@@ -72,22 +72,15 @@ def test_the_verdict_follows_from_the_printed_figures(checkpoint, text, capsys, 
     seeds = per_seed(out)
     assert [seed for seed, _, _ in seeds] == [0, 1]
 
-    # recomputed here from the printed per-seed figures: scratch minus pre-trained, ahead only when on every seed
-    differences = [round(scratch - pre, 3) for _, pre, scratch in seeds]
-    verdict = re.search(r'^verdict: (.*)$', out, re.MULTILINE).group(1)
-    if all(d == 0 for d in differences):
-        assert verdict.startswith('level')
-    elif all(d > 0 for d in differences) or all(d < 0 for d in differences):
-        ahead = 'the pre-trained start is ahead' if differences[0] > 0 else 'training from scratch is ahead'
-        mean = abs(round(statistics.fmean(differences), 3))
-        low, high = sorted(abs(d) for d in differences)
-        assert (
-            verdict.startswith(f'{ahead}: {mean:.3f} bits per byte lower')
-            and f'per seed {low:.3f} to {high:.3f}' in verdict
-        )
-    else:
-        assert verdict.startswith('no clear winner')
-    assert 'step 4' in verdict
+    # recomputed here from the printed per-seed figures: at the last step, and at each start's best validation step
+    final = re.search(r'^at the last step: (.*)$', out, re.MULTILINE).group(1)
+    assert_verdict_follows(final, [(pre, scratch) for _, pre, scratch in seeds])
+    assert 'step 4' in final
+    best = best_per_seed(out)
+    assert [seed for seed, *_ in best] == [0, 1]
+    at_best = re.search(r'^verdict: (.*)$', out, re.MULTILINE).group(1)
+    assert_verdict_follows(at_best, [(pre, scratch) for _, pre, _, scratch, _ in best])
+    assert "at each start's best step on the validation text" in at_best
 
     # the table's last row is the mean of the per-seed figures, and the CSV holds what was printed
     last = re.findall(r'^\s+4\s+(\d+\.\d{3})\s+(\d+\.\d{3})\s+([+-]\d+\.\d{3})$', out, re.MULTILINE)[-1]
@@ -100,6 +93,78 @@ def test_the_verdict_follows_from_the_printed_figures(checkpoint, text, capsys, 
     ]
     assert float(rows[0]['uniform']) == 8.0 and 'markov_3' in rows[0]
     assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+    # each best step is the seed's first lowest validation figure in the CSV, scored by its held-out figure there
+    for seed, pre, pre_step, scratch, scratch_step in best:
+        mine = [r for r in rows if int(r['seed']) == seed]
+        for name, bits, step in (('pretrained', pre, pre_step), ('scratch', scratch, scratch_step)):
+            lowest = min(mine, key=lambda r: float(r[f'{name}_validation']))
+            assert (int(lowest['step']), float(lowest[name])) == (step, bits)
+
+
+def best_per_seed(out):
+    return [
+        (int(seed), float(pre), int(pre_step), float(scratch), int(scratch_step))
+        for seed, pre, pre_step, scratch, scratch_step in re.findall(
+            r'^\s+seed (\d+): pre-trained (\d+\.\d{3}) \(step (\d+)\), scratch (\d+\.\d{3}) \(step (\d+)\)$',
+            out,
+            re.MULTILINE,
+        )
+    ]
+
+
+def assert_verdict_follows(verdict, figures):
+    # scratch minus pre-trained, a start ahead only when it is lower on every seed
+    differences = [round(scratch - pre, 3) for pre, scratch in figures]
+    if all(d == 0 for d in differences):
+        assert verdict.startswith('level')
+    elif all(d > 0 for d in differences) or all(d < 0 for d in differences):
+        ahead = 'the pre-trained start is ahead' if differences[0] > 0 else 'training from scratch is ahead'
+        mean = abs(round(statistics.fmean(differences), 3))
+        low, high = sorted(abs(d) for d in differences)
+        assert (
+            verdict.startswith(f'{ahead}: {mean:.3f} bits per byte lower')
+            and f'per seed {low:.3f} to {high:.3f}' in verdict
+        )
+    else:
+        assert verdict.startswith('no clear winner')
+
+
+def test_train_bytes_trains_on_less_with_the_scored_parts_unchanged(checkpoint, text, capsys, tmp_path):
+    whole = finetune(capsys, '--checkpoint', str(checkpoint), '--text', str(text), '--out', str(tmp_path / 'a.csv'))
+    less = finetune(
+        capsys,
+        '--checkpoint',
+        str(checkpoint),
+        '--text',
+        str(text),
+        '--train-bytes',
+        '40',
+        '--out',
+        str(tmp_path / 'b.csv'),
+    )
+    assert '403 bytes to train on, 58 to validate on' in whole
+    assert '40 bytes to train on (the first of the 403 it leaves, --train-bytes), 58 to validate on' in less
+    a, b = read_csv(tmp_path / 'a.csv'), read_csv(tmp_path / 'b.csv')
+    assert a[0]['pretrained'] == b[0]['pretrained'] and a[0]['pretrained_validation'] == b[0]['pretrained_validation']
+    assert a[-1]['pretrained'] != b[-1]['pretrained']  # trained on other windows
+
+
+def test_no_validation_judges_the_last_step_only(checkpoint, text, capsys, tmp_path):
+    out = finetune(
+        capsys,
+        '--checkpoint',
+        str(checkpoint),
+        '--text',
+        str(text),
+        '--validation',
+        '0',
+        '--out',
+        str(tmp_path / 'c.csv'),
+    )
+    assert not best_per_seed(out) and 'at the last step' not in out
+    assert 'step 4' in re.search(r'^verdict: (.*)$', out, re.MULTILINE).group(1)
+    assert 'pretrained_validation' not in read_csv(tmp_path / 'c.csv')[0]
 
 
 def test_a_checkpoint_holding_the_runs_own_start_comes_out_level(checkpoint, text, capsys, tmp_path):
@@ -157,6 +222,8 @@ def test_help_lists_the_options_with_defaults(capsys):
         '--checkpoint',
         '--text',
         '--held-out',
+        '--validation',
+        '--train-bytes',
         '--steps',
         '--seeds',
         '--levels',
@@ -191,6 +258,9 @@ def one_line_error(capsys, argv):
         (['--levels', 'low'], '--levels'),
         (['--levels', '5,-1'], '--levels'),
         (['--dim', '0'], '--dim'),
+        (['--validation', '1'], '--validation'),
+        (['--validation', 'some'], '--validation'),
+        (['--train-bytes', '-5'], '--train-bytes'),
     ],
 )
 def test_bad_values_name_the_option(capsys, argv, expected):
@@ -223,6 +293,12 @@ def test_bad_combinations_and_files_are_one_line_errors(checkpoint, text, capsys
     err = one_line_error(capsys, ['finetune', *QUICK, '--checkpoint', str(checkpoint), '--text', str(short)])
     assert f'--text {short}' in err and 'too short' in err
 
+    err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--train-bytes', '8'])
+    assert '--train-bytes 8 must be between one window (16 bytes) and the 403 bytes' in err
+    err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--train-bytes', '404'])
+    assert '--train-bytes 404 must be' in err
+    err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--held-out', '0.5', '--validation', '0.5'])
+    assert '--held-out 0.5 and --validation 0.5 leave nothing to train on' in err
     err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--eval-every', '10'])
     assert '--eval-every 10 is more than --steps 4' in err
     err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--out', str(tmp_path)])

@@ -1,16 +1,20 @@
 """Fine-tuning from a pre-trained start against scratch (up_fast.finetune): the text split, the
 batches, rebuilding a model from each kind of checkpoint, the curves and the verdict. Tiny models."""
 
+import random
+
 import pytest
 import torch
 
 from up_fast import UniversalPretrainWrapper
 from up_fast.byte_model import architecture_from_state, build_model
 from up_fast.finetune import (
+    Comparison,
     batch_starts,
+    best_step,
     compare,
     eval_steps,
-    finetune_curve,
+    finetune_curves,
     fresh_model,
     model_state,
     rebuild,
@@ -25,7 +29,7 @@ CPU = torch.device('cpu')
 
 
 def tiny_compare(pretrained, scratch, seeds=(0, 1), steps=6):
-    train, held = split_text(TEXT, 0.25, TINY['seq_len'])
+    train, _, held = split_text(TEXT, 0.25, TINY['seq_len'])
     return compare(
         pretrained,
         scratch,
@@ -46,8 +50,8 @@ def tiny_compare(pretrained, scratch, seeds=(0, 1), steps=6):
 
 def test_split_holds_out_the_tail_whole():
     data = bytes(range(200))
-    train, held = split_text(data, 0.25, 16)
-    assert train + held == data and len(held) == 50
+    train, validation, held = split_text(data, 0.25, 16)
+    assert train + held == data and len(held) == 50 and validation == b''
 
 
 @pytest.mark.parametrize('held_out', [0.0, 1.0, -0.1, 1.5])
@@ -59,6 +63,33 @@ def test_held_out_fraction_must_be_inside_0_and_1(held_out):
 def test_too_short_a_text_says_so():
     with pytest.raises(ValueError, match=r'too short: 20 bytes split into 15 to train on and 5 held out.*window of 16'):
         split_text(bytes(20), 0.25, 16)
+
+
+def test_validation_sits_between_train_and_held_out_and_train_bytes_cut_only_train():
+    data = bytes(range(200))
+    train, validation, held = split_text(data, 0.25, 16, validation=0.1)
+    assert train + validation + held == data and len(validation) == 20 and len(held) == 50
+    fewer = split_text(data, 0.25, 16, validation=0.1, train_bytes=40)
+    assert fewer.train == train[:40] and fewer.validation == validation and fewer.held_out == held
+
+
+@pytest.mark.parametrize(
+    'settings, message',
+    [
+        (dict(validation=0.75), r'validation must be a fraction in \[0, 1 - held_out\) = \[0, 0.75\), got 0.75'),
+        (dict(validation=-0.1), 'validation must be a fraction'),
+        (dict(train_bytes=15), r'train_bytes must be between one window \(16 bytes\) and the 150 bytes.*got 15'),
+        (dict(train_bytes=151), 'got 151'),
+    ],
+)
+def test_bad_validation_or_train_bytes_say_what_is_allowed(settings, message):
+    with pytest.raises(ValueError, match=message):
+        split_text(bytes(200), 0.25, 16, **settings)
+
+
+def test_too_short_a_validation_slice_says_so():
+    with pytest.raises(ValueError, match=r'150 to train on, 10 to validate on and 40 held out.*window of 16'):
+        split_text(bytes(200), 0.2, 16, validation=0.05)
 
 
 def test_batches_depend_on_the_seed_alone_and_stay_in_the_text():
@@ -137,11 +168,18 @@ def test_a_size_the_shapes_do_not_show_must_be_given():
 
 
 def test_fine_tuning_learns_the_text():
-    train, held = split_text(TEXT, 0.25, 16)
+    train, _, held = split_text(TEXT, 0.25, 16)
     model = fresh_model(TINY, 0)
-    curve = finetune_curve(
-        model, train, held, batch_starts(len(train), 16, 8, 30, 0), seq_len=16, device=CPU, eval_every=10, lr=1e-2
-    )
+    curve = finetune_curves(
+        model,
+        train,
+        {'held_out': held},
+        batch_starts(len(train), 16, 8, 30, 0),
+        seq_len=16,
+        device=CPU,
+        eval_every=10,
+        lr=1e-2,
+    )['held_out']
     assert len(curve) == 4
     assert curve[-1] < curve[0] - 1.0  # a repetitive text: well over a bit per byte gained in 30 steps
 
@@ -158,12 +196,12 @@ def test_the_fresh_model_itself_comes_out_level():
 
 
 def test_a_start_trained_on_the_text_is_ahead():
-    train, _ = split_text(TEXT, 0.25, 16)
+    train, _, _ = split_text(TEXT, 0.25, 16)
     ahead = fresh_model(TINY, 0)
-    finetune_curve(
+    finetune_curves(
         ahead,
         train,
-        train[:32],
+        {'held_out': train[:32]},
         batch_starts(len(train), 16, 8, 20, 99),
         seq_len=16,
         device=CPU,
@@ -221,3 +259,68 @@ def test_verdict_describes_the_spread_and_a_single_seed():
 def test_verdict_needs_a_figure_per_seed_from_both():
     with pytest.raises(ValueError, match='one final figure per seed'):
         verdict([5.0], [5.0, 5.1], step=1)
+
+
+# early stopping: each start judged at its best validation step
+
+
+def test_best_step_is_the_first_lowest_validation_figure():
+    assert best_step([0, 10, 20, 30], [8.0, 4.0, 5.0, 4.0], [8.1, 4.2, 5.1, 3.9]) == (10, 4.2)
+    assert best_step([0, 10], [8.0, 9.0], [8.5, 7.0]) == (0, 8.5)  # the held-out figure never picks the step
+    with pytest.raises(ValueError, match='one figure per evaluation step'):
+        best_step([0, 10], [8.0], [8.0, 7.0])
+
+
+def test_a_start_that_overfits_early_is_judged_at_its_best_step():
+    # at the last step the early overfitter is behind; at each start's best validation step it is ahead
+    result = Comparison(
+        steps=[0, 10, 20, 30],
+        checkpoint={0: [8.0, 4.1, 5.2, 6.3], 1: [8.0, 4.0, 5.0, 6.0]},
+        scratch={0: [8.0, 6.1, 5.1, 4.9], 1: [8.0, 6.0, 5.0, 4.7]},
+        validation={
+            'checkpoint': {0: [8.0, 4.0, 5.0, 6.0], 1: [8.0, 3.9, 4.9, 5.9]},
+            'scratch': {0: [8.0, 6.0, 5.0, 4.8], 1: [8.0, 5.9, 4.9, 4.6]},
+        },
+    )
+    assert result.best('checkpoint') == {0: (10, 4.1), 1: (10, 4.0)}
+    assert result.best('scratch') == {0: (30, 4.9), 1: (30, 4.7)}
+    final = verdict([6.3, 6.0], [4.9, 4.7], step=30)
+    at_best = verdict(*([bits for _, bits in result.best(name).values()] for name in ('checkpoint', 'scratch')), None)
+    assert final.winner == 'scratch' and at_best.winner == 'checkpoint'
+    assert at_best.differences == [0.8, 0.7]
+    assert "at each start's best step on the validation text" in at_best.describe()
+
+
+def test_a_real_overfitting_run_is_scored_where_its_validation_was_lowest():
+    rng = random.Random(0)
+    words = 'the cat dog sat ran on in a mat log big small red blue and or but when then'.split()
+    text = ' '.join(rng.choice(words) for _ in range(400)).encode()
+    split = split_text(text, 0.2, 16, validation=0.2, train_bytes=40)  # 40 bytes to train on: it overfits
+    model = dict(TINY, dim=32)
+    result = compare(
+        fresh_model(model, 0),
+        fresh_model(model, 1),
+        split.train,
+        split.held_out,
+        [0],
+        seq_len=16,
+        device=CPU,
+        validation=split.validation,
+        steps=60,
+        batch_size=8,
+        eval_every=5,
+        lr=1e-2,
+    )
+    for name in ('checkpoint', 'scratch'):
+        validation, held = result.validation[name][0], getattr(result, name)[0]
+        step, bits = result.best(name)[0]
+        index = result.steps.index(step)
+        assert validation[index] == min(validation) and bits == held[index]
+        assert step < result.steps[-1] and bits < held[-1] - 0.5  # overfitted by the end, judged before it
+
+
+def test_a_comparison_without_validation_has_no_best_step():
+    result = tiny_compare(fresh_model(TINY, 0), fresh_model(TINY, 1), seeds=(0,), steps=2)
+    assert result.validation == {}
+    with pytest.raises(ValueError, match='without a validation text'):
+        result.best('checkpoint')

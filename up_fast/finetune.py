@@ -9,6 +9,10 @@ build_model(...)`: for a checkpoint of `up-fast pretrain` that is exactly the mo
 from (the run's own seed), so the two starts differ only by what pre-training changed, and a
 checkpoint that is that fresh model itself comes out level. Seeds change the order of the batches.
 
+A fixed number of steps favours whichever start overfits a small text later, so with a validation
+text (a slice before the held-out one, split_text(validation=...)) each start is also judged at its
+own best step on it (best_step): early stopping, with the held-out slice kept for scoring only.
+
 A pre-trained start can be given as
   - an `up-fast pretrain` checkpoint (or any dict with 'config' and 'model'): the config rebuilds it;
   - a UniversalPretrainWrapper state_dict (`torch.save(wrapper.state_dict(), path)`): its 'model.' keys;
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +51,8 @@ FINETUNE_DEFAULTS = dict(
     warmup=30,
     weight_decay=0.01,
     grad_clip=1.0,
-    held_out=0.2,  # the last fifth of the text is held out
+    held_out=0.2,  # the last fifth of the text is held out and scored
+    validation=0.1,  # the tenth before it picks each start's best step
 )
 
 EVAL_BATCH = 32  # windows per forward pass when scoring the held-out text
@@ -56,20 +62,45 @@ PRECISION = 3  # decimals of the figures the verdict is computed from (as printe
 # the text
 
 
-def split_text(data: bytes, held_out: float, seq_len: int) -> tuple[bytes, bytes]:
-    """(train, held_out): the last `held_out` fraction of the bytes is held out, whole, so that no
-    training window overlaps it. Both must hold a full window of `seq_len` bytes."""
+class TextSplit(NamedTuple):
+    """The three parts of a text, in its order: train | validation | held_out."""
+
+    train: bytes  # what both starts fine-tune on
+    validation: bytes  # picks each start's best step (early stopping); empty when not asked for
+    held_out: bytes  # scored, never trained on nor used to pick a step
+
+
+def split_text(
+    data: bytes, held_out: float, seq_len: int, *, validation: float = 0.0, train_bytes: int | None = None
+) -> TextSplit:
+    """The last `held_out` fraction of the bytes is held out whole, so that no training window
+    overlaps it; the `validation` fraction (of the whole text) just before it picks the best step;
+    the rest is trained on, cut to its first `train_bytes` when given (the study of how much real
+    text pre-training is worth keeps the validation and scored parts fixed and varies this). Every
+    part asked for must hold a full window of `seq_len` bytes."""
     if not 0.0 < held_out < 1.0:
         raise ValueError(f'held_out must be a fraction in (0, 1), got {held_out}')
-    cut = len(data) - round(len(data) * held_out)
-    train, held = data[:cut], data[cut:]
-    if len(train) < seq_len or len(held) < seq_len:
+    if not 0.0 <= validation < 1.0 - held_out:
         raise ValueError(
-            f'the text is too short: {len(data):,} bytes split into {len(train):,} to train on '
-            f'and {len(held):,} held out, '
-            f'but each needs at least one window of {seq_len} bytes (give a longer text, or another held-out fraction)'
+            f'validation must be a fraction in [0, 1 - held_out) = [0, {1.0 - held_out:g}), got {validation}'
         )
-    return train, held
+    cut = len(data) - round(len(data) * held_out)
+    split = cut - round(len(data) * validation)
+    train, valid, held = data[:split], data[split:cut], data[cut:]
+    parts = f'{len(train):,} to train on' + (f', {len(valid):,} to validate on' if validation else '')
+    if len(train) < seq_len or len(held) < seq_len or (validation and len(valid) < seq_len):
+        raise ValueError(
+            f'the text is too short: {len(data):,} bytes split into {parts} and {len(held):,} held out, '
+            f'but each needs at least one window of {seq_len} bytes (give a longer text, or other fractions)'
+        )
+    if exists(train_bytes):
+        if not seq_len <= train_bytes <= len(train):
+            raise ValueError(
+                f'train_bytes must be between one window ({seq_len} bytes) and the {len(train):,} bytes the text '
+                f'leaves to train on, got {train_bytes:,}'
+            )
+        train = train[:train_bytes]
+    return TextSplit(train, valid, held)
 
 
 def batch_starts(train_bytes: int, seq_len: int, batch_size: int, steps: int, seed: int) -> Tensor:
@@ -147,10 +178,10 @@ def fresh_model(architecture: dict, init_seed: int) -> Module:
 # training
 
 
-def finetune_curve(
+def finetune_curves(
     model: Module,
     train: bytes,
-    held_out: bytes,
+    scored: dict[str, bytes],
     starts: Tensor,
     *,
     seq_len: int,
@@ -161,9 +192,10 @@ def finetune_curve(
     grad_clip: float = FINETUNE_DEFAULTS['grad_clip'],
     eval_every: int = FINETUNE_DEFAULTS['eval_every'],
     on_step=None,
-) -> list[float]:
+) -> dict[str, list[float]]:
     """Train `model` (in place) on the windows train[start:start + seq_len] of `starts` (steps,
-    batch), one row per step, and return held-out bits per byte at eval_steps(steps, eval_every)."""
+    batch), one row per step, and return, for each text of `scored` (name -> bytes), its bits per
+    byte at eval_steps(steps, eval_every)."""
     steps = starts.shape[0]
     data = torch.tensor(list(train), dtype=torch.long)  # (train_bytes,)
     offsets = torch.arange(seq_len)  # (seq_len,)
@@ -172,7 +204,12 @@ def finetune_curve(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(warmup, max(1, steps // 10)), steps))
 
-    curve = [bits_per_byte(model, held_out, seq_len, EVAL_BATCH, device)]
+    def score():
+        for name, text in scored.items():
+            curves[name].append(bits_per_byte(model, text, seq_len, EVAL_BATCH, device))
+
+    curves = {name: [] for name in scored}
+    score()
     model.train()
     for step in range(1, steps + 1):
         x = data[starts[step - 1, :, None] + offsets].to(device)  # (batch, seq_len)
@@ -187,10 +224,23 @@ def finetune_curve(
         scheduler.step()
 
         if step % eval_every == 0 or step == steps:
-            curve.append(bits_per_byte(model, held_out, seq_len, EVAL_BATCH, device))
+            score()
         if exists(on_step):
             on_step()
-    return curve
+    return curves
+
+
+def best_step(steps: list[int], validation: list[float], held_out: list[float]) -> tuple[int, float]:
+    """(step, held-out bits per byte there) at the step where the validation curve is lowest (the
+    first such step on a tie): early stopping, judged after the fact, so that a start that overfits
+    a small text is scored where it was best and never by the slice that scores it."""
+    if not len(steps) == len(validation) == len(held_out) > 0:
+        raise ValueError(
+            f'need one figure per evaluation step in both curves, got {len(steps)} steps, {len(validation)} and '
+            f'{len(held_out)} figures'
+        )
+    index = min(range(len(steps)), key=validation.__getitem__)
+    return steps[index], held_out[index]
 
 
 def eval_steps(steps: int, eval_every: int) -> list[int]:
@@ -200,15 +250,26 @@ def eval_steps(steps: int, eval_every: int) -> list[int]:
 
 @dataclass
 class Comparison:
-    """Held-out bits per byte at `steps` for each seed, from both starts."""
+    """Held-out bits per byte at `steps` for each seed, from both starts; with a validation text,
+    the validation curves too, which pick each start's best step."""
 
     steps: list[int]
-    checkpoint: dict[int, list[float]] = field(default_factory=dict)  # seed -> curve
+    checkpoint: dict[int, list[float]] = field(default_factory=dict)  # seed -> held-out curve
     scratch: dict[int, list[float]] = field(default_factory=dict)
+    validation: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # start -> seed -> curve
 
     @property
     def seeds(self) -> list[int]:
         return list(self.checkpoint)
+
+    def best(self, name: str) -> dict[int, tuple[int, float]]:
+        """seed -> (best step by validation, held-out bits per byte there) for 'checkpoint' or 'scratch'."""
+        if name not in self.validation:
+            raise ValueError('the comparison ran without a validation text: pass validation= to compare')
+        return {
+            seed: best_step(self.steps, self.validation[name][seed], curve)
+            for seed, curve in getattr(self, name).items()
+        }
 
 
 def compare(
@@ -220,29 +281,34 @@ def compare(
     *,
     seq_len: int,
     device: torch.device,
+    validation: bytes | None = None,
     steps: int = FINETUNE_DEFAULTS['steps'],
     batch_size: int = FINETUNE_DEFAULTS['batch_size'],
     on_step=None,
     **settings,
 ) -> Comparison:
-    """Fine-tune copies of `pretrained` and of `scratch` on the same batches for every seed.
-    `settings`: lr, warmup, weight_decay, grad_clip, eval_every (FINETUNE_DEFAULTS)."""
+    """Fine-tune copies of `pretrained` and of `scratch` on the same batches for every seed, scoring
+    `held_out` (and `validation`, when given) as they go. `settings`: lr, warmup, weight_decay,
+    grad_clip, eval_every (FINETUNE_DEFAULTS)."""
     every = settings.get('eval_every', FINETUNE_DEFAULTS['eval_every'])
     result = Comparison(steps=eval_steps(steps, every))
+    scored = {'held_out': held_out, **({'validation': validation} if exists(validation) else {})}
     for seed in seeds:
         starts = batch_starts(len(train), seq_len, batch_size, steps, seed)  # (steps, batch_size)
         for name, start in (('checkpoint', pretrained), ('scratch', scratch)):
-            curve = finetune_curve(
+            curves = finetune_curves(
                 copy.deepcopy(start),
                 train,
-                held_out,
+                scored,
                 starts,
                 seq_len=seq_len,
                 device=device,
                 on_step=on_step,
                 **settings,
             )
-            getattr(result, name)[seed] = curve
+            getattr(result, name)[seed] = curves['held_out']
+            if exists(validation):
+                result.validation.setdefault(name, {})[seed] = curves['validation']
     return result
 
 
@@ -256,12 +322,17 @@ def steps_to_reach(steps: list[int], curve: list[float], level: float) -> int | 
 
 @dataclass
 class Verdict:
-    """Which start ends lower on the held-out text. `differences`: scratch minus checkpoint at the
-    final step, one per seed (positive: the checkpoint is ahead)."""
+    """Which start ends lower on the held-out text. `differences`: scratch minus checkpoint, one per
+    seed (positive: the checkpoint is ahead), at `step`, or each at its own best validation step
+    when `step` is None."""
 
     winner: str  # 'checkpoint', 'scratch', 'level' (the same on every seed) or 'unclear' (seeds disagree)
     differences: list[float]
-    step: int
+    step: int | None
+
+    @property
+    def where(self) -> str:
+        return f'at step {self.step}' if exists(self.step) else "at each start's best step on the validation text"
 
     @property
     def mean(self) -> float:
@@ -271,7 +342,7 @@ class Verdict:
         n = len(self.differences)
         low, high = min(self.differences), max(self.differences)
         if self.winner == 'level':
-            return f'level: both starts reach the same held-out bits per byte at step {self.step} on every seed ({n})'
+            return f'level: both starts reach the same held-out bits per byte {self.where} on every seed ({n})'
         if self.winner in ('checkpoint', 'scratch'):
             ahead = 'the pre-trained start' if self.winner == 'checkpoint' else 'training from scratch'
             sign = 1 if self.winner == 'checkpoint' else -1  # the margins of the start that is ahead, positive
@@ -282,19 +353,19 @@ class Verdict:
                 else 'one seed, so no spread: pass --seeds 3 for one'
             )
             margin = sign * self.mean
-            held_out = f'bits per byte lower on the held-out text at step {self.step}'
+            held_out = f'bits per byte lower on the held-out text {self.where}'
             return f'{ahead} is ahead: {margin:.3f} {held_out} ({seeds})'
         return (
-            f'no clear winner at step {self.step}: the seeds disagree '
+            f'no clear winner {self.where}: the seeds disagree '
             f'(scratch minus pre-trained from {low:+.3f} to {high:+.3f} '
             f'bits per byte, mean {self.mean:+.3f} over {n} seeds)'
         )
 
 
-def verdict(checkpoint_final: list[float], scratch_final: list[float], step: int) -> Verdict:
-    """The verdict from the final figures as given (the command line passes them rounded as
-    printed, so that anyone can recompute it from its output): a start is ahead only when it is
-    lower on every seed."""
+def verdict(checkpoint_final: list[float], scratch_final: list[float], step: int | None) -> Verdict:
+    """The verdict from one figure per seed and start as given, at `step` (None: each at its best
+    validation step); the command line passes them rounded as printed, so that anyone can recompute
+    it from its output. A start is ahead only when it is lower on every seed."""
     if len(checkpoint_final) != len(scratch_final) or not checkpoint_final:
         raise ValueError(
             f'need one final figure per seed from both starts, got {len(checkpoint_final)} and {len(scratch_final)}'

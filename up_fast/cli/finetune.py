@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 # the command's defaults: a few minutes on 2 CPU cores (up_fast.finetune.FINETUNE_DEFAULTS are the library's)
-STEPS, EVAL_EVERY, SEEDS, HELD_OUT, BATCH_SIZE, LR = 100, 10, 3, 0.2, 16, 1e-3
+STEPS, EVAL_EVERY, SEEDS, HELD_OUT, VALIDATION, BATCH_SIZE, LR = 100, 10, 3, 0.2, 0.1, 16, 1e-3
 SIZE_OPTIONS = ('dim', 'depth', 'heads', 'seq_len')
 
 
@@ -45,6 +45,16 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f'must be a fraction between 0 and 1, got {text!r}') from None
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f'must be a fraction between 0 and 1 (exclusive), got {value}')
+    return value
+
+
+def validation_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be 0 or a fraction between 0 and 1, got {text!r}') from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f'must be 0 (none) or a fraction between 0 and 1, got {value}')
     return value
 
 
@@ -126,7 +136,7 @@ def output_paths(args) -> tuple[Path, Path]:
 
 
 def run(args) -> dict:
-    from up_fast.finetune import compare, fresh_model, rounded, split_text, steps_to_reach, verdict
+    from up_fast.finetune import best_step, compare, fresh_model, rounded, split_text, steps_to_reach, verdict
 
     try:
         from tqdm import tqdm
@@ -139,10 +149,23 @@ def run(args) -> dict:
 
     text_path = Path(default(args.text, default_text_file()))
     data = read_text(text_path, args.max_bytes)
+    if args.held_out + args.validation >= 1.0:
+        raise CLIError(
+            f'--held-out {args.held_out:g} and --validation {args.validation:g} leave nothing to train on: together '
+            'they must be below 1'
+        )
     try:
-        train, held = split_text(data, args.held_out, seq_len)
+        train, valid, held = split_text(data, args.held_out, seq_len, validation=args.validation)
     except ValueError as err:
         raise CLIError(f'--text {text_path}: {err}') from None
+    pool = len(train)
+    if args.train_bytes:
+        if not seq_len <= args.train_bytes <= pool:
+            raise CLIError(
+                f'--train-bytes {args.train_bytes:,} must be between one window ({seq_len} bytes) and the {pool:,} '
+                f'bytes {text_path} leaves to train on (0: all of them)'
+            )
+        train = train[: args.train_bytes]
     if args.eval_every > args.steps:
         raise CLIError(
             f'--eval-every {args.eval_every} is more than --steps {args.steps}: the curves would hold only the start '
@@ -154,8 +177,16 @@ def run(args) -> dict:
     scratch = fresh_model(architecture, init_seed)
     baselines = baseline_bits(held, seq_len)
 
+    trained_on = f'{len(train):,} bytes to train on' + (
+        f' (the first of the {pool:,} it leaves, --train-bytes)' if len(train) < pool else ''
+    )
+    validated = (
+        f"{len(valid):,} to validate on (the {args.validation:.0%} before it; picks each start's best step), "
+        if valid
+        else ''
+    )
     log(
-        f'fine-tuning on {text_path}: {len(train):,} bytes to train on, {len(held):,} held out (the last '
+        f'fine-tuning on {text_path}: {trained_on}, {validated}{len(held):,} held out and scored (the last '
         f'{args.held_out:.0%}), windows of {seq_len} bytes, batch {args.batch_size}, {args.steps} steps, lr '
         f'{args.lr:g}, seeds {seeds[0]} to {seeds[-1]} (the order of the batches)'
     )
@@ -170,6 +201,7 @@ def run(args) -> dict:
         seeds,
         seq_len=seq_len,
         device=device,
+        validation=valid or None,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -224,13 +256,38 @@ def run(args) -> dict:
     judged = verdict(
         [curves['checkpoint'][s][-1] for s in seeds], [curves['scratch'][s][-1] for s in seeds], final_step
     )
-    log(f'verdict: {judged.describe()}')
+    best, best_judged = {}, None
+    if valid:
+        validation = {
+            name: {seed: [rounded(b) for b in curve] for seed, curve in result.validation[name].items()}
+            for name in curves
+        }
+        best = {
+            name: {seed: best_step(result.steps, validation[name][seed], curves[name][seed]) for seed in seeds}
+            for name in curves
+        }
+        log("at each start's best step on the validation text (early stopping), per seed:")
+        for seed in seeds:
+            (pre_step, pre), (scratch_step, scratch_bits) = best['checkpoint'][seed], best['scratch'][seed]
+            log(
+                f'  seed {seed}: pre-trained {pre:.3f} (step {pre_step}), scratch {scratch_bits:.3f} '
+                f'(step {scratch_step})'
+            )
+        best_judged = verdict(
+            [best['checkpoint'][s][1] for s in seeds], [best['scratch'][s][1] for s in seeds], step=None
+        )
+        log(f'verdict: {best_judged.describe()}')
+        log(f'at the last step: {judged.describe()}')
+    else:
+        validation = {}
+        log(f'verdict: {judged.describe()}')
 
-    write_csv(csv_path, result.steps, curves, baselines)
+    write_csv(csv_path, result.steps, curves, validation, baselines)
     if plot(
         png_path,
         result.steps,
         curves,
+        best,
         baselines,
         f'fine-tuning on {text_path.name}, held-out bits per byte\n{origin.splitlines()[0]}',
     ):
@@ -245,32 +302,32 @@ def run(args) -> dict:
         curves=curves,
         baselines=baselines,
         reached=reached,
-        verdict=judged,
+        validation=validation,
+        best=best,
+        verdict=default(best_judged, judged),
+        final_verdict=judged,
         architecture=architecture,
     )
 
 
-def write_csv(path: Path, steps: list[int], curves: dict, baselines: dict[str, float]):
-    """One row per seed and evaluation step; the held-out baselines, constant, as columns of every row."""
+def write_csv(path: Path, steps: list[int], curves: dict, validation: dict, baselines: dict[str, float]):
+    """One row per seed and evaluation step: held-out bits per byte of both starts, their validation
+    figures when there is a validation text, and the held-out baselines, constant, as columns."""
     with open(path, 'w', newline='') as file:
         writer = csv.writer(file)
-        writer.writerow(['seed', 'step', 'pretrained', 'scratch', *baselines])
+        checked = ['pretrained_validation', 'scratch_validation'] if validation else []
+        writer.writerow(['seed', 'step', 'pretrained', 'scratch', *checked, *baselines])
         for seed in curves['checkpoint']:
             for i, step in enumerate(steps):
-                writer.writerow(
-                    [
-                        seed,
-                        step,
-                        f'{curves["checkpoint"][seed][i]:.3f}',
-                        f'{curves["scratch"][seed][i]:.3f}',
-                        *(f'{bits:.3f}' for bits in baselines.values()),
-                    ]
-                )
+                row = [seed, step, f'{curves["checkpoint"][seed][i]:.3f}', f'{curves["scratch"][seed][i]:.3f}']
+                if validation:
+                    row += [f'{validation["checkpoint"][seed][i]:.3f}', f'{validation["scratch"][seed][i]:.3f}']
+                writer.writerow([*row, *(f'{bits:.3f}' for bits in baselines.values())])
 
 
-def plot(path: Path, steps: list[int], curves: dict, baselines: dict[str, float], title: str) -> bool:
-    """The mean curve of each start with its range over seeds shaded, the baselines dashed. False when
-    matplotlib is missing."""
+def plot(path: Path, steps: list[int], curves: dict, best: dict, baselines: dict[str, float], title: str) -> bool:
+    """The mean curve of each start with its range over seeds shaded, each seed's best validation step
+    marked, the baselines dashed. False when matplotlib is missing."""
     import torch
 
     try:
@@ -293,6 +350,16 @@ def plot(path: Path, steps: list[int], curves: dict, baselines: dict[str, float]
             label=f'{label} (mean over {values.shape[0]} seeds)',
         )
         axes.fill_between(steps, values.min(0).values, values.max(0).values, color=color, alpha=0.15)
+        if best:
+            chosen = list(best[name].values())  # (step, held-out bits) per seed
+            axes.scatter(
+                [step for step, _ in chosen],
+                [bits for _, bits in chosen],
+                marker='x',
+                color=color,
+                zorder=3,
+                label=f'{label}, best validation step of each seed',
+            )
     return finish_bits_plot(
         plt, figure, axes, baselines, 'fine-tuning step', 'held-out bits per byte (lower is better)', title, path
     )
@@ -310,7 +377,11 @@ def add_parser(commands):
             'initialised, with the same seed, optimiser and batches, and report held-out bits per byte over steps for '
             'both, the steps each needs to reach given levels, and a verdict: which start is lower at the last step on '
             'every seed, by how much, and the spread over --seeds (each seed draws its own order of training windows). '
-            'The text is split into a part to train on and the last --held-out fraction, never trained on. For a '
+            'The text is split into a part to train on, the --validation fraction after it, and the last --held-out '
+            'fraction, never trained on: each start is also judged at its own best step on the validation text '
+            '(early stopping, after the fact), so that a start that overfits a small text is not judged at a fixed '
+            'late step, and the held-out text only scores. --train-bytes trains on less of the text, with the '
+            'validation and held-out parts unchanged: how much real text before pre-training stops paying. For a '
             'checkpoint of `up-fast pretrain` the scratch start is the very model its run began from. A state_dict '
             'saved with the library (torch.save(wrapper.state_dict(), path) for a UniversalPretrainWrapper, or a '
             "TransformerWrapper's own) is rebuilt as TransformerWrapper(256 tokens, Decoder(dim, depth, heads)) with "
@@ -324,7 +395,8 @@ def add_parser(commands):
             '  up-fast finetune --text my_corpus.txt --steps 300 --seeds 5\n'
             '  up-fast finetune --checkpoint wrapper_state.pt --init-seed 0      a UniversalPretrainWrapper '
             'state_dict\n'
-            '  up-fast finetune --levels 6,5,4               steps each start needs to reach 6, 5 and 4 bits per byte'
+            '  up-fast finetune --levels 6,5,4               steps each start needs to reach 6, 5 and 4 bits per byte\n'
+            '  up-fast finetune --train-bytes 2000           only 2,000 bytes of real text: is UP worth it there?'
         ),
     )
     p.add_argument(
@@ -355,6 +427,26 @@ def add_parser(commands):
         type=fraction,
         default=HELD_OUT,
         help='the last this fraction of the text is held out and scored, never trained on (default: %(default)s)',
+    )
+    p.add_argument(
+        '--validation',
+        metavar='FRACTION',
+        type=validation_fraction,
+        default=VALIDATION,
+        help=(
+            "this fraction of the text, just before the held-out part, picks each start's best step; 0 for none, "
+            'then only the last step is judged (default: %(default)s)'
+        ),
+    )
+    p.add_argument(
+        '--train-bytes',
+        metavar='N',
+        type=non_negative_int,
+        default=0,
+        help=(
+            'fine-tune on only the first N bytes of the part left to train on, 0 for all of it; the validation and '
+            'held-out parts stay as they are (default: %(default)s)'
+        ),
     )
     p.add_argument(
         '--steps',
