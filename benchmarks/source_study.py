@@ -195,7 +195,10 @@ def claim_run(raw: Path, key: str, finished) -> bool:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         try:
-            os.kill(int(path.read_text() or 0), 0)  # its process still runs it
+            holder = int(path.read_text() or 0)
+            if holder == os.getpid():
+                return True  # this process's own claim, from a run of it that stopped
+            os.kill(holder, 0)  # its process still runs it
             return False
         except (ProcessLookupError, ValueError):
             path.write_text(str(os.getpid()))  # an interrupted run: take it over
