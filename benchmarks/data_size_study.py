@@ -130,19 +130,13 @@ def run_study(args, log):
     device = torch.device('cpu')
     for seed in range(args.seeds):  # seed by seed: a study cut short still has every start at the first seeds
         for source, steps in starts_of(args):
-            key = f'{source}_{steps}_{seed}'
-            todo = [
-                (name, size)
-                for name, size in chosen
-                if (source, steps, seed, name, size) not in {run_key(r) for r in read_raw(raw)}
-            ]
-            if not todo or not claim_run(raw, key, lambda r: False):
-                continue
+            done = {run_key(r) for r in read_raw(raw)}
+            todo = [(name, size) for name, size in chosen if (source, steps, seed, name, size) not in done]
+            if not todo or not claim_run(raw, f'{source}_{steps}_{seed}', lambda r: False):
+                continue  # finished, or another process runs this start
             begin = time.perf_counter()
             start, measured = start_model(source, steps, seed)
             for name, size in todo:
-                if (source, steps, seed, name, size) in {run_key(r) for r in read_raw(raw)}:
-                    continue
                 text = parts(name, found[name][1], size)
                 batches = batch_starts(len(text.train), MODEL['seq_len'], BATCH_SIZE, args.finetune_steps, seed)
                 curves = finetune_curves(

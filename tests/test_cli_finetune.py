@@ -294,9 +294,9 @@ def test_bad_combinations_and_files_are_one_line_errors(checkpoint, text, capsys
     assert f'--text {short}' in err and 'too short' in err
 
     err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--train-bytes', '8'])
-    assert '--train-bytes 8 must be between one window (16 bytes) and the 403 bytes' in err
+    assert '--train-bytes 8 with --text' in err and 'between one window (16 bytes) and the 403 bytes' in err
     err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--train-bytes', '404'])
-    assert '--train-bytes 404 must be' in err
+    assert '--train-bytes 404 with --text' in err and 'got 404' in err
     err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--held-out', '0.5', '--validation', '0.5'])
     assert '--held-out 0.5 and --validation 0.5 leave nothing to train on' in err
     err = one_line_error(capsys, [*base, '--checkpoint', str(checkpoint), '--eval-every', '10'])

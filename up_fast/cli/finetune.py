@@ -160,12 +160,12 @@ def run(args) -> dict:
         raise CLIError(f'--text {text_path}: {err}') from None
     pool = len(train)
     if args.train_bytes:
-        if not seq_len <= args.train_bytes <= pool:
-            raise CLIError(
-                f'--train-bytes {args.train_bytes:,} must be between one window ({seq_len} bytes) and the {pool:,} '
-                f'bytes {text_path} leaves to train on (0: all of them)'
-            )
-        train = train[: args.train_bytes]
+        try:  # the text splits: only the amount can be wrong
+            train = split_text(
+                data, args.held_out, seq_len, validation=args.validation, train_bytes=args.train_bytes
+            ).train
+        except ValueError as err:
+            raise CLIError(f'--train-bytes {args.train_bytes} with --text {text_path}: {err} (0: all of it)') from None
     if args.eval_every > args.steps:
         raise CLIError(
             f'--eval-every {args.eval_every} is more than --steps {args.steps}: the curves would hold only the start '
