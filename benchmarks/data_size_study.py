@@ -325,7 +325,7 @@ def report(args, log):
             cells.append(spread(entry['differences']) + mark)
         absolute = f'{statistics.fmean(scratch):.3f}' if scratch else '-'
         lines.append(f'| {name} | {size:,} | {absolute} | ' + ' | '.join(cells) + ' |')
-    lines += ['', '## Findings (computed from the table)', '', *findings(table, keys), '']
+    lines += ['', '## Findings (computed from the table)', '', *findings(table, keys), *lengths(records), '']
     lines += [
         f'Pre-training took {sum(pretraining.values()) / 60:.0f} min of one thread for {len(pretraining)} starts '
         f'(wall time on a shared machine).',
@@ -353,6 +353,43 @@ def findings(table: dict, keys: list) -> list[str]:
         + (': ' + '; '.join(behind) + '.' if behind else '.'),
         f'- In the other {cells - len(ahead) - len(behind)} the difference is within the spread across seeds.',
     ]
+    return lines
+
+
+def lengths(records: list[dict]) -> list[str]:
+    """The longest pre-training against the shortest, source by source, paired by seed, by the same rule;
+    and zero-shot on the small text's held-out part (each curve's step 0), which the main job reports."""
+    best = {(r['source'], r['pretrain_steps'], r['seed'], r['text'], r['train_bytes']): r['best'] for r in records}
+    runs = sorted({r['pretrain_steps'] for r in records if r['source'] != SCRATCH})
+    if len(runs) < 2:
+        return []
+    short, long = runs[0], runs[-1]
+    lines = []
+    for source in sorted({r['source'] for r in records if r['source'] != SCRATCH}):
+        verdicts = []
+        seeds = sorted({r['seed'] for r in records})
+        points = sorted({(r['text'], r['train_bytes']) for r in records}, key=lambda p: (p[0] != 'small', p[1]))
+        for name, size in points:
+            pairs = [((source, long, s, name, size), (source, short, s, name, size)) for s in seeds]
+            if not all(a in best and b in best for a, b in pairs):
+                continue
+            judged = judge([best[a] - best[b] for a, b in pairs])  # positive: the shorter run is lower
+            word = {'UP ahead': f'{short} steps better', 'scratch ahead': f'{long} steps better'}.get(judged, 'within')
+            verdicts.append(f'{size:,} bytes ({name}) {word}')
+        zero = {
+            steps: statistics.fmean(
+                r['held_out'][0]
+                for r in records
+                if r['source'] == source and r['pretrain_steps'] == steps and r['text'] == 'small'
+            )
+            for steps in (long, short)
+        }
+        lines.append(
+            f'- {source}, {long} against {short} pre-training steps (the same rule, paired by seed; within: within '
+            'the spread): '
+            + ', '.join(verdicts)
+            + f'; zero-shot on the small held-out part {zero[long]:.3f} after {long}, {zero[short]:.3f} after {short}.'
+        )
     return lines
 
 
