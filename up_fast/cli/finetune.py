@@ -375,8 +375,9 @@ def add_parser(commands):
         description=paragraph(
             'Fine-tune the model of a checkpoint on real text, and beside it the same architecture freshly '
             'initialised, with the same seed, optimiser and batches, and report held-out bits per byte over steps for '
-            'both, the steps each needs to reach given levels, and a verdict: which start is lower at the last step on '
-            'every seed, by how much, and the spread over --seeds (each seed draws its own order of training windows). '
+            'both, the steps each needs to reach given levels, and a verdict: which start is lower on every seed at '
+            "each one's best validation step (and at the last step), by how much, and the spread over --seeds (each "
+            'seed draws its own order of training windows). '
             'The text is split into a part to train on, the --validation fraction after it, and the last --held-out '
             'fraction, never trained on: each start is also judged at its own best step on the validation text '
             '(early stopping, after the fact), so that a start that overfits a small text is not judged at a fixed '
@@ -460,7 +461,7 @@ def add_parser(commands):
         metavar='N',
         type=positive_int,
         default=EVAL_EVERY,
-        help='score the held-out text every N steps, and before the first (default: %(default)s)',
+        help='score the validation and held-out texts every N steps, and before the first (default: %(default)s)',
     )
     p.add_argument(
         '--seeds',
