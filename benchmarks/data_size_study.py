@@ -93,6 +93,11 @@ def starts_of(args) -> list[tuple[str, int]]:
     return [*pretrained, (SCRATCH, 0)]
 
 
+def point_order(point: tuple[str, int]) -> tuple:
+    """Sort key of a (text, train bytes) point: the small text first, then by size."""
+    return point[0] != 'small', point[1]
+
+
 def run_key(record: dict) -> tuple:
     return record['source'], record['pretrain_steps'], record['seed'], record['text'], record['train_bytes']
 
@@ -128,6 +133,7 @@ def run_study(args, log):
     found = texts(args.larger_bytes)
     chosen = points(args)
     device = torch.device('cpu')
+    steps_list = eval_steps(args.finetune_steps, args.eval_every)
     for seed in range(args.seeds):  # seed by seed: a study cut short still has every start at the first seeds
         for source, steps in starts_of(args):
             done = {run_key(r) for r in read_raw(raw)}
@@ -148,7 +154,6 @@ def run_study(args, log):
                     device=device,
                     eval_every=args.eval_every,
                 )
-                steps_list = eval_steps(args.finetune_steps, args.eval_every)
                 chosen_step, bits = best_step(steps_list, curves['validation'], curves['held_out'])
                 record = dict(
                     source=source,
@@ -206,7 +211,8 @@ def judge(differences: list[float]) -> str:
 
 
 def summarise(records: list[dict]) -> dict:
-    """(text, train bytes) -> {'scratch': [best per seed], (source, steps): dict(differences, best, judged)}."""
+    """(text, train bytes) -> {'scratch': {seed: best}, (source, steps): dict(seeds, differences, judged)}, the
+    differences being scratch minus that start at each one's best step, paired by seed."""
     scratch = {(r['text'], r['train_bytes'], r['seed']): r['best'] for r in records if r['source'] == SCRATCH}
     table: dict = {}
     for r in records:
@@ -217,15 +223,14 @@ def summarise(records: list[dict]) -> dict:
             continue
         if (r['text'], r['train_bytes'], r['seed']) not in scratch:
             continue
-        entry = table[point].setdefault((r['source'], r['pretrain_steps']), dict(seeds={}, best_steps={}))
+        entry = table[point].setdefault((r['source'], r['pretrain_steps']), dict(seeds={}))
         entry['seeds'][r['seed']] = scratch[(r['text'], r['train_bytes'], r['seed'])] - r['best']
-        entry['best_steps'][r['seed']] = r['best_step']
     for point in table.values():
         for key, entry in point.items():
             if key != 'scratch':
                 entry['differences'] = [entry['seeds'][s] for s in sorted(entry['seeds'])]
                 entry['judged'] = judge(entry['differences'])
-    return dict(sorted(table.items(), key=lambda item: (item[0][0] != 'small', item[0][1])))
+    return dict(sorted(table.items(), key=lambda item: point_order(item[0])))
 
 
 def report(args, log):
@@ -257,7 +262,7 @@ def report(args, log):
                 'scratch_minus_this_at_best',
             ]
         )
-        for r in sorted(records, key=lambda r: (r['text'] != 'small', r['train_bytes'], r['source'], r['seed'])):
+        for r in sorted(records, key=lambda r: (*point_order((r['text'], r['train_bytes'])), r['source'], r['seed'])):
             point = table[(r['text'], r['train_bytes'])]
             difference = point.get((r['source'], r['pretrain_steps']), dict(seeds={}))['seeds'].get(r['seed'])
             writer.writerow(
@@ -291,7 +296,6 @@ def report(args, log):
         '',
     ]
     for name, (path, data) in found.items():
-        held_out, validation = SPLITS[name]
         text = parts(name, data)
         markov = markov_bits_per_byte(text.held_out, MODEL['seq_len'])
         lines.append(
@@ -368,7 +372,7 @@ def lengths(records: list[dict]) -> list[str]:
     for source in sorted({r['source'] for r in records if r['source'] != SCRATCH}):
         verdicts = []
         seeds = sorted({r['seed'] for r in records})
-        points = sorted({(r['text'], r['train_bytes']) for r in records}, key=lambda p: (p[0] != 'small', p[1]))
+        points = sorted({(r['text'], r['train_bytes']) for r in records}, key=point_order)
         for name, size in points:
             pairs = [((source, long, s, name, size), (source, short, s, name, size)) for s in seeds]
             if not all(a in best and b in best for a, b in pairs):
