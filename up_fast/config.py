@@ -3,8 +3,10 @@
     UP_FAST_BACKEND        'auto' (default), 'triton' or 'torch': the default `backend=` of the generators
     UP_FAST_NVTX           a flag: NVTX ranges around the phases of a training step (the wrapper's `nvtx=`)
     UP_FAST_KERNEL_CHECK   a flag: the sampling kernel reads its error flag after every launch (`check=`)
-    UP_FAST_CACHE_DIR      where results of the kernels' first-use checks are kept (default
-                           $XDG_CACHE_HOME/up_fast, else ~/.cache/up_fast)
+    UP_FAST_CACHE_DIR      where results of the kernels' first-use checks, and the CPU path's native
+                           step, are kept (default $XDG_CACHE_HOME/up_fast, else ~/.cache/up_fast)
+    UP_FAST_NATIVE         a flag, on when unset: the CPU path's LSTM decoding step as one native call
+                           (up_fast/cpu_step.py); off runs the PyTorch step, which gives the same tokens
     TRITON_INTERPRET       a flag, Triton's own: run the kernels in Triton's CPU interpreter
 
 A flag is on for 1, true, yes or on and off for 0, false, no, off or empty (any case); anything else is
@@ -24,11 +26,14 @@ NVTX = 'UP_FAST_NVTX'
 KERNEL_CHECK = 'UP_FAST_KERNEL_CHECK'
 TRITON_INTERPRET = 'TRITON_INTERPRET'
 CACHE_DIR = 'UP_FAST_CACHE_DIR'
+NATIVE = 'UP_FAST_NATIVE'
 
 
-def env_flag(name: str) -> bool:
-    """The boolean environment variable `name`; unset is off."""
-    value = os.environ.get(name, '').strip().lower()
+def env_flag(name: str, default: bool = False) -> bool:
+    """The boolean environment variable `name`; unset is `default`."""
+    if name not in os.environ:
+        return default
+    value = os.environ[name].strip().lower()
     if value in TRUE_WORDS:
         return True
     if value in FALSE_WORDS:
@@ -57,6 +62,10 @@ def nvtx_from_env() -> bool:
 
 def kernel_check_from_env() -> bool:
     return env_flag(KERNEL_CHECK)
+
+
+def native_from_env() -> bool:
+    return env_flag(NATIVE, default=True)
 
 
 def interpreted() -> bool:
