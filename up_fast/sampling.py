@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from up_fast.band import Band
 from up_fast.cells import gru_update_, lstm_update_
 from up_fast.checks import check_uniform_noise
+from up_fast.cpu_step import native_step
 from up_fast.helpers import default, exists
 
 # Gumbel-max: the winner is argmax(logits + T * G). Two formulations of the one rule:
@@ -103,26 +104,40 @@ class GumbelPool:
         # float32 whatever the default dtype: the band's bounds are those of float32 uniforms
         return torch.rand(count, device=self.device, dtype=torch.float32, generator=self.generator)
 
+    def reserve(self, count: int) -> None:
+        """Draw a chunk when fewer than `count` numbers are left after `position`."""
+        start = self.position
+        if start + count <= self.values.numel():
+            return
+        rest = self.values[start:]
+        # T * G = -T log(-log u), in four passes; large takes: 16 of them a draw
+        size = max(count - rest.numel(), min(CHUNK_ELEMENTS, max(self.chunk, 16 * count)))
+        fresh = self.draw_uniform(size).log_().neg_().log_().mul_(-self.temperature)
+        self.values = torch.cat((rest, fresh)) if rest.numel() > 0 else fresh
+        self.zeros = [i - start for i in self.zeros if i >= start]
+        if bool(torch.isneginf(fresh).any()):
+            self.zeros += [rest.numel() + i for i in torch.isneginf(fresh).nonzero().flatten().tolist()]
+        self.position = 0
+
     def take(self, count: int) -> tuple[Tensor, bool]:
+        self.reserve(count)
         start, end = self.position, self.position + count
-        if end > self.values.numel():
-            rest = self.values[start:]
-            # T * G = -T log(-log u), in four passes
-            size = max(
-                count - rest.numel(), min(CHUNK_ELEMENTS, max(self.chunk, 16 * count))
-            )  # large takes: 16 of them a draw
-            fresh = self.draw_uniform(size).log_().neg_().log_().mul_(-self.temperature)
-            self.values = torch.cat((rest, fresh)) if rest.numel() > 0 else fresh
-            self.zeros = [i - start for i in self.zeros if i >= start]
-            if bool(torch.isneginf(fresh).any()):
-                self.zeros += [rest.numel() + i for i in torch.isneginf(fresh).nonzero().flatten().tolist()]
-            start, end = 0, count
         self.position = end
         self.handed_out += count
         has_zero = bool(self.zeros) and self.zeros[0] < end
         if has_zero:
             self.zeros = [i for i in self.zeros if i >= end]
         return self.values[start:end], has_zero
+
+    def clear_run(self) -> int:
+        """How many numbers after `position` are drawn and hold no u == 0: what a reader of
+        `values` in place (up_fast/cpu_step.py) may take before calling `reserve` or `take`."""
+        return (self.zeros[0] if self.zeros else self.values.numel()) - self.position
+
+    def skip(self, count: int) -> None:
+        """Hand out `count` numbers read in place; at most clear_run() of them."""
+        self.position += count
+        self.handed_out += count
 
 
 class GumbelNoise:
@@ -576,7 +591,6 @@ class FoldedRecurrentNet:
         state = self.init_state(batch)
         # a loop makes ~length small ops of each kind: everything a step needs is looked up here, once
         x = state[0]  # what the products take; steps update it in place
-        step = self.stepper(state)
         recurrent, both, last_logits = (
             self.linear(name, batch) for name in ('weight_hh', 'weight_hh_out', 'weight_out')
         )
@@ -584,19 +598,28 @@ class FoldedRecurrentNet:
             (length, batch), dtype=torch.long, device=prefix.device
         )  # (length, batch): step t writes a contiguous row
         sampled_rows = sampled_columns.unbind(0)
-        noise = noise_steps(
-            batch,
-            length,
-            self.num_tokens,
-            temperature,
-            device=prefix.device,
-            generator=generator,
-            uniform_noise=uniform_noise,
-        )
+        noise = None
+        if temperature != 0:
+            noise = GumbelNoise(
+                batch,
+                length,
+                self.num_tokens,
+                temperature,
+                device=prefix.device,
+                generator=generator,
+                uniform_noise=uniform_noise,
+            )
+        prefix_columns = prefix.long().t().contiguous()  # (prefix_len, batch)
+
+        # the LSTM's step as one native call where it is had (the same values: see up_fast/cpu_step.py);
+        # it samples too when the noise comes from the generator
+        native = self.native_step(state, noise, prefix_columns)
+        step = native.cell if exists(native) else self.stepper(state)
+        native_decode = exists(native) and exists(noise) and not exists(uniform_noise)
 
         # teacher forcing, one column of the prefix a step (a bulk gather of many steps' input rows
         # measured no faster: see benchmarks/results/performance.md)
-        for tokens in prefix.long().t().contiguous().unbind(0):  # prefix_len of (batch,)
+        for tokens in prefix_columns.unbind(0):  # prefix_len of (batch,)
             step(tokens, recurrent(x))
 
         if length == 0:
@@ -604,11 +627,28 @@ class FoldedRecurrentNet:
 
         # a decoding step's logits and its next recurrent term come from one product with [W_hh; W_out]
         split = (width, self.num_tokens)
+        step_noise = lambda t: StepNoise(noise, t) if exists(noise) else None
         for t in range(length - 1):
-            hidden_gates, logits = both(x).split(split, dim=1)  # (batch, gates * hidden), (batch, num_tokens)
-            step(gumbel_max(logits, temperature, next(noise), out=sampled_rows[t]), hidden_gates)
-        gumbel_max(last_logits(x), temperature, next(noise), out=sampled_rows[length - 1])
+            product = both(x)  # (batch, gates * hidden + num_tokens)
+            if native_decode and native.decode(product, noise, sampled_rows[t]):
+                continue
+            hidden_gates, logits = product.split(split, dim=1)  # (batch, gates * hidden), (batch, num_tokens)
+            step(gumbel_max(logits, temperature, step_noise(t), out=sampled_rows[t]), hidden_gates)
+        gumbel_max(last_logits(x), temperature, step_noise(length - 1), out=sampled_rows[length - 1])
         return sampled_columns, state
+
+    def native_step(self, state: tuple[Tensor, ...], noise: GumbelNoise | None, prefix_columns: Tensor):
+        """up_fast/cpu_step.py's native LSTM step for this loop, or None where the PyTorch step runs
+        (a GRU, UP_FAST_NATIVE off, no compiler, a failed probe; or prefix tokens out of range, for
+        which the PyTorch step raises its error)."""
+        if self.cell != 'lstm' or self.input_table.device.type != 'cpu':
+            return None
+        if prefix_columns.numel() and not (
+            0 <= int(prefix_columns.min()) and int(prefix_columns.max()) < self.num_tokens
+        ):
+            return None
+        band = noise.band if exists(noise) and not exists(noise.uniform_noise) else None
+        return native_step(self.input_table, state, band)
 
     def sample_columns_dense(self, prefix, length, temperature, generator, uniform_noise):
         """sample_columns' dense formulation: no value read back to the host, and a decoding step of
