@@ -29,6 +29,8 @@ from contextlib import nullcontext
 
 import torch
 
+from up_fast.cpu_step import native_status
+
 PHASES = ('index draw', 'gather', 'generate', 'write-back and reset', 'training-batch gather', 'transformer')
 
 
@@ -165,6 +167,8 @@ def main(argv=None):
         f'{args.steps} {what} on {device} ({generator.backend} backend): {elapsed / args.steps * 1e3:.2f} ms a step, '
         f'{tokens / elapsed:,.0f} synthetic tokens/s'
     )
+    if not cuda:  # the native step is one call, invisible to torch.profiler: say whether it ran
+        print(f"the LSTM's native CPU step (up_fast/cpu_step.py; UP_FAST_NATIVE=0 turns it off): {native_status()}")
 
     if args.ops:
         # a separate pass: the profiler's own overhead must not enter the timing above
