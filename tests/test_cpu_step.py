@@ -230,6 +230,15 @@ def test_a_compile_error_says_so(monkeypatch, tmp_path):
     assert 'could not build cpu_step.c' in cpu_step.native_status()
 
 
+def test_an_unwritable_cache_leaves_the_pytorch_step(monkeypatch, tmp_path):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    monkeypatch.setenv('UP_FAST_CACHE_DIR', str(blocker / 'below-a-file'))
+    if cpu_step.native_status().startswith('no C compiler'):
+        pytest.skip('no C compiler here')
+    assert 'could not be built or loaded' in cpu_step.native_status()
+
+
 @pytest.mark.parametrize('value, on', [('0', False), ('off', False), ('', False), ('1', True), ('yes', True)])
 def test_up_fast_native_turns_the_native_step_off(monkeypatch, value, on):
     monkeypatch.setenv('UP_FAST_NATIVE', value)

@@ -129,7 +129,10 @@ def library() -> tuple[ctypes.CDLL, int]:
     except (OSError, AttributeError):
         raise NativeUnavailable(f'{torch_cpu.name} does not export {exp_name}') from None
 
-    lib = ctypes.CDLL(str(build(lanes, flags)))
+    try:
+        lib = ctypes.CDLL(str(build(lanes, flags)))
+    except (OSError, subprocess.SubprocessError) as error:  # an unwritable cache, a hung compiler, a bad library
+        raise NativeUnavailable(f'the native step could not be built or loaded: {error}') from None
     args = ctypes.POINTER(LstmStepArgs)
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     lib.lstm_cell.argtypes = (args, pointer, pointer, size)
