@@ -58,7 +58,7 @@ class Target:
 TARGETS = (
     Target(
         'generate 3x on a CPU',
-        reason='a goal for the PyTorch path; reported only: it depends on the CPU (benchmarks/results/performance.md)',
+        reason='a goal for the CPU path; reported only: it depends on the CPU (benchmarks/results/performance.md)',
         device='cpu',
         workload='generate',
         size_name='example',
