@@ -17,8 +17,9 @@ from up_fast import SyntheticDataGenerator, cpu_step
 from up_fast.sampling import FoldedRecurrentNet, GumbelNoise, StepNoise, gumbel_max
 
 # (batch, hidden, num_tokens): the example; rows not a whole number of vector blocks; tiny; gates
-# past ATen's grain size (split over threads); a large vocabulary with a ragged last block
-SHAPES = [(32, 256, 256), (7, 33, 50), (3, 5, 2), (128, 512, 256), (5, 40, 1000)]
+# past ATen's grain size (split over threads); a large vocabulary with a ragged last block; gates and
+# state that ATen splits over two threads in the middle of a vector block
+SHAPES = [(32, 256, 256), (7, 33, 50), (3, 5, 2), (128, 512, 256), (5, 40, 1000), (33, 1001, 40)]
 THREADS = [1, 2]
 
 
@@ -31,10 +32,10 @@ def needs_native():
 @pytest.fixture(autouse=True)
 def fresh_native(monkeypatch):
     """Each test sees the environment it sets: the library and the probes' verdicts are looked up anew."""
-    cpu_step.library.cache_clear()
+    cpu_step.library_or_why.cache_clear()
     monkeypatch.setattr(cpu_step, 'PROBED', {})
     yield
-    cpu_step.library.cache_clear()
+    cpu_step.library_or_why.cache_clear()
 
 
 @pytest.fixture(params=THREADS, ids=[f'threads{t}' for t in THREADS])
@@ -49,6 +50,14 @@ def random_net(hidden, num_tokens, seed=0):
     torch.manual_seed(seed)
     lstm = torch.nn.LSTM(hidden, hidden, batch_first=True)
     return FoldedRecurrentNet.fold(torch.nn.Embedding(num_tokens, hidden), lstm, torch.nn.Linear(hidden, num_tokens))
+
+
+def assert_bitwise_equal(torch_state, native_state):
+    # bit patterns, not values: torch.equal takes -0 for 0, and a subnormal for 0 where denormals flush
+    for name, a, b in zip(('h / 2', '2 c'), torch_state, native_state):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32)), (
+            f'{name} differs by up to {(a - b).abs().max().item():.3g}'
+        )
 
 
 def random_state(batch, hidden):
@@ -69,13 +78,12 @@ def test_the_native_cell_equals_the_pytorch_cell_bitwise(batch, hidden, num_toke
             product = torch.randn(batch, 4 * hidden + num_tokens) * 4  # the recurrent term as a strided view
             torch_step(tokens, product[:, : 4 * hidden])
             native.cell(tokens, product[:, : 4 * hidden])
-    for name, a, b in zip(('h / 2', '2 c'), torch_state, native_state):
-        assert torch.equal(a, b), f'{name} differs by up to {(a - b).abs().max().item():.3g}'
+    assert_bitwise_equal(torch_state, native_state)
 
 
 def awkward_logits(product, band, hidden, step):
     """Random logits with what the band must get exactly right: ties with the top, logits on the floor
-    and one float below it, a row of -inf, rows holding NaNs."""
+    and one float below it, a row of -inf, rows holding NaNs, tied +inf."""
     batch, num_tokens = product.shape[0], product.shape[1] - 4 * hidden
     logits = product[:, 4 * hidden :]
     rows = torch.arange(batch)
@@ -86,25 +94,30 @@ def awkward_logits(product, band, hidden, step):
     logits[rows, torch.randint(0, num_tokens, (batch,))] = torch.nextafter(floor, torch.tensor(-torch.inf))
     if step % 3 == 1:
         logits[batch - 1] = -torch.inf
+    if step % 5 == 3:
+        logits[0, 0] = logits[0, num_tokens - 1] = torch.inf
     if step % 4 == 2:
         logits[0, num_tokens // 2] = torch.nan
         logits[0, num_tokens - 1] = torch.nan
     return logits
 
 
-@pytest.mark.parametrize('temperature', [1e-4, 0.05, 1.0], ids=['T1e-4', 'T0.05', 'T1'])
-@pytest.mark.parametrize('batch, hidden, num_tokens', SHAPES, ids=[f'b{b}-h{h}-v{v}' for b, h, v in SHAPES])
-def test_a_native_decoding_step_equals_gumbel_max_and_the_cell(batch, hidden, num_tokens, temperature, threads):
-    needs_native()
+def decode_side_by_side(batch, hidden, num_tokens, temperature, length=24, draw_uniform=None):
+    """`length` decoding steps of the PyTorch step and of the native one (falling back as the loop
+    does) on the same awkward logits and seeded noise, asserting tokens and noise taken equal after
+    each and the states bitwise equal at the end. Returns (steps the native step declined, whether the
+    noise went to every token). `draw_uniform(pool, count)` replaces both pools' draws."""
     net = random_net(hidden, num_tokens)
     torch_state = random_state(batch, hidden)
     native_state = tuple(t.clone() for t in torch_state)
     torch_step = net.stepper(torch_state)
-    length = 24
     noises = [
         GumbelNoise(batch, length, num_tokens, temperature, device='cpu', generator=torch.Generator().manual_seed(5))
         for _ in range(2)
     ]
+    if draw_uniform:
+        for noise in noises:
+            noise.pool.draw_uniform = lambda count, pool=noise.pool: draw_uniform(pool, count)
     native = cpu_step.NativeLstmStep(net.input_table, native_state, noises[1].band)
     torch_tokens, native_tokens = torch.empty(batch, dtype=torch.long), torch.empty(batch, dtype=torch.long)
     declined = 0
@@ -120,11 +133,74 @@ def test_a_native_decoding_step_equals_gumbel_max_and_the_cell(batch, hidden, nu
                 native.cell(sampled, hidden_gates)
             assert torch.equal(torch_tokens, native_tokens), f'step {step}'
             assert noises[0].pool.handed_out == noises[1].pool.handed_out, f'step {step}'
-    for name, a, b in zip(('h / 2', '2 c'), torch_state, native_state):
-        assert torch.equal(a, b), f'{name} differs by up to {(a - b).abs().max().item():.3g}'
+    assert_bitwise_equal(torch_state, native_state)
     assert noises[0].every_token == noises[1].every_token
+    return declined, noises[0].every_token
+
+
+@pytest.mark.parametrize('temperature', [1e-4, 0.05, 1.0], ids=['T1e-4', 'T0.05', 'T1'])
+@pytest.mark.parametrize('batch, hidden, num_tokens', SHAPES, ids=[f'b{b}-h{h}-v{v}' for b, h, v in SHAPES])
+def test_a_native_decoding_step_equals_gumbel_max_and_the_cell(batch, hidden, num_tokens, temperature, threads):
+    needs_native()
+    declined, every_token = decode_side_by_side(batch, hidden, num_tokens, temperature)
     # once every token is in the band (a high temperature) the PyTorch step draws for all: the native one declines
-    assert (declined > 0) == noises[0].every_token
+    assert (declined > 0) == every_token
+
+
+def test_more_threads_than_rows(monkeypatch):
+    needs_native()
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        decode_side_by_side(2, 40, 30, 1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_steps_around_a_u_of_zero_stay_exact(threads):
+    """u == 0 every 61st number drawn: steps whose noise stops short of it are native, the step that
+    needs it is the PyTorch step's, and nothing differs."""
+    needs_native()
+
+    def with_zeros(pool, count):
+        uniform = torch.rand(count, generator=pool.generator)
+        uniform[::61] = 0.0
+        return uniform
+
+    declined, _ = decode_side_by_side(9, 24, 30, 1e-4, length=40, draw_uniform=with_zeros)
+    assert 0 < declined < 40, declined
+
+
+def test_flushed_denormals_are_flushed_on_every_thread(threads):
+    """torch.set_flush_denormal sets the calling thread's mode, where ATen runs ops this small: the
+    native step's other threads must compute in it too."""
+    needs_native()
+    batch, hidden, num_tokens = 8, 16, 10
+    net = random_net(hidden, num_tokens)
+    torch_state = random_state(batch, hidden)
+    native_state = tuple(t.clone() for t in torch_state)
+    torch_step = net.stepper(torch_state)
+    native = cpu_step.NativeLstmStep(net.input_table, native_state, None)
+    tokens = torch.randint(0, num_tokens, (batch,))
+    hidden_gates = torch.randn(batch, 4 * hidden)  # (batch, 4 * hidden)
+    # the o gate's pre-activation near -88: sigmoid(o) and h subnormal, unless flushed
+    hidden_gates[:, 2 * hidden : 3 * hidden] = -88.0 - net.input_table[tokens, 2 * hidden : 3 * hidden]
+    assert torch.set_flush_denormal(True) or pytest.skip('this CPU cannot flush denormals')
+    try:
+        with torch.inference_mode():
+            torch_step(tokens, hidden_gates)
+            native.cell(tokens, hidden_gates)
+    finally:
+        torch.set_flush_denormal(False)
+    assert_bitwise_equal(torch_state, native_state)
+
+
+def test_a_temperature_whose_band_overflows_leaves_the_pytorch_step():
+    needs_native()
+    net = random_net(8, 5)
+    band = GumbelNoise(3, 4, 5, 1e38, device='cpu').band
+    assert not torch.isfinite(band.floor_offset)
+    assert cpu_step.native_step(net.input_table, net.init_state(3), band) is None
 
 
 def test_a_u_of_zero_in_the_noise_hands_the_step_to_the_pytorch_path(monkeypatch):
@@ -158,8 +234,11 @@ def generate_both_ways(monkeypatch, **generate):
     results = []
     for flag in ('1', '0'):
         monkeypatch.setenv('UP_FAST_NATIVE', flag)
-        cpu_step.library.cache_clear()
+        cpu_step.library_or_why.cache_clear()
         results.append(generator.generate(60, seed=seed, generator=torch.Generator().manual_seed(2), **generate))
+        if flag == '1':
+            probed = cpu_step.PROBED
+            assert probed and not any(probed.values()), f'the native step did not run: {probed}'
     return results
 
 
@@ -228,6 +307,19 @@ def test_a_compile_error_says_so(monkeypatch, tmp_path):
     if cpu_step.native_status().startswith('no C compiler'):
         pytest.skip('no C compiler here')
     assert 'could not build cpu_step.c' in cpu_step.native_status()
+
+
+def test_a_failed_build_is_not_tried_again(monkeypatch, tmp_path):
+    bad = tmp_path / 'cpu_step.c'
+    bad.write_text('this is not C\n')
+    monkeypatch.setattr(cpu_step, 'SOURCE', bad)
+    monkeypatch.setenv('UP_FAST_CACHE_DIR', str(tmp_path))
+    runs, run = [], cpu_step.subprocess.run
+    monkeypatch.setattr(cpu_step.subprocess, 'run', lambda *args, **kwargs: runs.append(1) or run(*args, **kwargs))
+    statuses = {cpu_step.native_status() for _ in range(3)}
+    net = random_net(8, 5)
+    assert cpu_step.native_step(net.input_table, net.init_state(2), None) is None
+    assert len(statuses) == 1 and len(runs) <= 1, (statuses, len(runs))  # 0 runs where there is no compiler
 
 
 def test_an_unwritable_cache_leaves_the_pytorch_step(monkeypatch, tmp_path):

@@ -77,6 +77,7 @@ typedef struct {
     int64_t available;
     int64_t *winners;           /* (batch,) */
     int64_t taken;              /* out: noise numbers taken, or minus those needed */
+    unsigned csr;               /* the caller's MXCSR */
 } step_job;
 
 static float sigmoid_scalar(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -165,9 +166,9 @@ static void band_pick(const lstm_step_args *a, const float *logits, int64_t stri
     for (int64_t row = begin; row < end; row++) {
         const float *l = logits + row * stride;
         const float floor = a->floors[row];
-        if (isnan(floor)) {
+        if (isnan(floor)) { /* the row holds a NaN (the caller keeps the band's offset finite) */
             int64_t k = 0;
-            while (!isnan(l[k])) k++;
+            while (k < V - 1 && !isnan(l[k])) k++;
             winners[row] = k;
             continue;
         }
@@ -256,13 +257,19 @@ static void step_member(step_job *job, int64_t member, int64_t team) {
     }
 }
 
+/* each member computes under the caller's floating-point mode (torch.set_flush_denormal sets it on
+   the calling thread only, which is where ATen runs ops of this size) */
 static void step_team(void *data) {
     step_job *job = data;
+    const unsigned own = _mm_getcsr();
+    _mm_setcsr(job->csr);
     step_member(job, job->a->thread_num(), job->a->num_threads());
+    _mm_setcsr(own);
 }
 
 static int64_t run_step(step_job *job) {
     const lstm_step_args *a = job->a;
+    job->csr = _mm_getcsr();
     if (a->parallel && a->threads > 1 && a->batch > 1)
         a->parallel(step_team, job, (unsigned)a->threads, 0);
     else
@@ -272,7 +279,7 @@ static int64_t run_step(step_job *job) {
 
 /* the cell on `tokens` (batch,), with the recurrent term's rows `stride` apart in `hidden_gates` */
 void lstm_cell(const lstm_step_args *a, const int64_t *tokens, const float *hidden_gates, int64_t stride) {
-    step_job job = {a, tokens, hidden_gates, stride, 0, 0, 0, 0};
+    step_job job = {a, tokens, hidden_gates, stride, 0, 0, 0, 0, 0};
     run_step(&job);
 }
 
@@ -282,6 +289,6 @@ void lstm_cell(const lstm_step_args *a, const int64_t *tokens, const float *hidd
    then nothing is written. */
 int64_t lstm_decode_step(const lstm_step_args *a, const float *product, int64_t stride, const float *noise,
                          int64_t available, int64_t *winners) {
-    step_job job = {a, 0, product, stride, noise, available, winners, 0};
+    step_job job = {a, 0, product, stride, noise, available, winners, 0, 0};
     return run_step(&job);
 }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -114,9 +115,24 @@ def build(lanes: int, flags: tuple[str, ...]) -> Path:
     return target
 
 
-@cache
 def library() -> tuple[ctypes.CDLL, int]:
-    """The loaded step library and the address of the Sleef exp to hand it; raises NativeUnavailable."""
+    """The loaded step library and the address of the Sleef exp to hand it; raises NativeUnavailable.
+    Looked up once a process, failure included: a compiler that fails is not asked again."""
+    found = library_or_why()
+    if isinstance(found, NativeUnavailable):
+        raise NativeUnavailable(*found.args)
+    return found
+
+
+@cache
+def library_or_why() -> tuple[ctypes.CDLL, int] | NativeUnavailable:
+    try:
+        return load_library()
+    except NativeUnavailable as why:
+        return why
+
+
+def load_library() -> tuple[ctypes.CDLL, int]:
     if not native_from_env():
         raise NativeUnavailable('the environment variable UP_FAST_NATIVE is off')
     capability = torch.backends.cpu.get_cpu_capability()
@@ -131,14 +147,16 @@ def library() -> tuple[ctypes.CDLL, int]:
 
     try:
         lib = ctypes.CDLL(str(build(lanes, flags)))
-    except (OSError, subprocess.SubprocessError) as error:  # an unwritable cache, a hung compiler, a bad library
+        step_cell, decode_step = lib.lstm_cell, lib.lstm_decode_step
+    except (OSError, AttributeError, subprocess.SubprocessError) as error:
+        # an unwritable cache, a hung compiler, a library without the step's functions
         raise NativeUnavailable(f'the native step could not be built or loaded: {error}') from None
     args = ctypes.POINTER(LstmStepArgs)
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    lib.lstm_cell.argtypes = (args, pointer, pointer, size)
-    lib.lstm_cell.restype = None
-    lib.lstm_decode_step.argtypes = (args, pointer, size, pointer, size, pointer)
-    lib.lstm_decode_step.restype = size
+    step_cell.argtypes = (args, pointer, pointer, size)
+    step_cell.restype = None
+    decode_step.argtypes = (args, pointer, size, pointer, size, pointer)
+    decode_step.restype = size
     return lib, exp
 
 
@@ -155,10 +173,12 @@ def openmp() -> tuple[int | None, ...]:
     try:  # the runtime already mapped into this process: a second one would start threads of its own
         with open('/proc/self/maps') as maps:
             paths = {line.split()[-1] for line in maps if 'libgomp' in line and line.rstrip().endswith('.so.1')}
-        (path,) = paths
+        torch_lib = str(Path(torch.__file__).parent / 'lib')
+        owned = [path for path in paths if path.startswith(torch_lib)]  # the one torch ships, where it does
+        (path,) = owned or paths
         runtime = ctypes.CDLL(path)
         return tuple(ctypes.cast(getattr(runtime, name), ctypes.c_void_p).value for name in OPENMP_FUNCTIONS)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # none, or several and none of them torch's
         return nothing
 
 
@@ -269,6 +289,8 @@ PROBE_STEPS = 4
 def native_step(table: Tensor, state: tuple[Tensor, Tensor], band: Band | None) -> NativeLstmStep | None:
     """The native step for this loop, or None where the PyTorch step must run: the library is not
     available here, or it failed its probe for these shapes, thread count and band."""
+    if band and not all(math.isfinite(value) for value in (float(band.floor_offset), band.floor_slope)):
+        return None  # temperatures near float32's largest: the band's floor overflows, and the PyTorch step copes
     try:
         native = NativeLstmStep(table, state, band)
     except NativeUnavailable:
