@@ -37,6 +37,7 @@ from torch import Tensor
 
 from up_fast.band import SLACK, Band
 from up_fast.config import cache_dir, native_from_env
+from up_fast.helpers import exists
 
 if TYPE_CHECKING:
     from up_fast.sampling import GumbelNoise
@@ -223,6 +224,7 @@ class NativeLstmStep:
         self.floors = table.new_empty(batch)  # (batch,) scratch
         self.counts = torch.empty(batch, dtype=torch.int64)  # (batch,) scratch
         self.num_tokens = table.shape[0]
+        self.samples = exists(band)  # whether `decode` may be called: with the band of generator noise
         threads = torch.get_num_threads()
         # floor = floor_offset + (1 - 2 SLACK) leaky_relu(top, floor_slope), as Band.floor computes it
         floor = (float(band.floor_offset), band.floor_slope, 1 - 2 * SLACK) if band else (0.0, 1.0, 1.0)
@@ -257,6 +259,8 @@ class NativeLstmStep:
         the state on them: gumbel_max and the cell of the PyTorch step. Returns False, having done
         nothing, where that step must run instead: a u == 0 in the step's noise, or noise that
         draws for every token (see GumbelNoise.sample_lazy)."""
+        if not self.samples:
+            raise ValueError('decode needs a native step made with the band of its noise; this one has none')
         if noise.every_token:
             return False
         pool = noise.pool
@@ -289,6 +293,8 @@ PROBE_STEPS = 4
 def native_step(table: Tensor, state: tuple[Tensor, Tensor], band: Band | None) -> NativeLstmStep | None:
     """The native step for this loop, or None where the PyTorch step must run: the library is not
     available here, or it failed its probe for these shapes, thread count and band."""
+    if state[0].shape[0] == 0:
+        return None  # an empty batch: nothing to step
     if band and not all(math.isfinite(value) for value in (float(band.floor_offset), band.floor_slope)):
         return None  # temperatures near float32's largest: the band's floor overflows, and the PyTorch step copes
     try:

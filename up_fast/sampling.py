@@ -598,7 +598,7 @@ class FoldedRecurrentNet:
             (length, batch), dtype=torch.long, device=prefix.device
         )  # (length, batch): step t writes a contiguous row
         sampled_rows = sampled_columns.unbind(0)
-        noise = None
+        noise = None  # temperature 0: argmax, no noise
         if temperature != 0:
             noise = GumbelNoise(
                 batch,
@@ -615,7 +615,7 @@ class FoldedRecurrentNet:
         # it samples too when the noise comes from the generator
         native = self.native_step(state, noise, prefix_columns)
         step = native.cell if exists(native) else self.stepper(state)
-        native_decode = exists(native) and exists(noise) and not exists(uniform_noise)
+        native_decode = exists(native) and native.samples
 
         # teacher forcing, one column of the prefix a step (a bulk gather of many steps' input rows
         # measured no faster: see benchmarks/results/performance.md)
