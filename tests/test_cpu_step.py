@@ -267,6 +267,15 @@ def test_the_native_step_is_used_where_it_is_available(monkeypatch):
     assert len(calls) == 9, 'every decoding step but the last is the native step'
 
 
+def test_a_probe_whose_band_takes_every_token_passes():
+    # two tokens, tied and on the floor: every token is a candidate, the noise then goes to every
+    # token and the native step declines, as the loop allows
+    needs_native()
+    net = random_net(8, 2)
+    band = GumbelNoise(2, 4, 2, 1e-4, device='cpu').band
+    assert cpu_step.native_step(net.input_table, net.init_state(2), band) is not None, cpu_step.PROBED
+
+
 def test_the_probe_leaves_the_global_random_stream_untouched():
     needs_native()
     net = random_net(24, 30)
